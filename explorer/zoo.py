@@ -1,0 +1,43 @@
+"""The shipped model zoo: checkpoints under ``models_zoo/`` with their cards."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import FORMAT, load_checkpoint
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "models_zoo"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    path: Path            # the stem: path.json + path.safetensors
+    description: dict
+
+    @property
+    def title(self) -> str:
+        card = self.description.get("card", {})
+        acc = card.get("test_accuracy")
+        acc_text = f", {100 * acc:.1f} % test" if isinstance(acc, (int, float)) else ""
+        return f"{self.name}{acc_text}"
+
+    def load(self, device=None):
+        return load_checkpoint(self.path, device=device)
+
+
+def list_entries(folder: Path | None = None) -> list[ZooEntry]:
+    """Every checkpoint in the zoo folder whose JSON is a checkpoint description."""
+    folder = Path(folder) if folder is not None else ZOO_DIR
+    entries = []
+    for js in sorted(folder.glob("*.json")):
+        if not js.with_suffix(".safetensors").is_file():
+            continue
+        try:
+            desc = json.loads(js.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(desc, dict) and desc.get("format") == FORMAT:
+            entries.append(ZooEntry(js.stem, js.with_suffix(""), desc))
+    return entries
