@@ -1,0 +1,214 @@
+"""Command line: ``python -m explorer {relax,gradcheck,...}``.
+
+Networks come from a builder name with options or from a checkpoint. Errors a
+person can cause print one line naming the problem and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .dynamics import SCHEDULES, relax
+from .ep import bptt_gradient, compare, ep_gradient
+from .network import BUILDERS, HopfieldNetwork, SpecError, build_spec
+from .record import RecordConfig
+
+COMMANDS = {}
+
+
+def command(fn):
+    COMMANDS[fn.__name__.replace("cmd_", "").replace("_", "-")] = fn
+    return fn
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be comma-separated integers like 1,28,28, got {text!r}")
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be C,H,W with positive sizes, got {text!r}")
+    return shape
+
+
+def add_network_options(p: argparse.ArgumentParser, depth=5, width=8, shape="1,28,28") -> None:
+    g = p.add_argument_group("network (a builder with options, or --checkpoint)")
+    g.add_argument("--checkpoint", help="NAME (or NAME.json / NAME.safetensors) to load")
+    g.add_argument("--builder", default="resnet", choices=sorted(BUILDERS),
+                   help="resnet: residual family; plain: without skips; resnet13: the paper's network")
+    g.add_argument("--depth", type=int, default=depth, help="hidden conv layers on the main path")
+    g.add_argument("--width", type=int, default=width, help="channels of the first two layers")
+    g.add_argument("--input-shape", type=_shape, default=_shape(shape))
+    g.add_argument("--classes", type=int, default=10)
+    g.add_argument("--alpha", type=float, default=None, help="clipping threshold (default: the network's, 6)")
+    g.add_argument("--cost", choices=("mse", "cross_entropy"), default="mse")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--float64", action="store_true", help="compute in float64")
+
+
+def make_network(args) -> tuple[HopfieldNetwork, dict]:
+    dtype = torch.float64 if getattr(args, "float64", False) else torch.float32
+    if args.checkpoint:
+        net, meta = load_checkpoint(args.checkpoint, dtype=dtype)
+    else:
+        options = dict(n_classes=args.classes, cost=args.cost)
+        if args.builder == "resnet13":
+            options["input_shape"] = args.input_shape
+        else:
+            options.update(depth=args.depth, width=args.width, input_shape=args.input_shape)
+        spec = build_spec(args.builder, **options)
+        net, meta = HopfieldNetwork(spec, seed=args.seed, dtype=dtype), {}
+    if args.alpha is not None:
+        net.set_alpha(args.alpha)
+    return net.to(args.device), meta
+
+
+def make_inputs(net: HopfieldNetwork, batch: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *net.spec.input_shape, generator=gen, dtype=net.dtype)
+    target = torch.randint(0, net.spec.n_classes, (batch,), generator=gen)
+    return x.to(net.device), target.to(net.device)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@command
+def cmd_relax(args) -> int:
+    """Run the free phase (and nudged phases with --beta) and print or save the record."""
+    net, _ = make_network(args)
+    torch.set_num_threads(args.threads) if args.threads else None
+    x, target = make_inputs(net, args.batch, args.seed)
+    record = RecordConfig(units=args.units)
+    t0 = time.perf_counter()
+    free = relax(net, x, steps=args.t_free, schedule=args.schedule, tol=args.tol, target=target,
+                 record=record)
+    phases = [free]
+    if args.beta:
+        for b in (args.beta, -args.beta):
+            phases.append(relax(net, x, steps=args.t_nudge, beta=b, target=target, state=free.state,
+                                free_state=free.state, schedule=args.schedule, tol=args.tol, record=record))
+    elapsed = time.perf_counter() - t0
+    out = {"network": net.spec.to_dict(), "schedule": args.schedule, "seconds": elapsed,
+           "phases": [p.to_dict(per_sample=args.per_sample) for p in phases]}
+    if args.save:
+        with open(args.save, "w") as fh:
+            json.dump(out, fh)
+    if args.json:
+        json.dump(out, sys.stdout)
+        print()
+        return 0
+    print(f"{net.spec.name}: {net.parameter_count():,} parameters, schedule {args.schedule}, "
+          f"batch {args.batch}, {elapsed:.2f} s")
+    for p in phases:
+        last = p.records[-1]
+        print(f"\n[{p.phase}] beta {p.beta:+g}: {p.steps} steps; {p.verdict.message}")
+        print(f"  Phi {float(last.energy_of('phi').mean()):.4f}  C {float(last.energy_of('cost').mean()):.4f}")
+        rows = []
+        for j, layer in enumerate(last.layers):
+            st = last.stats[j].mean(-1).tolist()
+            rows.append([layer] + [f"{v:.3g}" for v in st])
+        from .record import LAYER_STATS
+        print(_table(rows, ["layer", *LAYER_STATS]))
+    if args.save:
+        print(f"\nrecord saved to {args.save}")
+    return 0
+
+
+@command
+def cmd_gradcheck(args) -> int:
+    """EP (centered and one-sided) against BPTT, per parameter (weights per edge, biases per layer)."""
+    args.float64 = True
+    net, _ = make_network(args)
+    x, target = make_inputs(net, args.batch, args.seed)
+    t0 = time.perf_counter()
+    common = dict(beta=args.beta, t_free=args.t_free, t_nudge=args.t_nudge, schedule=args.schedule, tol=args.tol)
+    centered = ep_gradient(net, x, target, variant="centered", **common)
+    one_sided = ep_gradient(net, x, target, variant="one_sided", **common)
+    reference = bptt_gradient(net, x, target, steps=args.bptt_steps, schedule=args.schedule)
+    c, o = compare(centered.grads, reference), compare(one_sided.grads, reference)
+    verdicts = {p.phase: p.verdict.message for p in centered.phases.phases}
+    result = {"network": net.spec.name, "beta": args.beta, "schedule": args.schedule,
+              "seconds": time.perf_counter() - t0, "verdicts": verdicts,
+              "parameters": {k: {"centered": c[k], "one_sided": o[k]} for k in c},
+              "min_cosine_centered": min(v["cosine"] for v in c.values()),
+              "min_cosine_one_sided": min(v["cosine"] for v in o.values())}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"{net.spec.name}: EP (beta {args.beta}) vs BPTT over {args.bptt_steps} steps, "
+              f"schedule {args.schedule}, batch {args.batch}")
+        for phase, msg in verdicts.items():
+            print(f"  {phase}: {msg}")
+        rows = [[k, f"{c[k]['cosine']:.6f}", f"{c[k]['rel_error']:.2e}", f"{o[k]['cosine']:.6f}",
+                 f"{o[k]['rel_error']:.2e}"] for k in c]
+        print(_table(rows, ["parameter", "cos centered", "rel err centered", "cos one-sided", "rel err one-sided"]))
+        print(f"min cosine: centered {result['min_cosine_centered']:.6f}, "
+              f"one-sided {result['min_cosine_one_sided']:.6f}  ({result['seconds']:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("relax", help=cmd_relax.__doc__)
+    add_network_options(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--beta", type=float, default=0.0, help="also run nudged phases with +beta and -beta")
+    p.add_argument("--t-free", type=int, default=120)
+    p.add_argument("--t-nudge", type=int, default=50)
+    p.add_argument("--schedule", choices=SCHEDULES, default="paper")
+    p.add_argument("--tol", type=float, default=None, help="stop a phase when the relative step falls under this")
+    p.add_argument("--units", type=int, default=4)
+    p.add_argument("--per-sample", action="store_true", help="keep per-sample values in the JSON record")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument("--save", help="write the record as JSON to this file")
+
+    p = sub.add_parser("gradcheck", help=cmd_gradcheck.__doc__)
+    add_network_options(p, depth=4, width=4, shape="1,8,8")
+    p.set_defaults(classes=5)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--beta", type=float, default=1e-3)
+    p.add_argument("--t-free", type=int, default=1000)
+    p.add_argument("--t-nudge", type=int, default=1000)
+    p.add_argument("--bptt-steps", type=int, default=300)
+    p.add_argument("--tol", type=float, default=1e-12)
+    p.add_argument("--schedule", choices=SCHEDULES, default="descent_safe")
+    p.add_argument("--json", action="store_true")
+
+    for name, fn in _extra_commands():
+        fn(sub)
+    return parser
+
+
+def _extra_commands():
+    """Commands that live in other modules (training, evaluation), if present."""
+    try:
+        from . import train
+    except ImportError:
+        return []
+    return getattr(train, "CLI_COMMANDS", [])
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
+    except (CheckpointError, SpecError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
