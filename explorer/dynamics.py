@@ -307,9 +307,10 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                     s[n] = v
                     version[n] += 1
             if need_delta:
-                last_rel = max(float(torch.linalg.vector_norm(delta_sq[n])) /
-                               (float(torch.linalg.vector_norm(s[n].flatten())) + 1e-12)
-                               for n in net.layer_names)
+                rels = [float(torch.linalg.vector_norm(delta_sq[n])) /
+                        (float(torch.linalg.vector_norm(s[n].flatten())) + 1e-12) for n in net.layer_names]
+                # max() ignores a NaN that is not first, so test every value
+                last_rel = float("nan") if not all(map(math.isfinite, rels)) else max(rels)
                 if not math.isfinite(last_rel):
                     bad = next(n for n in net.layer_names if not torch.isfinite(s[n]).all())
                     findings.append(Finding("non_finite", f"layer {bad} became non-finite at step {t}", t, bad))
