@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec
+from .network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec, _layout
 from .record import (ENERGY_STATS, LAYER_STATS, Finding, PhaseResult, RecordConfig, StepRecord,
                      Verdict)
 
@@ -100,10 +100,6 @@ def check_beta(spec: NetworkSpec, beta: float) -> None:
                          f"(the output update is no longer a descent step), got {beta}")
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).flatten(1).sum(1)
-
-
 def _self_terms(net: HopfieldNetwork, state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """1/2 ||s||^2 - <b, s>, per sample."""
     s = state[name]
@@ -126,49 +122,39 @@ def phi(net: HopfieldNetwork, state: dict[str, torch.Tensor], x: torch.Tensor) -
 # Relaxation
 # ---------------------------------------------------------------------------
 
-class _Cache:
-    """Edge outputs computed during a step, tagged with the version of the
-    state they were computed from, so Phi at the end of the step reuses them."""
+def _edge_outputs(net: HopfieldNetwork, s: dict, name: str):
+    """Each edge's contribution to the drive of ``name``: (edge, role, tensor)."""
+    outs = [(e, "skip" if e.kind == "skip" else "direct", e.forward(net.weight(e), s[e.spec.src]))
+            for e in net.incoming[name]]
+    outs += [(e, "feedback", e.feedback(net.weight(e), s[e.spec.dst])) for e in net.outgoing[name]]
+    return outs
 
-    def __init__(self):
-        self.fwd: dict[int, tuple[torch.Tensor, int]] = {}
-        self.bwd: dict[int, tuple[torch.Tensor, int]] = {}
 
-
-def _drive(net: HopfieldNetwork, s: dict, name: str, parts: bool, cache: _Cache | None,
-           version: dict[str, int]):
-    """Pre-activation of layer ``name``; with ``parts`` also its components."""
-    direct = skip = feedback = None
-    for e in net.incoming[name]:
-        out = e.forward(net.weight(e), s[e.spec.src])
-        if cache is not None:
-            cache.fwd[id(e)] = (out, version[e.spec.src])
-        if e.kind == "skip":
-            skip = out if skip is None else skip + out
-        else:
-            direct = out if direct is None else direct + out
-    for e in net.outgoing[name]:
-        out = e.feedback(net.weight(e), s[e.spec.dst])
-        if cache is not None:
-            cache.bwd[id(e)] = (out, version[e.spec.dst])
-        feedback = out if feedback is None else feedback + out
+def _pre_activation(net: HopfieldNetwork, name: str, outs, keep: bool) -> torch.Tensor:
+    """b + sum of the edge outputs. In place into the first output unless the
+    outputs must survive (``keep``, for the records) or autograd is watching."""
+    tensors = [o for _, _, o in outs]
     bias = net.bias_view(name)
-    comps = [c for c in (direct, skip, feedback) if c is not None]
-    if parts or cache is not None:
-        pre = comps[0] + bias
-        for c in comps[1:]:
-            pre = pre + c
-    else:
-        pre = comps[0].add_(bias) if comps[0].requires_grad is False else comps[0] + bias
-        for c in comps[1:]:
-            pre = pre.add_(c) if not pre.requires_grad else pre + c
-    return pre, (direct, skip, feedback, bias)
+    if tensors[0].requires_grad:
+        pre = tensors[0] + bias
+        for t in tensors[1:]:
+            pre = pre + t
+        return pre
+    pre = tensors[0] + bias if keep else tensors[0].add_(bias)
+    for t in tensors[1:]:
+        pre.add_(t)
+    return pre
+
+
+def drive(net: HopfieldNetwork, s: dict, name: str) -> torch.Tensor:
+    """The pre-activation of layer ``name`` at state ``s`` (which holds s0 = x)."""
+    return _pre_activation(net, name, _edge_outputs(net, s, name), keep=True)
 
 
 def _update(net: HopfieldNetwork, name: str, pre: torch.Tensor, old: torch.Tensor, beta: float,
             target_1h: torch.Tensor | None) -> torch.Tensor:
     if name != OUTPUT:
-        return pre.clamp(0.0, net.alpha)
+        return pre.clamp(0.0, net.alpha) if pre.requires_grad else pre.clamp_(0.0, net.alpha)
     if beta == 0.0 or target_1h is None:
         return pre
     if net.spec.cost == "mse":
@@ -180,21 +166,49 @@ def step(net: HopfieldNetwork, s: dict, groups, beta: float = 0.0, target_1h=Non
     """One iteration of the schedule, out of place (autograd-friendly: the BPTT reference)."""
     s = dict(s)
     for group in groups:
-        new = {n: _update(net, n, _drive(net, s, n, False, None, {})[0], s[n], beta, target_1h)
-               for n in group}
+        new = {n: _update(net, n, drive(net, s, n), s[n], beta, target_1h) for n in group}
         s.update(new)
     return s
 
 
+def _flat(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, -1] without a copy: channels-last maps are flattened in memory
+    order (h, w, c); ``like`` must share the layout when two are paired."""
+    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    if cl and (like is None or like.is_contiguous(memory_format=torch.channels_last)):
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], -1)
+
+
 def _norm(t: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
+    return torch.linalg.vector_norm(_flat(t), dim=1)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample <a, b> in one pass, without a temporary."""
+    n = a.shape[0]
+    return torch.bmm(_flat(a, b).unsqueeze(1), _flat(b, a).unsqueeze(2)).view(n)
+
+
+def _energy_owner(net: HopfieldNetwork, groups) -> dict[int, str | None]:
+    """For each edge, the endpoint updated later in the step: at its update the
+    other end is already final, so <edge output, new state> is that edge's
+    energy term at the end of the step. None: both ends move together (Jacobi)."""
+    order = {n: i for i, g in enumerate(groups) for n in g}
+    order[INPUT] = -1
+    owner = {}
+    for e in net.edges:
+        a, b = order[e.spec.src], order[e.spec.dst]
+        owner[id(e)] = None if a == b else (e.spec.src if a > b else e.spec.dst)
+    return owner
 
 
 def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.0,
           target=None, schedule: str = "paper", state: dict | None = None,
           tol: float | None = None, free_state: dict | None = None,
           record: RecordConfig | None = None, on_step: Callable[[StepRecord], None] | None = None,
-          phase: str | None = None, should_stop: Callable[[], bool] | None = None) -> PhaseResult:
+          phase: str | None = None, should_stop: Callable[[], bool] | None = None,
+          state_phi: torch.Tensor | None = None) -> PhaseResult:
     """Relax the network on input ``x`` for up to ``steps`` iterations.
 
     beta = 0 is the free phase; beta != 0 a nudged phase towards ``target``
@@ -203,6 +217,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     size max_k ||s_t - s_(t-1)|| / ||s_t|| falls under ``tol``. Records what
     ``record`` asks for and hands each :class:`StepRecord` to ``on_step``.
     Returns a :class:`PhaseResult` whose verdict says how the run ended.
+    ``state_phi`` (Phi of ``state``, e.g. the free phase's last record) saves
+    recomputing it for the step-0 record.
     """
     spec = net.spec
     x = net.check_input(x)
@@ -212,10 +228,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     beta = float(beta)
     check_beta(spec, beta)
     target_1h = None
-    if beta != 0.0:
-        if target is None:
-            raise ValueError("a nudged phase (beta != 0) needs a target")
-        target = check_target(spec, target, batch, x.device)
+    if beta != 0.0 and target is None:
+        raise ValueError("a nudged phase (beta != 0) needs a target")
     if target is not None:
         target = check_target(spec, target, batch, x.device)
         target_1h = one_hot(spec, target, x)
@@ -229,39 +243,44 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         want = (batch, *spec.shape_of(n))
         if tuple(s[n].shape) != want:
             raise ValueError(f"start state {n} has shape {tuple(s[n].shape)}, expected {want}")
+        s[n] = _layout(s[n].to(device=x.device, dtype=x.dtype))
     s[INPUT] = x
     records: list[StepRecord] = []
 
-    def finish(status_findings, t):
-        out = {n: s[n] for n in net.layer_names}
-        return PhaseResult(phase, beta, out, t, _verdict(status_findings), records)
+    last_phi = [state_phi if state is not None else None]
 
-    for name, p in net.named_parameters():
-        if not torch.isfinite(p).all():
-            return finish([Finding("non_finite", f"parameter {name} contains NaN or infinite values",
-                                   0, name)], 0)
+    def finish(findings, t):
+        out = {n: s[n] for n in net.layer_names}
+        return PhaseResult(phase, beta, out, t, _verdict(findings), records, last_phi[0])
+
+    bad = _first_non_finite_parameter(net)
+    if bad is not None:
+        return finish([Finding("non_finite", f"parameter {bad} contains NaN or infinite values", 0, bad)], 0)
     if not torch.isfinite(x).all():
         return finish([Finding("non_finite", "the input contains NaN or infinite values", 0, INPUT)], 0)
 
-    hidden_layers = [n for n in net.layer_names if n != OUTPUT]
+    names = net.layer_names
+    hidden_layers = [n for n in names if n != OUTPUT]
     units_idx = _unit_indices(net, record.units) if scalars and record.units else None
-    version = {n: 0 for n in [INPUT, *net.layer_names]}
+    owner = _energy_owner(net, groups)
+    jacobi_edges = [e for e in net.edges if owner[id(e)] is None]
     alpha = net.alpha
     nudge_ref = free_state if (free_state is not None and beta != 0) else None
+    zeros_b = x.new_zeros(batch)
 
-    def emit(t, rows, energy):
+    def emit(t, stats, energy):
         states = {}
         if record.state_layers and (t % max(1, record.state_every) == 0 or t == steps):
-            idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long)
-            states = {n: s[n].detach()[idx.to(x.device)].to("cpu", copy=True)
+            idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long,
+                                  device=x.device)
+            states = {n: s[n].detach().index_select(0, idx).to("cpu", copy=True)
                       for n in record.state_layers if n in s}
         units = None
         if units_idx is not None:
-            units = torch.stack([s[n].detach().flatten(1)[:, units_idx[n]].t() for n in net.layer_names])
-        rec = StepRecord(phase, t, beta, tuple(net.layer_names),
-                         rows if rows is not None else torch.zeros(len(net.layer_names), len(LAYER_STATS), batch,
-                                                                   dtype=x.dtype, device=x.device),
-                         energy, units, states)
+            units = torch.stack([s[n][(slice(None), *units_idx[n])].t() for n in names])
+        if stats is None:
+            stats = x.new_zeros(len(names), len(LAYER_STATS), batch)
+        rec = StepRecord(phase, t, beta, tuple(names), stats, energy, units, states)
         if record.keep:
             records.append(rec)
         if on_step is not None:
@@ -274,61 +293,73 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     findings: list[Finding] = []
     prev_f = None
     rose: list[int] = []
-    sat_onset: dict[str, int] = {}
+    sat_onset: dict[str, tuple[str, int]] = {}
+    last_rel = None
+    t = 0
     with torch.no_grad():
         if record is not None:
-            e0 = energies(phi(net, s, x)) if scalars else torch.zeros(3, batch, dtype=x.dtype, device=x.device)
+            if not scalars:
+                e0 = x.new_zeros(3, batch)
+            elif state is None:  # Phi of the zero state is 0: every term is linear or quadratic in s
+                e0 = energies(x.new_zeros(batch))
+            else:
+                last_phi[0] = state_phi if state_phi is not None else phi(net, s, x)
+                e0 = energies(last_phi[0])
             emit(0, None, e0)
-            prev_f = e0[2].sum()
-        t = 0
-        last_rel = None
+            prev_f = float(e0[2].sum())
         for t in range(1, steps + 1):
             if should_stop is not None and should_stop():
                 findings.append(Finding("cancelled", f"cancelled at step {t - 1}", t - 1))
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
-            cache = _Cache() if scalars else None
-            rows = {} if scalars else None
-            delta_sq = {}
+            rows = {}
+            norms = {}            # layer -> (||s_t - s_(t-1)||, ||s_t||) per sample
+            phi_t = 0.0
             for group in groups:
                 new = {}
                 for n in group:
-                    pre, parts = _drive(net, s, n, scalars, cache, version)
-                    new[n] = _update(net, n, pre, s[n], beta, target_1h)
-                    if scalars:
-                        rows[n] = parts
-                for n, v in new.items():
+                    outs = _edge_outputs(net, s, n)
+                    v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h)
+                    new[n] = (v, outs)
+                for n, (v, outs) in new.items():
                     if need_delta:
-                        d = _norm(v - s[n])
-                        delta_sq[n] = d
+                        norms[n] = (_norm(v - s[n]), _norm(v))
                     if scalars:
-                        rows[n] = _layer_row(n, v, delta_sq[n], rows[n], alpha,
-                                             None if nudge_ref is None else nudge_ref[n])
+                        row, self_term = _layer_row(net, n, v, norms[n], outs, alpha,
+                                                    None if nudge_ref is None else nudge_ref[n])
+                        rows[n] = row
+                        phi_t = phi_t + self_term
+                        for e, _, out in outs:
+                            if owner[id(e)] == n:
+                                phi_t = phi_t - _dot(out, v)
                     s[n] = v
-                    version[n] += 1
             if need_delta:
-                rels = [float(torch.linalg.vector_norm(delta_sq[n])) /
-                        (float(torch.linalg.vector_norm(s[n].flatten())) + 1e-12) for n in net.layer_names]
-                # max() ignores a NaN that is not first, so test every value
-                last_rel = float("nan") if not all(map(math.isfinite, rels)) else max(rels)
-                if not math.isfinite(last_rel):
-                    bad = next(n for n in net.layer_names if not torch.isfinite(s[n]).all())
-                    findings.append(Finding("non_finite", f"layer {bad} became non-finite at step {t}", t, bad))
-                    if record is not None:
-                        emit(t, torch.stack([rows[n] for n in net.layer_names]) if scalars else None,
-                             energies(torch.full((batch,), float("nan"), dtype=x.dtype, device=x.device)))
-                    return finish(findings, t)
+                pairs = torch.stack([torch.stack([d.square().sum(), m.square().sum()]) for d, m in norms.values()])
+                pairs = pairs.sqrt().tolist()
+                rels = [d / (m + 1e-12) for d, m in pairs]
+                last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
+            if scalars:
+                for e in jacobi_edges:  # both ends moved in one step: one extra (small) product
+                    phi_t = phi_t - e.energy(net.weight(e), s[e.spec.src], s[e.spec.dst])
+                stats = torch.stack([rows[n] for n in names])
+                energy = energies(phi_t)
+                last_phi[0] = phi_t
+            if need_delta and not math.isfinite(last_rel):
+                bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
+                findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
+                                        t, bad_layer))
+                if record is not None:
+                    emit(t, stats if scalars else None,
+                         energy if scalars else x.new_full((3, batch), float("nan")))
+                return finish(findings, t)
             if record is not None:
-                stats = torch.stack([rows[n] for n in net.layer_names]) if scalars else None
-                energy = energies(_phi_from_cache(net, s, cache, version)) if scalars else \
-                    torch.zeros(3, batch, dtype=x.dtype, device=x.device)
-                emit(t, stats, energy)
+                emit(t, stats if scalars else None, energy if scalars else x.new_zeros(3, batch))
                 if scalars:
-                    f_t = energy[2].sum()
-                    if float(f_t - prev_f) > 1e-5 * (abs(float(prev_f)) + 1.0):
+                    f_t = float(energy[2].sum())
+                    if f_t - prev_f > 1e-5 * (abs(prev_f) + 1.0):
                         rose.append(t)
                     prev_f = f_t
-                    _track_saturation(stats, net.layer_names, hidden_layers, t, sat_onset)
+                    _track_saturation(stats, names, hidden_layers, t, sat_onset)
             if tol is not None and last_rel is not None and last_rel < tol:
                 findings.append(Finding("converged", f"converged at step {t} (relative step {last_rel:.1e})", t))
                 break
@@ -348,50 +379,50 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                                     + (f" and {len(rose) - 1} later steps" if len(rose) > 1 else ""), rose[0]))
         if not scalars:
             _final_saturation(s, hidden_layers, alpha, t, sat_onset)
-        for n, onset in sat_onset.items():
-            kind, at = onset
+        for n, (kind, at) in sat_onset.items():
             findings.append(Finding(kind, f"layer {n} {kind} at step {at}", at, n))
     return finish(findings, t)
 
 
-def _layer_row(name, v, delta, parts, alpha, ref):
-    """The LAYER_STATS row [S, B] of one freshly updated layer."""
-    direct, skip, feedback, bias = parts
-    flat = v.flatten(1)
-    batch = flat.shape[0]
+def _first_non_finite_parameter(net: HopfieldNetwork) -> str | None:
+    # One sum per tensor: NaN and inf propagate, so a finite sum means finite values
+    # (barring overflow of the sum, which the element check below then settles).
+    named = list(net.named_parameters())
+    sums = torch.stack([p.detach().sum() for _, p in named])
+    if bool(torch.isfinite(sums).all()):
+        return None
+    return next((n for n, p in named if not torch.isfinite(p).all()), None)
+
+
+def _layer_row(net, name, v, norms, outs, alpha, ref):
+    """The LAYER_STATS row [S, B] of a freshly updated layer, and its 1/2||s||^2 - <b, s>."""
+    delta, norm_v = norms
+    batch = v.shape[0]
+    flat = _flat(v)
+    size = flat.shape[1]
     zeros = flat.new_zeros(batch)
-    norm_v = _norm(v)
-    n_direct = _norm(direct) if direct is not None else zeros
-    n_skip = _norm(skip) if skip is not None else zeros
-    n_feedback = _norm(feedback) if feedback is not None else zeros
-    spatial = flat.shape[1] // bias.shape[0]
-    n_bias = (torch.linalg.vector_norm(bias) * math.sqrt(spatial)).expand(batch)
+    parts = {"direct": [], "skip": [], "feedback": []}
+    for _, role, out in outs:
+        parts[role].append(out)
+
+    def part_norm(ts):
+        if not ts:
+            return zeros
+        return _norm(ts[0] if len(ts) == 1 else torch.stack(ts).sum(0))
+    n_direct, n_skip, n_feedback = (part_norm(parts[k]) for k in ("direct", "skip", "feedback"))
+    b = net.biases[name]
+    per_channel = v.sum((2, 3)) if v.dim() == 4 else v
+    n_bias = (torch.linalg.vector_norm(b) * math.sqrt(size // b.shape[0])).expand(batch)
     share = n_skip / (n_direct + n_skip + n_feedback + 1e-12)
     if name == OUTPUT:
         frac_zero = frac_alpha = zeros
     else:
-        frac_zero = (flat <= 0).sum(1).to(flat.dtype) / flat.shape[1]
-        frac_alpha = (flat >= alpha).sum(1).to(flat.dtype) / flat.shape[1]
+        frac_zero = 1.0 - torch.count_nonzero(flat, dim=1).to(flat.dtype) / size
+        frac_alpha = torch.count_nonzero(flat >= alpha, dim=1).to(flat.dtype) / size
     nudge = _norm(v - ref) if ref is not None else zeros
-    return torch.stack([delta / (norm_v + 1e-12), flat.mean(1), frac_zero, frac_alpha,
-                        n_direct, n_skip, n_feedback, n_bias, share, nudge])
-
-
-def _phi_from_cache(net: HopfieldNetwork, s: dict, cache: _Cache, version: dict) -> torch.Tensor:
-    """Phi at the current state, reusing edge outputs whose inputs have not changed since."""
-    total = sum(_self_terms(net, s, n) for n in net.layer_names)
-    for e in net.edges:
-        src, dst = e.spec.src, e.spec.dst
-        fwd = cache.fwd.get(id(e))
-        bwd = cache.bwd.get(id(e))
-        if fwd is not None and fwd[1] == version[src]:
-            term = _dot(fwd[0], s[dst])
-        elif bwd is not None and bwd[1] == version[dst]:
-            term = _dot(s[src], bwd[0])
-        else:  # both ends moved in one Jacobi step (synchronous, or the paper's skips)
-            term = e.energy(net.weight(e), s[src], s[dst])
-        total = total - term
-    return total
+    row = torch.stack([delta / (norm_v + 1e-12), per_channel.sum(1) / size, frac_zero, frac_alpha,
+                       n_direct, n_skip, n_feedback, n_bias, share, nudge])
+    return row, 0.5 * norm_v.square() - per_channel @ b
 
 
 def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
@@ -400,9 +431,11 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
     out = {}
     for n in net.layer_names:
         size = math.prod(net.spec.shape_of(n))
-        out[n] = torch.randperm(size, generator=gen)[:count].sort().values.to(net.device)
-        if out[n].numel() < count:  # tiny layers: repeat so every layer has `count` rows
-            out[n] = out[n].repeat(math.ceil(count / out[n].numel()))[:count]
+        flat = torch.randperm(size, generator=gen)[:count].sort().values
+        if flat.numel() < count:  # tiny layers: repeat so every layer has `count` rows
+            flat = flat.repeat(math.ceil(count / flat.numel()))[:count]
+        coords = torch.unravel_index(flat, net.spec.shape_of(n))
+        out[n] = tuple(c.to(net.device) for c in coords)
     return out
 
 

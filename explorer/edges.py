@@ -17,7 +17,8 @@ from torch.nn.grad import conv2d_weight
 
 
 def _per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).flatten(1).sum(1)
+    n = a.shape[0]
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(n)
 
 
 class Edge:

@@ -54,11 +54,11 @@ def run_phases(net: HopfieldNetwork, x, target, *, beta: float, t_free: int, t_n
     common = dict(schedule=schedule, tol=tol, record=record, on_step=on_step, should_stop=should_stop)
     free = relax(net, x, steps=t_free, beta=0.0, target=target, state=state, phase="free", **common)
     plus = relax(net, x, steps=t_nudge, beta=beta, target=target, state=free.state,
-                 free_state=free.state, phase="nudged+", **common)
+                 free_state=free.state, phase="nudged+", state_phi=free.phi, **common)
     minus = None
     if variant == "centered":
         minus = relax(net, x, steps=t_nudge, beta=-beta, target=target, state=free.state,
-                      free_state=free.state, phase="nudged-", **common)
+                      free_state=free.state, phase="nudged-", state_phi=free.phi, **common)
     return EPPhases(free, plus, minus)
 
 

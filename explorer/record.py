@@ -127,6 +127,7 @@ class PhaseResult:
     steps: int
     verdict: Verdict
     records: list[StepRecord] = field(default_factory=list)
+    phi: torch.Tensor | None = None     # Phi of ``state`` per sample, when it was recorded
 
     def series(self, name: str, layer: str | None = None) -> torch.Tensor:
         """A statistic over steps: [steps, n_layers, batch] (or [steps, batch])."""

@@ -37,7 +37,7 @@ def test_truncated_tensor_file_is_named(saved):
 
 def test_shape_mismatch_names_the_tensor(saved, tmp_path):
     net, stem = saved
-    tensors = {k: v.clone() for k, v in net.state_dict().items()}
+    tensors = {k: v.contiguous().clone() for k, v in net.state_dict().items()}
     tensors["weights.s1_s2"] = torch.zeros(3, 3, 3, 3)
     save_file(tensors, str(stem.with_suffix(".safetensors")))
     with pytest.raises(CheckpointError, match=r"weights.s1_s2 has shape \(3, 3, 3, 3\).*needs \(4, 4, 3, 3\)"):
@@ -46,11 +46,11 @@ def test_shape_mismatch_names_the_tensor(saved, tmp_path):
 
 def test_missing_and_nan_tensors_are_named(saved):
     net, stem = saved
-    tensors = {k: v.clone() for k, v in net.state_dict().items() if k != "biases.s3"}
+    tensors = {k: v.contiguous().clone() for k, v in net.state_dict().items() if k != "biases.s3"}
     save_file(tensors, str(stem.with_suffix(".safetensors")))
     with pytest.raises(CheckpointError, match=r"lacks tensor biases.s3 \(s3\)"):
         load_checkpoint(stem)
-    tensors = {k: v.clone() for k, v in net.state_dict().items()}
+    tensors = {k: v.contiguous().clone() for k, v in net.state_dict().items()}
     tensors["weights.s0_s1"][0, 0, 0, 0] = float("nan")
     save_file(tensors, str(stem.with_suffix(".safetensors")))
     with pytest.raises(CheckpointError, match="weights.s0_s1.*NaN"):

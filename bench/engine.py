@@ -1,0 +1,207 @@
+"""Engine benchmark: one table of figures measured in one run on this machine.
+
+    .venv/bin/python bench/engine.py            # full run (about 10 minutes on 2 cores)
+    .venv/bin/python bench/engine.py --quick    # smaller counts, for a smoke test
+
+Measures, for Hopfield-ResNet13 (batch 1, 16) and a small Fashion-MNIST
+network (batch 1, 64): ms per relaxation iteration against the same update
+computed by autograd of Phi (as earlier EP code does it), the cost of
+recording, achieved GFLOP/s against this machine's conv2d throughput measured
+in the same run, iterations and time to equilibrium for each schedule against
+the paper's fixed 120, and the wall time and accuracy (cosine to a long-run
+reference) of one full centered-EP gradient of Hopfield-ResNet13 at batch 16.
+Run it on an otherwise idle machine: a second busy process halves every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from explorer import HopfieldNetwork, RecordConfig, ep_gradient, hopfield_family, hopfield_resnet13  # noqa: E402
+from explorer.dynamics import OUTPUT, SCHEDULES, phi, relax, schedule_groups  # noqa: E402
+
+
+def iteration_flops(net: HopfieldNetwork) -> int:
+    """FLOPs of one iteration for one sample: every edge forward, and backward unless it leaves the input."""
+    return sum(e.flops() * (1 if e.spec.src == "s0" else 2) for e in net.edges)
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of fn() over repeats, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def conv_ceiling(device) -> float:
+    """GFLOP/s of a large, compute-bound conv2d (256->256, 3x3, 16x16, batch 16), best layout."""
+    best = 0.0
+    w = torch.randn(256, 256, 3, 3, device=device)
+    x = torch.randn(16, 256, 16, 16, device=device)
+    flops = 2 * 256 * 256 * 9 * 16 * 16 * 16
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf, wf = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+        t = timed(lambda: [F.conv2d(xf, wf, padding=1) for _ in range(5)], 3) / 5
+        best = max(best, flops / t / 1e9)
+    return best
+
+
+def autograd_iteration(net: HopfieldNetwork, s: dict, x: torch.Tensor, groups) -> dict:
+    """One iteration the way earlier EP code computes it: dPhi/ds by autograd, then s <- sigma(s - dPhi/ds)."""
+    s = dict(s)
+    for group in groups:
+        with torch.enable_grad():
+            leaves = {n: s[n].detach().requires_grad_() for n in net.layer_names}
+            grads = torch.autograd.grad(phi(net, leaves, x).sum(), [leaves[n] for n in group])
+        for n, g in zip(group, grads):
+            pre = s[n] - g
+            s[n] = pre if n == OUTPUT else pre.clamp(0, net.alpha)
+    return s
+
+
+def per_iteration(net, batch, iters, repeats, ceiling):
+    x = torch.rand(batch, *net.spec.input_shape)
+    x = net.check_input(x)
+    groups = schedule_groups(net.spec, "paper")
+    explicit = timed(lambda: relax(net, x, steps=iters), repeats) / iters
+    recorded = timed(lambda: relax(net, x, steps=iters, record=RecordConfig()), repeats) / iters
+    start = net.zero_state(batch)
+    start["s0"] = x
+
+    def auto():
+        s = start
+        for _ in range(iters):
+            s = autograd_iteration(net, s, x, groups)
+    with torch.no_grad():
+        auto_t = timed(auto, repeats) / iters
+    gflops = iteration_flops(net) * batch / explicit / 1e9
+    return {"explicit_ms": explicit * 1e3, "recorded_ms": recorded * 1e3, "autograd_ms": auto_t * 1e3,
+            "speedup": auto_t / explicit, "gflops": gflops, "fraction": gflops / ceiling,
+            "record_overhead": recorded / explicit - 1}
+
+
+def to_equilibrium(net, batch, cap, ms_per_iter):
+    x = net.check_input(torch.rand(batch, *net.spec.input_shape, generator=torch.Generator().manual_seed(0)))
+    rows = {}
+    for schedule in SCHEDULES:
+        t0 = time.perf_counter()
+        result = relax(net, x, steps=cap, schedule=schedule, tol=1e-4)
+        wall = time.perf_counter() - t0
+        rows[schedule] = {"iterations": result.steps, "seconds": wall,
+                          "converged": result.verdict.converged,
+                          "vs_120": wall / (120 * ms_per_iter / 1e3)}
+    return rows
+
+
+def flat_grads(grads):
+    return torch.cat([g.flatten().double() for g in grads.values()])
+
+
+def cosine(a, b):
+    return float(a @ b / (a.norm() * b.norm() + 1e-30))
+
+
+def full_gradient(net, batch, scale, repeats_ref=1):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *net.spec.input_shape, generator=gen)
+    target = torch.randint(0, net.spec.n_classes, (batch,), generator=gen)
+    beta = 0.1
+
+    def run(**kw):
+        t0 = time.perf_counter()
+        res = ep_gradient(net, x, target, beta=beta, **kw)
+        return res, time.perf_counter() - t0
+    t_free, t_nudge = int(120 * scale), int(50 * scale)
+    reference, ref_t = run(t_free=10 * t_free, t_nudge=10 * t_nudge, schedule="paper")
+    ref = flat_grads(reference.grads)
+    rows = {}
+    paper, paper_t = run(t_free=t_free, t_nudge=t_nudge, schedule="paper")
+    rows[f"paper settings ({t_free}/{t_nudge}/{t_nudge}, paper schedule)"] = (paper, paper_t)
+    for schedule in ("paper", "descent_safe"):
+        for tol in (1e-3, 3e-4):
+            res, t = run(t_free=10 * t_free, t_nudge=10 * t_nudge, schedule=schedule, tol=tol)
+            rows[f"stop at relative step < {tol:g}, {schedule} schedule"] = (res, t)
+    out = {}
+    for name, (res, t) in rows.items():
+        steps = "/".join(str(p.steps) for p in res.phases.phases)
+        out[name] = {"seconds": t, "iterations": steps, "cosine": cosine(flat_grads(res.grads), ref)}
+    out["reference"] = {"seconds": ref_t, "iterations": "/".join(str(p.steps) for p in reference.phases.phases),
+                        "verdicts": [p.verdict.message for p in reference.phases.phases]}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (smoke test, not for figures)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-gradient", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quick = args.quick
+    print(f"# engine benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    ceiling = conv_ceiling(device)
+    print(f"conv2d ceiling (256->256 3x3 16x16 batch 16): {ceiling:.1f} GFLOP/s\n")
+
+    resnet13 = HopfieldNetwork(hopfield_resnet13(), seed=0).to(device)
+    small = HopfieldNetwork(hopfield_family(5, input_shape=(1, 28, 28), width=16, name="fmnist-resnet-5x16"),
+                            seed=0).to(device)
+    cases = [(resnet13, 1), (resnet13, 16), (small, 1), (small, 64)]
+
+    print("## Per relaxation iteration (paper schedule)")
+    print("| network | batch | GFLOP/iter | explicit ms | autograd ms | explicit speed-up | GFLOP/s "
+          "| fraction of conv2d ceiling | with records ms | record overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    speeds = {}
+    for net, batch in cases:
+        iters = (3 if batch == 16 else 10) if quick else (10 if batch == 16 else 40)
+        if net is small:
+            iters *= 5
+        r = per_iteration(net, batch, iters, repeats=1 if quick else 3, ceiling=ceiling)
+        speeds[(net.spec.name, batch)] = r["explicit_ms"]
+        print(f"| {net.spec.name} | {batch} | {iteration_flops(net) * batch / 1e9:.3f} | {r['explicit_ms']:.2f} "
+              f"| {r['autograd_ms']:.2f} | {r['speedup']:.2f}x | {r['gflops']:.1f} | {r['fraction']:.0%} "
+              f"| {r['recorded_ms']:.2f} | {r['record_overhead']:+.1%} |", flush=True)
+
+    print("\n## To equilibrium (relative step < 1e-4, from zeros, free phase)")
+    print("| network | batch | schedule | iterations | converged | seconds | time / (120 fixed iterations) |")
+    print("|---|---|---|---|---|---|---|")
+    for net, batch in cases:
+        cap = 60 if quick else (400 if net is resnet13 else 1000)
+        rows = to_equilibrium(net, batch, cap, speeds[(net.spec.name, batch)])
+        for schedule, r in rows.items():
+            print(f"| {net.spec.name} | {batch} | {schedule} | {r['iterations']} | {r['converged']} "
+                  f"| {r['seconds']:.2f} | {r['vs_120']:.2f} |", flush=True)
+
+    if not args.skip_gradient:
+        scale = 0.1 if quick else 1.0
+        print("\n## One centered-EP gradient, Hopfield-ResNet13, batch 16, beta 0.1")
+        print("(cosine to the long-run reference: the same estimate with ten times the iterations; "
+              "the paper's code took 46.7 s for the paper settings on this machine)")
+        print("| run | iterations free/+/- | seconds | cosine to reference | vs 46.7 s |")
+        print("|---|---|---|---|---|")
+        g = full_gradient(resnet13, 16 if not quick else 2, scale)
+        ref = g.pop("reference")
+        for name, r in g.items():
+            print(f"| {name} | {r['iterations']} | {r['seconds']:.1f} | {r['cosine']:.4f} "
+                  f"| {r['seconds'] / 46.7:.2f} |", flush=True)
+        print(f"| reference (10x iterations, paper schedule) | {ref['iterations']} | {ref['seconds']:.1f} | 1 | |")
+        print(f"reference verdicts: {'; '.join(ref['verdicts'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""The explorer page: settings -> worker -> one periodic callback -> views.
+
+Data flow (the measured design for a 2-core machine):
+
+- a setting changes (a widget, on the page's thread): :meth:`ExplorerApp.restart`
+  resolves the settings into a :class:`RunRequest` and submits it; the
+  worker makes the running relaxation stale, so ``should_stop`` cancels it
+  at its next step, and nothing queues up;
+- the worker thread relaxes and appends numpy frames to a bounded queue; it
+  never touches Bokeh models;
+- one periodic callback per page (every ``TICK_MS``) drains the queue,
+  coalesces the frames into one batch and streams it into the views'
+  ``ColumnDataSource`` objects.
+
+Each browser tab is its own session with its own state and worker; the
+worker stops when the session is destroyed or, sooner, when the page has had
+no connection for ``ORPHAN_SECONDS``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import panel as pn
+import torch
+from bokeh.models import ColumnDataSource
+from panel.theme.fast import Fast
+
+from .gallery import Gallery
+from .state import RUN_SETTINGS, UNTRAINED, ExplorerState, SettingError, pick_device
+from .views import VIEW_CLASSES
+from .views.base import Batch, Run
+from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
+
+log = logging.getLogger("explorer.app")
+
+TICK_MS = 40            # 25 drains per second: >= 20 frames/s with room for jitter
+ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
+CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
+DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
+
+
+# Panel's Fast design without its web font (Open Sans from Google), so the page loads nothing from
+# outside the server: it works with no internet and logs no failed requests. Panel finds a design's
+# bundled files by its class name, so the subclass keeps the name "Fast".
+OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
+                                     "__module__": __name__})
+
+
+def app_css() -> str:
+    try:
+        return CSS_FILE.read_text()
+    except OSError:
+        return ""
+
+
+class ExplorerApp(pn.viewable.Viewer):
+    """One page of the explorer: its state, its worker, its views."""
+
+    def __init__(self, state: ExplorerState | None = None, *, autostart: bool = True,
+                 threads: int | None = 1, **params):
+        super().__init__(**params)
+        self.state = state if state is not None else ExplorerState()
+        self.device = pick_device()
+        self.worker = self._new_worker(threads)
+        self._threads = threads
+        self.views = {cls.key: cls(self.state) for cls in VIEW_CLASSES}
+        self.gallery = Gallery(self.state)
+        self.messages: list[tuple[str, str]] = []   # (level, text) of every notification
+        self.css = app_css()
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
+                                   margin=(5, 10))
+        self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
+                                   sizing_mode="stretch_width", margin=(0, 10))
+        self.meta = ColumnDataSource(data={"run": [0], "beta": [0.0], "phase": [""], "step": [0],
+                                           "frames": [0]}, name="explorer.meta")
+        self.upload = pn.widgets.FileInput(multiple=True, accept=".json,.safetensors",
+                                           sizing_mode="stretch_width")
+        self.upload.param.watch(self._on_upload, "value")
+        self.run: Run | None = None
+        self.frames_drawn = 0
+        self._good = self.state.run_settings()
+        self._applying = False
+        self._display_dirty = False
+        self._doc = None
+        self._callback = None
+        self._connected_once = False
+        self._orphan_since: float | None = None
+        self._layout = None
+        self.state.param.watch(self._on_run_setting, list(RUN_SETTINGS))
+        self.state.param.watch(self._on_playback, ["playing", "speed"])
+        self.state.param.watch(self._on_step, ["step"])
+        self.state.param.watch(self._on_reset, ["reset"])
+        self.state.param.watch(self._on_display, list(DISPLAY_SETTINGS))
+        if autostart:
+            self.restart()
+
+    # ------------------------------------------------------------------------------------
+    # Runs
+    # ------------------------------------------------------------------------------------
+    def _new_worker(self, threads) -> RunWorker:
+        worker = RunWorker(threads=threads or 0)
+        worker.set_speed(self.state.steps_per_second)
+        worker.set_playing(self.state.playing)
+        return worker
+
+    def restart(self) -> int | None:
+        """Start a relaxation with the current settings; returns its run id (None if invalid)."""
+        try:
+            request = self.state.resolve()
+        except SettingError as exc:
+            self.notify(str(exc))
+            return None
+        self._good = self.state.run_settings()
+        self.clear_alert()
+        return self.worker.submit(request)
+
+    @contextlib.contextmanager
+    def _applying_settings(self):
+        """Settings changed by the app itself (model defaults, reverts) do not re-trigger."""
+        self._applying, old = True, self._applying
+        try:
+            yield
+        finally:
+            self._applying = old
+
+    def _on_run_setting(self, *events) -> None:
+        if self._applying:
+            return
+        names = {e.name for e in events}
+        state = self.state
+        try:
+            with self._applying_settings():
+                if "residual" in names and "model" not in names and state.model in UNTRAINED:
+                    state.model = "untrained resnet" if state.residual else "untrained plain"
+                if "model" in names:
+                    state.param.update(**state.model_defaults(state.model))
+                if names & {"model", "depth", "residual", "map_layer"}:
+                    state.sync_layers()
+            request = state.resolve()
+        except SettingError as exc:
+            kept = ", ".join(f"{n} = {self._good[n]}" for n in sorted(names) if n in self._good)
+            self.notify(f"{exc}" + (f" (kept {kept})" if kept else ""))
+            with self._applying_settings():
+                state.param.update(**self._good)
+                state.sync_layers()
+            return
+        self._good = state.run_settings()
+        self.clear_alert()
+        self.worker.submit(request)
+
+    def _on_playback(self, *events) -> None:
+        for e in events:
+            if e.name == "speed":
+                self.worker.set_speed(self.state.steps_per_second)
+            elif e.name == "playing":
+                self.worker.set_playing(e.new)
+                if e.new and not self.worker.busy:
+                    self.restart()   # play after the end replays the run
+
+    def _on_step(self, *_events) -> None:
+        if self.state.playing:
+            self.state.playing = False
+        if not self.worker.busy:
+            self.restart()           # paused at the end: start again, showing the start state
+        else:
+            self.worker.step_once()
+
+    def _on_reset(self, *_events) -> None:
+        self.restart()
+
+    def _on_display(self, *_events) -> None:
+        self._display_dirty = True   # applied by the next drain (only it touches Bokeh models)
+
+    def _on_upload(self, event) -> None:
+        values = event.new
+        names = self.upload.filename
+        if not values:
+            return
+        if isinstance(values, (bytes, bytearray)):
+            values, names = [values], [names]
+        if not names or len(names) != len(values):
+            self.notify("the upload arrived without file names; choose NAME.json and NAME.safetensors again")
+            return
+        try:
+            choice = self.state.add_upload(dict(zip(names, values)))
+        except SettingError as exc:
+            self.notify(str(exc))
+            return
+        self.notify(f"loaded {choice[len('upload: '):]}", level="success")
+        self.state.model = choice
+
+    # ------------------------------------------------------------------------------------
+    # Messages
+    # ------------------------------------------------------------------------------------
+    def notify(self, text: str, level: str = "error") -> None:
+        """Tell the person: a toast (when served) and the alert pane; kept in ``messages``."""
+        self.messages.append((level, text))
+        (log.info if level in ("info", "success") else log.warning)("%s: %s", level, text)
+        if level in ("error", "warning"):
+            self.alert.alert_type = "danger" if level == "error" else "warning"
+            self.alert.object = text
+            self.alert.visible = True
+        notifications = pn.state.notifications
+        if notifications is not None:
+            with contextlib.suppress(Exception):
+                getattr(notifications, level)(text, duration=8000 if level == "error" else 3000)
+
+    def clear_alert(self) -> None:
+        if self.alert.visible:
+            self.alert.visible = False
+
+    # ------------------------------------------------------------------------------------
+    # The drain: the only code that touches Bokeh models
+    # ------------------------------------------------------------------------------------
+    def drain(self) -> int:
+        """Move what the worker recorded into the views; returns frames drawn."""
+        events = self.worker.drain()
+        latest = self.worker.latest_run
+        pending: list[Frame] = []
+        drawn = 0
+
+        def flush():
+            nonlocal drawn
+            if pending and self.run is not None:
+                batch = Batch(self.run, list(pending))
+                for view in self.views.values():
+                    view.push(batch)
+                drawn += len(pending)
+            pending.clear()
+
+        for ev in events:
+            if ev.run_id != latest:
+                continue   # a stale run's leftovers
+            if isinstance(ev, Frame):
+                if self.run is not None and ev.run_id == self.run.run_id:
+                    pending.append(ev)
+                continue
+            flush()
+            if isinstance(ev, RunStarted):
+                self.run = Run(ev.request)
+                for view in self.views.values():
+                    view.start_run(self.run)
+                self.gallery.show(ev.request.sample)
+                self._update_status()
+            elif isinstance(ev, PhaseEnded) and self.run is not None:
+                for view in self.views.values():
+                    view.phase_ended(ev)
+            elif isinstance(ev, RunEnded) and self.run is not None:
+                for view in self.views.values():
+                    view.run_ended(ev)
+            elif isinstance(ev, RunFailed):
+                self.notify(f"the relaxation failed: {ev.message}")
+        flush()
+        if self._display_dirty:
+            self._display_dirty = False
+            for view in self.views.values():
+                view.refresh_display()
+        if drawn or events:
+            self.frames_drawn += drawn
+            self._update_meta()
+        return drawn
+
+    def _update_meta(self) -> None:
+        run = self.run
+        if run is None:
+            return
+        last = self.views["verdict"].progress
+        phase = next((p for p in ("nudged-", "nudged+", "free") if p in last), "")
+        self.meta.data = {"run": [run.run_id], "beta": [run.beta], "phase": [phase],
+                          "step": [last.get(phase, 0)], "frames": [self.frames_drawn]}
+
+    def _update_status(self) -> None:
+        run = self.run
+        net = run.request.net
+        if self.device.type == "cuda":
+            where = f"GPU: {torch.cuda.get_device_name(self.device)}"
+        else:
+            where = f"CPU, {self._threads or torch.get_num_threads()} torch thread(s) per page, no GPU"
+        self.status.object = (f"<div class='status'><b>{net.spec.name}</b> · depth {net.spec.depth} · "
+                              f"{'residual' if net.spec.residual else 'plain'} · "
+                              f"{net.parameter_count():,} parameters · {where}</div>")
+
+    def counts(self) -> dict[str, int]:
+        return {k: v.data_count() for k, v in self.views.items()}
+
+    # For tests and scripts: run the worker to the end and drain everything.
+    def run_until_idle(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.worker.busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the relaxation did not finish in time")
+            self.drain()
+            time.sleep(0.01)
+        self.drain()
+
+    # ------------------------------------------------------------------------------------
+    # Session lifecycle
+    # ------------------------------------------------------------------------------------
+    def attach_session(self) -> None:
+        """Start the periodic drain and stop the worker with the session (when served)."""
+        self._doc = pn.state.curdoc
+        self._callback = pn.state.add_periodic_callback(self._tick, period=TICK_MS)
+        pn.state.on_session_destroyed(self._on_session_destroyed)
+
+    def _tick(self) -> None:
+        if self._orphaned():
+            return
+        self.drain()
+
+    def _orphaned(self) -> bool:
+        """True while the page has lost its connection; stops the worker after ORPHAN_SECONDS."""
+        ctx = getattr(self._doc, "session_context", None)
+        session = getattr(ctx, "session", None)
+        if session is None:
+            return False
+        if session.connection_count > 0:
+            self._connected_once = True
+            self._orphan_since = None
+            if self.worker.closed:          # the page came back (reconnected): start afresh
+                self.worker = self._new_worker(self._threads)
+                self.restart()
+            return False
+        if not self._connected_once:
+            return False                    # still loading
+        now = time.monotonic()
+        if self._orphan_since is None:
+            self._orphan_since = now
+        elif now - self._orphan_since > ORPHAN_SECONDS and not self.worker.closed:
+            self.shutdown("page closed")
+        return True
+
+    def _on_session_destroyed(self, session_context) -> None:
+        self.shutdown("session destroyed")
+        if self._callback is not None:
+            with contextlib.suppress(Exception):
+                self._callback.stop()
+
+    def shutdown(self, reason: str = "") -> None:
+        if not self.worker.closed:
+            self.worker.stop(timeout=2.0)
+            sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
+            log.info("session %s: worker stopped (%s)", sid, reason)
+            print(f"explorer: session {sid}: worker stopped ({reason})", flush=True)
+
+    # ------------------------------------------------------------------------------------
+    # Layout
+    # ------------------------------------------------------------------------------------
+    def controls(self) -> list:
+        s = self.state
+        def section(title, *items):
+            return pn.Column(pn.pane.HTML(f"<div class='section'>{title}</div>", stylesheets=[self.css],
+                                          margin=(8, 10, 0, 10)), *items, sizing_mode="stretch_width")
+        model = pn.Param(s, parameters=["model", "depth", "residual"], show_name=False,
+                         sizing_mode="stretch_width")
+        upload_help = pn.pane.HTML("<div class='hint'>Upload a checkpoint: select <b>NAME.json</b> and "
+                                   "<b>NAME.safetensors</b> together.</div>", stylesheets=[self.css],
+                                   margin=(0, 10))
+        dynamics = pn.Param(s, parameters=["alpha", "beta", "t_free", "t_nudge", "schedule"], show_name=False,
+                            widgets={"alpha": {"type": pn.widgets.FloatSlider, "format": "0.0"},
+                                     "beta": {"type": pn.widgets.FloatSlider, "format": "0.00"}},
+                            sizing_mode="stretch_width")
+        playback_buttons = pn.Param(s, parameters=["playing", "step", "reset"], show_name=False,
+                                    default_layout=pn.Row, sizing_mode="stretch_width",
+                                    widgets={"playing": {"type": pn.widgets.Toggle, "button_type": "primary",
+                                                         "name": "▶ Play / ❚❚ Pause"},
+                                             "step": {"type": pn.widgets.Button, "name": "Step"},
+                                             "reset": {"type": pn.widgets.Button, "name": "Reset"}})
+        speed = pn.Param(s, parameters=["speed"], show_name=False, sizing_mode="stretch_width",
+                         widgets={"speed": pn.widgets.DiscreteSlider})
+        inputs = pn.Param(s, parameters=["sample"], show_name=False, sizing_mode="stretch_width")
+        display = pn.Param(s, parameters=["units_layer", "map_layer", "map_channel", "map_phase"],
+                           show_name=False, sizing_mode="stretch_width")
+        return [section("Model", model, upload_help, self.upload),
+                section("Dynamics", dynamics),
+                section("Input", self.gallery.pane, inputs),
+                section("Playback", playback_buttons, speed),
+                section("Display", display)]
+
+    def relaxation_tab(self):
+        v = self.views
+        row = dict(sizing_mode="stretch_width")
+        return pn.Column(
+            pn.Row(v["output"].panel(), v["verdict"].panel(sizing_mode="fixed", width=560), **row),
+            v["energy"].panel(),
+            v["residual"].panel(),
+            v["trajectories"].panel(),
+            v["nudge"].panel(),
+            sizing_mode="stretch_width")
+
+    def tabs(self) -> pn.Tabs:
+        """The main area. A later view (e.g. training) is one more ``tabs.append((title, view))``."""
+        return pn.Tabs(("Relaxation", self.relaxation_tab()), dynamic=False, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        if self._layout is None:
+            self._layout = pn.Row(pn.Column(*self.controls(), width=340),
+                                  pn.Column(self.status, self.alert, self.tabs(), sizing_mode="stretch_width"),
+                                  sizing_mode="stretch_width")
+        return self._layout
+
+    def template(self) -> pn.template.FastListTemplate:
+        self._tabs = self.tabs()
+        tmpl = pn.template.FastListTemplate(
+            title="Hopfield-ResNet explorer · equilibrium propagation, live",
+            sidebar=self.controls(), main=[pn.Column(self.status, self.alert, self._tabs,
+                                                     sizing_mode="stretch_width")],
+            sidebar_width=350, accent="#0072B2", main_layout=None, theme_toggle=False, design=OfflineFast,
+            # No web font: the default (Open Sans from Google) fails without internet.
+            font="'Helvetica Neue', Helvetica, Arial, sans-serif", font_url="",
+            raw_css=[self.css])
+        return tmpl
+
+
+def create_app(**kwargs) -> ExplorerApp:
+    return ExplorerApp(**kwargs)

@@ -1,0 +1,371 @@
+"""The explorer's settings: one ``param.Parameterized`` class, no Panel inside.
+
+Every control of the page is a parameter here, with bounds, a doc string and
+a precedence; the widgets are generated from it (``main.py``). What a run
+needs (network, input, target, EP settings) is resolved from these values by
+:meth:`ExplorerState.resolve`, which checks everything the engine would reject
+and raises :class:`SettingError` with a sentence a person can act on.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+
+import param
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint_bytes
+from ..dynamics import SCHEDULES, check_beta
+from ..network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, hopfield_family
+from ..record import RecordConfig
+
+# Fashion-MNIST normalisation of the shipped sample images: (x/255 - mean) / std.
+SAMPLE_MEAN, SAMPLE_STD = 0.2860, 0.3530
+SAMPLE_SHAPE = (1, 28, 28)
+DEFAULT_WIDTH = 8
+UNTRAINED = {"untrained resnet": True, "untrained plain": False}  # choice -> residual
+UPLOAD_PREFIX = "upload: "
+ZOO_PREFIX = "zoo: "
+SPEEDS = [2, 5, 10, 20, 50, 100, 200, 500, 1000, "max"]  # relaxation steps per second
+# Settings whose change starts a new relaxation (the rest only change playback or display).
+RUN_SETTINGS = ("model", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule",
+                "sample", "map_layer")
+
+
+class SettingError(ValueError):
+    """A choice the model cannot take; the message says what and why."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------
+# Sample images
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Samples:
+    images: torch.Tensor          # uint8 [N, 1, 28, 28]
+    labels: torch.Tensor          # int64 [N]
+    class_names: tuple[str, ...]
+    source: str                   # where they came from, in words
+
+    def normalised(self, index: int) -> torch.Tensor:
+        """One image as the network's input, shape [1, 1, 28, 28]."""
+        x = self.images[index:index + 1].to(torch.float32) / 255.0
+        return (x - SAMPLE_MEAN) / SAMPLE_STD
+
+    def label_name(self, index: int) -> str:
+        return class_name(self.class_names, int(self.labels[index]))
+
+    def options(self) -> dict[str, int]:
+        return {f"{i:2d} · {self.label_name(i)}": i for i in range(len(self.labels))}
+
+
+def class_name(names, k: int) -> str:
+    return names[k] if 0 <= k < len(names) else f"class {k}"
+
+
+_SAMPLES: Samples | None = None
+_SAMPLES_LOCK = threading.Lock()
+
+
+def load_app_samples() -> Samples:
+    """The shipped Fashion-MNIST sample images (read once per process)."""
+    global _SAMPLES
+    with _SAMPLES_LOCK:
+        if _SAMPLES is None:
+            try:
+                from ..data import load_samples
+                images, labels, names = load_samples()
+                _SAMPLES = Samples(images, labels.to(torch.int64), tuple(names),
+                                   "Fashion-MNIST test samples (assets/samples)")
+            except Exception as exc:  # a missing asset must not stop the page: say so, show blanks
+                gen = torch.Generator().manual_seed(0)
+                images = (torch.rand(10, *SAMPLE_SHAPE, generator=gen) * 255).to(torch.uint8)
+                _SAMPLES = Samples(images, torch.arange(10), tuple(f"class {k}" for k in range(10)),
+                                   f"random images: the sample file could not be read ({exc})")
+        return _SAMPLES
+
+
+# ---------------------------------------------------------------------------
+# Models: zoo entries, untrained builders, uploads
+# ---------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A network with fixed architecture (a zoo entry or an upload)."""
+    net: HopfieldNetwork
+    description: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def zoo_entries():
+    try:
+        from ..zoo import list_entries
+        return list_entries()
+    except Exception:  # an unreadable zoo folder leaves the builders
+        return []
+
+
+def load_upload(files: dict[str, bytes]) -> tuple[str, LoadedModel]:
+    """A checkpoint from uploaded files: exactly NAME.json + NAME.safetensors."""
+    jsons = [n for n in files if n.lower().endswith(".json")]
+    tensors = [n for n in files if n.lower().endswith(".safetensors")]
+    others = [n for n in files if n not in jsons and n not in tensors]
+    if others or len(jsons) != 1 or len(tensors) != 1:
+        raise SettingError("a checkpoint upload is two files, NAME.json and NAME.safetensors; got "
+                           + (", ".join(sorted(files)) or "nothing"))
+    stem_j, stem_t = jsons[0][:-len(".json")], tensors[0][:-len(".safetensors")]
+    if stem_j != stem_t:
+        raise SettingError(f"the two files must share a name: {jsons[0]} and {tensors[0]} differ")
+    try:
+        net, meta = load_checkpoint_bytes(files[jsons[0]], files[tensors[0]], name=stem_j)
+    except CheckpointError as exc:
+        raise SettingError(f"cannot load checkpoint {stem_j}: {exc}") from exc
+    check_fits_samples(net.spec, stem_j)
+    return stem_j, LoadedModel(net, meta, f"uploaded checkpoint {stem_j}")
+
+
+def check_fits_samples(spec: NetworkSpec, name: str) -> None:
+    if tuple(spec.input_shape) != SAMPLE_SHAPE:
+        raise SettingError(f"{name} expects input of shape {tuple(spec.input_shape)}, but the sample "
+                           f"images are Fashion-MNIST, shape {SAMPLE_SHAPE}: choose a model built "
+                           "for 1x28x28 input")
+
+
+def net_with_alpha(net: HopfieldNetwork, alpha: float) -> HopfieldNetwork:
+    """A view of ``net`` sharing its parameters but with its own clipping threshold.
+
+    A stale run may still be reading the previous view, so the base network
+    is never mutated.
+    """
+    view = copy.copy(net)
+    view.spec = net.spec.with_alpha(alpha)
+    return view
+
+
+# ---------------------------------------------------------------------------
+# The settings
+# ---------------------------------------------------------------------------
+
+@dataclass
+class RunRequest:
+    """Everything one relaxation needs; built on the page's thread, run on the worker."""
+    net: HopfieldNetwork
+    x: torch.Tensor
+    target: torch.Tensor
+    beta: float
+    t_free: int
+    t_nudge: int
+    schedule: str
+    record: RecordConfig
+    sample: int
+    label: int
+    class_names: tuple[str, ...]
+    model_name: str
+    map_layer: str
+    run_id: int = 0
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self.net.layer_names)
+
+    @property
+    def alpha(self) -> float:
+        return self.net.alpha
+
+    @property
+    def total_steps(self) -> int:
+        return self.t_free + 2 * self.t_nudge
+
+
+class ExplorerState(param.Parameterized):
+    """The explorer's controls. Changing a run setting restarts the relaxation."""
+
+    model = param.Selector(default="untrained resnet", objects=list(UNTRAINED), precedence=0.10,
+                           doc="Network: a zoo checkpoint, an untrained network from the builder, "
+                               "or an uploaded checkpoint.")
+    depth = param.Integer(default=5, bounds=(1, 12), precedence=0.11,
+                          doc="Hidden convolutional layers on the main path (untrained builders only; "
+                              "a checkpoint's depth is fixed).")
+    residual = param.Boolean(default=True, precedence=0.12,
+                             doc="Residual (skip) edges into every even layer (untrained builders only).")
+    alpha = param.Number(default=6.0, bounds=(0.0, 50.0), inclusive_bounds=(False, True),
+                         softbounds=(0.1, 12.0), step=0.1, precedence=0.20,
+                         doc="Clipping threshold alpha of the activation min(max(u, 0), alpha).")
+    beta = param.Number(default=0.15, bounds=(0.0, 2.0), inclusive_bounds=(False, False),
+                        softbounds=(0.01, 0.99), step=0.01, precedence=0.21,
+                        doc="Nudging strength beta of the nudged phases (+beta and -beta).")
+    t_free = param.Integer(default=120, bounds=(1, 1000), softbounds=(5, 400), precedence=0.22,
+                           label="T free", doc="Iterations of the free phase.")
+    t_nudge = param.Integer(default=50, bounds=(1, 500), softbounds=(5, 200), precedence=0.23,
+                            label="T nudge", doc="Iterations of each nudged phase.")
+    schedule = param.Selector(default="paper", objects=list(SCHEDULES), precedence=0.24,
+                              doc="Layer update order: 'paper' (odd layers then even: a Jacobi step "
+                                  "between skip-coupled layers), 'descent_safe' (never two coupled "
+                                  "layers at once) or 'synchronous'.")
+    sample = param.Selector(default=0, objects=[0], precedence=0.30, label="Input image",
+                            doc="Which sample image to relax on; its label is the nudging target.")
+    playing = param.Boolean(default=True, precedence=0.40, label="Play",
+                            doc="Run the relaxation (off: pause it).")
+    step = param.Event(precedence=0.41, label="Step", doc="While paused, advance one iteration.")
+    reset = param.Event(precedence=0.42, label="Reset", doc="Restart the relaxation from the zero state.")
+    speed = param.Selector(default=100, objects=SPEEDS, precedence=0.43, label="Speed (steps/s)",
+                           doc="Playback: relaxation steps per second ('max': as fast as the machine runs).")
+    units_layer = param.Selector(default="s1", objects=["s1"], precedence=0.50, label="Units of layer",
+                                 doc="Layer whose few chosen units the trajectory view plots.")
+    map_layer = param.Selector(default="s2", objects=["s2"], precedence=0.51, label="Feature map layer",
+                               doc="Layer whose feature maps (s*, s_beta, difference) are shown.")
+    map_channel = param.Integer(default=-1, bounds=(-1, 7), precedence=0.52,
+                                label="Feature map channel (−1: most active)",
+                                doc="Channel of that layer to show; -1 picks the most active channel of s*.")
+    map_phase = param.Selector(default="nudged+", objects=["nudged+", "nudged-"], precedence=0.53,
+                               label="Nudged phase shown", doc="Compare s* with s_(+beta) or s_(-beta).")
+
+    def __init__(self, samples: Samples | None = None, zoo=None, **params):
+        self.samples = samples or load_app_samples()
+        self.zoo = {f"{ZOO_PREFIX}{e.title}": e for e in (zoo_entries() if zoo is None else zoo)}
+        self.loaded: dict[str, LoadedModel] = {}   # zoo/upload choices already read
+        super().__init__(**params)
+        self.param.sample.objects = self.samples.options()
+        if self.sample not in self.param.sample.objects.values():
+            self.sample = 0
+        self.param.model.objects = list(self.zoo) + list(UNTRAINED)
+        if "model" not in params:
+            self.model = self.param.model.objects[0]
+        self._base_cache: dict[tuple, HopfieldNetwork] = {}
+        self.sync_layers()
+
+    # -- models ------------------------------------------------------------------
+    @property
+    def fixed_architecture(self) -> bool:
+        return self.model not in UNTRAINED
+
+    def add_upload(self, files: dict[str, bytes]) -> str:
+        """Load an uploaded checkpoint, add it as a model choice and return the choice."""
+        name, loaded = load_upload(files)
+        choice = f"{UPLOAD_PREFIX}{name}"
+        self.loaded[choice] = loaded
+        if choice not in self.param.model.objects:
+            self.param.model.objects = [*self.param.model.objects, choice]
+        return choice
+
+    def base_network(self, choice: str | None = None) -> HopfieldNetwork:
+        """The network of a model choice (cached; never mutated)."""
+        choice = choice or self.model
+        if choice in UNTRAINED:
+            residual = self.residual
+            key = (choice, self.depth, residual)
+            if key not in self._base_cache:
+                try:
+                    spec = hopfield_family(depth=int(self.depth), input_shape=SAMPLE_SHAPE,
+                                           width=DEFAULT_WIDTH, residual=residual)
+                except SpecError as exc:
+                    raise SettingError(str(exc)) from exc
+                self._base_cache = {key: HopfieldNetwork(spec, seed=0).to(pick_device())}
+            return self._base_cache[key]
+        if choice not in self.loaded:
+            if choice not in self.zoo:
+                raise SettingError(f"unknown model {choice!r}")
+            entry = self.zoo[choice]
+            try:
+                net, meta = entry.load()
+            except (CheckpointError, SpecError, OSError) as exc:
+                raise SettingError(f"cannot load zoo model {entry.name}: {exc}") from exc
+            check_fits_samples(net.spec, entry.name)
+            self.loaded[choice] = LoadedModel(net.to(pick_device()), meta, f"zoo model {entry.name}")
+        loaded = self.loaded[choice]
+        if loaded.net.device != pick_device():
+            loaded.net = loaded.net.to(pick_device())
+        return loaded.net
+
+    def model_defaults(self, choice: str) -> dict:
+        """Settings that come with a fixed-architecture model (its depth, residual, alpha, schedule)."""
+        if choice in UNTRAINED:
+            return {"residual": UNTRAINED[choice]}
+        spec = self.base_network(choice).spec
+        out = {"depth": spec.depth, "residual": spec.residual, "alpha": float(spec.alpha)}
+        meta = self.loaded[choice].description
+        if meta.get("schedule") in SCHEDULES:
+            out["schedule"] = meta["schedule"]
+        return out
+
+    def check_architecture(self) -> None:
+        """Depth and residual are fixed by a checkpoint; say so if they differ."""
+        if not self.fixed_architecture:
+            return
+        spec = self.base_network().spec
+        if self.depth != spec.depth:
+            raise SettingError(f"{self.model} has depth {spec.depth}; its depth cannot be changed "
+                               "(choose an untrained builder to vary the depth)")
+        if self.residual != spec.residual:
+            raise SettingError(f"{self.model} is {'a residual' if spec.residual else 'a plain'} "
+                               "network; its skip edges cannot be switched")
+
+    def sync_layers(self) -> None:
+        """Point the layer choices at the current model's layers."""
+        try:
+            net = self.base_network()
+        except SettingError:
+            return
+        names = list(net.layer_names)
+        hidden = [n for n in names if n != OUTPUT]
+        self.param.units_layer.objects = names
+        self.param.map_layer.objects = hidden
+        updates = {}
+        if self.units_layer not in names:
+            updates["units_layer"] = hidden[0]
+        if self.map_layer not in hidden:
+            updates["map_layer"] = hidden[min(1, len(hidden) - 1)]
+        channels = net.spec.shape_of(updates.get("map_layer", self.map_layer))[0]
+        self.param.map_channel.bounds = (-1, channels - 1)
+        if self.map_channel > channels - 1:
+            updates["map_channel"] = -1
+        if updates:
+            self.param.update(**updates)
+
+    # -- the run -------------------------------------------------------------------
+    def resolve(self) -> RunRequest:
+        """The run the current settings describe, or SettingError saying why not."""
+        self.check_architecture()
+        base = self.base_network()
+        try:
+            net = net_with_alpha(base, float(self.alpha))
+        except SpecError as exc:
+            raise SettingError(str(exc)) from exc
+        try:
+            check_beta(net.spec, float(self.beta))
+        except ValueError as exc:
+            raise SettingError(f"beta = {self.beta:g} is not allowed: {exc}") from exc
+        x = self.samples.normalised(self.sample)
+        try:
+            x = net.check_input(x)
+        except ValueError as exc:
+            raise SettingError(f"the input does not fit the model: {exc}") from exc
+        label = int(self.samples.labels[self.sample])
+        if label >= net.spec.n_classes:
+            raise SettingError(f"the image's label {label} is beyond the model's "
+                               f"{net.spec.n_classes} output units")
+        map_layer = self.map_layer if self.map_layer in net.layer_names else net.layer_names[0]
+        # Full states of the feature-map layer and of the output y (10 numbers) for sample 0.
+        record = RecordConfig(scalars=True, units=4, state_layers=(map_layer, OUTPUT), state_samples=(0,),
+                              keep=False)
+        return RunRequest(net=net, x=x, target=torch.tensor([label], device=x.device),
+                          beta=float(self.beta), t_free=int(self.t_free), t_nudge=int(self.t_nudge),
+                          schedule=self.schedule, record=record, sample=int(self.sample), label=label,
+                          class_names=self.samples.class_names, model_name=self.model,
+                          map_layer=map_layer)
+
+    def run_settings(self) -> dict:
+        return {k: getattr(self, k) for k in RUN_SETTINGS}
+
+    @property
+    def steps_per_second(self) -> float | None:
+        return None if self.speed == "max" else float(self.speed)
+
+
+__all__ = ["ExplorerState", "RunRequest", "SettingError", "Samples", "load_app_samples",
+           "pick_device", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS"]

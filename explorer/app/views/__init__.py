@@ -1,0 +1,13 @@
+"""The explorer's views, one module each; every view is fed by the page's periodic callback."""
+from .energy import EnergyView
+from .nudge import NudgeView
+from .output import OutputView
+from .residual import ResidualView
+from .trajectories import TrajectoriesView
+from .verdict import VerdictView
+
+# Order of construction (and of ``ExplorerApp.views``).
+VIEW_CLASSES = (TrajectoriesView, EnergyView, ResidualView, NudgeView, OutputView, VerdictView)
+
+__all__ = ["VIEW_CLASSES", "EnergyView", "NudgeView", "OutputView", "ResidualView", "TrajectoriesView",
+           "VerdictView"]

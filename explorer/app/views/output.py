@@ -1,0 +1,132 @@
+"""View 5: the output units and the prediction against the label.
+
+Bars: the output units y of the free phase (live while it relaxes, then the
+fixed point y*). Markers: y at the end of the nudged +beta and -beta phases,
+pulled towards the one-hot target of the label. The prediction is argmax y*.
+"""
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool
+
+from ...network import OUTPUT
+from ..state import class_name
+from ..worker import PhaseEnded
+from .base import PHASE_COLORS, Batch, Run, View, bokeh_pane, make_figure
+
+LABEL_COLOR = "#009E73"
+WRONG_COLOR = "#C00000"
+OTHER_COLOR = "#9DB4C8"
+
+
+class OutputView(View):
+    key = "output"
+    title = "5 · Output and prediction"
+    about = "The input image, the output units y and the prediction argmax y* against the label."
+
+    def __init__(self, app_state):
+        super().__init__(app_state)
+        names = [class_name(app_state.samples.class_names, k) for k in range(10)]
+        self.bars = ColumnDataSource(data={"name": names, "y": [0.0] * 10, "color": [OTHER_COLOR] * 10,
+                                           "y_plus": [np.nan] * 10, "y_minus": [np.nan] * 10,
+                                           "target": [0.0] * 10}, name="explorer.output.bars")
+        self.image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
+                                      name="explorer.output.input")
+        self.x_range = FactorRange(factors=names)
+        self.fig = make_figure("Output units y", height=330, x_label="", y_label="y",
+                               x_range=self.x_range, tools="save")
+        self.fig.vbar(x="name", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
+        self.fig.scatter(x="name", y="target", source=self.bars, marker="dash", size=26, line_width=3,
+                         color="#333333", legend_label="target (one-hot)")
+        self.fig.scatter(x="name", y="y_plus", source=self.bars, marker="triangle", size=10,
+                         color=PHASE_COLORS["nudged+"], legend_label="y after nudged +β")
+        self.fig.scatter(x="name", y="y_minus", source=self.bars, marker="inverted_triangle", size=10,
+                         color=PHASE_COLORS["nudged-"], legend_label="y after nudged −β")
+        self.fig.add_tools(HoverTool(tooltips=[("class", "@name"), ("y", "@y{0.000}"),
+                                               ("y (+β)", "@y_plus{0.000}"), ("y (−β)", "@y_minus{0.000}")]))
+        self.fig.xaxis.major_label_orientation = 0.6
+        self.fig.xgrid.grid_line_color = None
+        leg = self.fig.legend[0]
+        leg.label_text_font_size = "12px"
+        leg.spacing = 2
+        leg.padding = 2
+        leg.border_line_alpha = 0
+        leg.orientation = "horizontal"
+        leg.ncols = 2
+        self.fig.add_layout(leg, "below")
+        self.img_fig = make_figure("Input", height=230, x_label="", y_label="", sizing_mode="fixed",
+                                   width=220, tools="save", match_aspect=True, min_border_left=10)
+        self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, palette="Greys256")
+        self.img_fig.axis.visible = False
+        self.img_fig.grid.visible = False
+        self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220)
+        self.predicted: int | None = None
+
+    def start_run(self, run: Run) -> None:
+        super().start_run(run)
+        r = run.request
+        n = r.net.spec.n_classes
+        names = [class_name(r.class_names, k) for k in range(n)]
+        if list(self.x_range.factors) != names:
+            self.x_range.factors = names
+        colors = [LABEL_COLOR if k == r.label else OTHER_COLOR for k in range(n)]
+        self.bars.data = {"name": names, "y": [0.0] * n, "color": colors, "y_plus": [np.nan] * n,
+                          "y_minus": [np.nan] * n, "target": [1.0 if k == r.label else 0.0 for k in range(n)]}
+        img = self.state.samples.images[r.sample, 0].numpy().astype(np.float32)
+        h, w = img.shape
+        self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
+        self.img_fig.title.text = f"Input #{r.sample}: {class_name(r.class_names, r.label)}"
+        self.predicted = None
+        self._set_prediction(None, final=False)
+
+    def _set_prediction(self, y: np.ndarray | None, final: bool) -> None:
+        r = self.run.request
+        label = class_name(r.class_names, r.label)
+        if y is None:
+            self.prediction.object = f"<div class='pred pending'>label <b>{label}</b><br>prediction: …</div>"
+            self.fig.title.text = f"Output units y · label: {label}"
+            return
+        k = int(np.argmax(y))
+        self.predicted = k
+        guess = class_name(r.class_names, k)
+        ok = k == r.label
+        state = "final" if final else "so far"
+        mark = "✓ correct" if ok else "✗ wrong"
+        self.prediction.object = (f"<div class='pred {'ok' if ok else 'bad'}'>label <b>{label}</b><br>"
+                                  f"prediction ({state}): <b>{guess}</b> {mark}</div>")
+        self.fig.title.text = f"Output units y: predicted {guess} {mark[0]}"
+
+    def push(self, batch: Batch) -> None:
+        """Live outputs: the bars follow y through the free phase, the markers through the nudged ones."""
+        for phase in ("free", "nudged+", "nudged-"):
+            f = batch.latest(phase)
+            if f is not None and OUTPUT in f.states:
+                self._show(phase, np.asarray(f.states[OUTPUT], dtype=np.float64), final=False)
+
+    def _show(self, phase: str, y: np.ndarray, final: bool) -> None:
+        n = len(y)
+        if phase == "free":
+            r = self.run.request
+            k = int(np.argmax(y))
+            colors = [LABEL_COLOR if j == r.label else (WRONG_COLOR if j == k else OTHER_COLOR)
+                      for j in range(n)]
+            self.bars.patch({"y": [(slice(0, n), y.tolist())], "color": [(slice(0, n), colors)]})
+            self._set_prediction(y, final)
+        else:
+            col = "y_plus" if phase == "nudged+" else "y_minus"
+            self.bars.patch({col: [(slice(0, n), y.tolist())]})
+
+    def phase_ended(self, event: PhaseEnded) -> None:
+        if event.status != "cancelled":
+            self._show(event.phase, np.asarray(event.output, dtype=np.float64), final=event.phase == "free")
+
+    def sources(self):
+        return {"bars": self.bars, "input": self.image}
+
+    def data_count(self) -> int:
+        return int(np.count_nonzero(np.asarray(self.bars.data["y"], dtype=float))) + len(self.image.data["image"])
+
+    def body(self):
+        return pn.Row(pn.Column(bokeh_pane(self.img_fig, sizing_mode="fixed"), self.prediction),
+                      bokeh_pane(self.fig), sizing_mode="stretch_width")

@@ -1,0 +1,111 @@
+"""View 3: residual-path contributions.
+
+A layer's pre-activation is the sum of the direct (main-path) drive, the skip
+drive (the 1x1 residual projection from two layers back), the feedback from
+the layers above, and the bias. Per layer and step the engine records the
+norms drive_direct, drive_skip, drive_feedback and
+residual_share = ||skip|| / (||direct|| + ||skip|| + ||feedback||).
+"""
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
+from bokeh.palettes import Viridis256
+
+from .base import (Batch, PhaseBands, Run, View, bokeh_pane, make_figure, set_time_range, style_legend,
+                   time_range)
+
+PARTS = ("direct", "skip", "feedback")
+PART_COLORS = {"direct": "#0072B2", "skip": "#E69F00", "feedback": "#999999"}
+PART_LABELS = {"direct": "direct edge", "skip": "skip edge", "feedback": "feedback"}
+
+
+class ResidualView(View):
+    key = "residual"
+    title = "3 · Residual-path contributions"
+    about = ("Share of each layer's drive that comes through its skip edge, per iteration (left), "
+             "and the split of the drive into direct edge, skip edge and feedback at the latest step "
+             "(right). Only even layers receive a skip.")
+
+    def __init__(self, app_state):
+        super().__init__(app_state)
+        self.heat = ColumnDataSource(data={"x": [], "layer": [], "share": [], "direct": [], "skip": [],
+                                           "feedback": []}, name="explorer.residual.heat")
+        self.bars = ColumnDataSource(data={"layer": [], "direct": [], "skip": [], "feedback": []},
+                                     name="explorer.residual.bars")
+        self.x_range = time_range()
+        layers = [n for n in app_state.base_network().layer_names if n != "y"]
+        self.y_range = FactorRange(factors=list(reversed(layers)))
+        self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
+        self.fig = make_figure("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)", height=300,
+                               y_label="layer", x_range=self.x_range, y_range=self.y_range)
+        self.fig.rect("x", "layer", width=1.0, height=0.95, source=self.heat,
+                      fill_color={"field": "share", "transform": self.mapper}, line_color=None)
+        self.fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title="share",
+                                     title_text_font_size="11px", major_label_text_font_size="11px"),
+                            "right")
+        self.fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("iteration", "@x"),
+                                               ("residual share", "@share{0.000}"),
+                                               ("direct / skip / feedback", "@direct{0.00} / @skip{0.00} / @feedback{0.00}")]))
+        self.fig.ygrid.grid_line_color = None
+        self.bands = PhaseBands(self.fig)
+        self.bfig = make_figure("Drive split at the latest step", height=300, x_label="share of the drive",
+                                y_label="", y_range=FactorRange(factors=list(reversed(layers))),
+                                x_range=(0, 1))
+        self.bfig.hbar_stack(list(PARTS), y="layer", height=0.7, source=self.bars,
+                             color=[PART_COLORS[p] for p in PARTS],
+                             legend_label=[PART_LABELS[p] for p in PARTS])
+        style_legend(self.bfig, "bottom_right")
+        self.bfig.legend[0].orientation = "horizontal"
+        self.bfig.add_layout(self.bfig.legend[0], "below")
+        self.bfig.ygrid.grid_line_color = None
+        self.plain = False
+
+    def start_run(self, run: Run) -> None:
+        super().start_run(run)
+        factors = list(reversed(run.hidden))
+        if list(self.y_range.factors) != factors:
+            self.y_range.factors = factors
+            self.bfig.y_range.factors = factors
+        self.heat.data = {k: [] for k in self.heat.data}
+        self.bars.data = {k: [] for k in self.bars.data}
+        set_time_range(self.x_range, run)
+        self.bands.place(run)
+        self.plain = not run.request.net.spec.residual
+        self.fig.title.text = ("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)"
+                               + (" · plain network: no skip edges" if self.plain else ""))
+
+    def push(self, batch: Batch) -> None:
+        run = batch.run
+        keep = batch.real_step
+        if not keep.any():
+            return
+        hidden_idx = [run.layers.index(n) for n in run.hidden]
+        direct = batch.stat("drive_direct")[keep][:, hidden_idx]
+        skip = batch.stat("drive_skip")[keep][:, hidden_idx]
+        feedback = batch.stat("drive_feedback")[keep][:, hidden_idx]
+        share = batch.stat("residual_share")[keep][:, hidden_idx]
+        total = direct + skip + feedback
+        total = np.where(total > 0, total, 1.0)
+        n, L = share.shape
+        self.heat.stream({
+            "x": np.repeat(batch.x[keep], L),
+            "layer": np.tile(np.array(run.hidden, dtype=object), n),
+            "share": np.clip(share, 0.0, 1.0).ravel(),
+            "direct": (direct / total).ravel(), "skip": (skip / total).ravel(),
+            "feedback": (feedback / total).ravel()})
+        last = -1
+        self.bars.data = {"layer": list(run.hidden), "direct": (direct[last] / total[last]).tolist(),
+                          "skip": (skip[last] / total[last]).tolist(),
+                          "feedback": (feedback[last] / total[last]).tolist()}
+
+    def sources(self):
+        return {"heat": self.heat, "bars": self.bars}
+
+    def data_count(self) -> int:
+        return len(self.heat.data["x"])
+
+    def body(self):
+        return pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
+                      pn.Column(bokeh_pane(self.bfig), width=330), sizing_mode="stretch_width")

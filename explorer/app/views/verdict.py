@@ -1,0 +1,92 @@
+"""View 6: the run's convergence verdict in words.
+
+One line per phase from ``PhaseResult.verdict``: its status (converged, not
+converged, cancelled, non-finite) and every finding (energy rose, a layer
+saturated or silent), plus the live progress of the phase being relaxed.
+"""
+from __future__ import annotations
+
+import html
+
+import panel as pn
+from bokeh.models import ColumnDataSource
+
+from ..worker import PHASES, PhaseEnded, RunEnded
+from .base import PHASE_COLORS, PHASE_LABELS, Batch, Run, View
+
+STATUS_WORDS = {"converged": "converged", "not_converged": "not converged", "cancelled": "cancelled",
+                "non_finite": "non-finite (diverged)"}
+
+
+class VerdictView(View):
+    key = "verdict"
+    title = "6 · Convergence verdict"
+    about = ""
+
+    def __init__(self, app_state):
+        super().__init__(app_state)
+        self.source = ColumnDataSource(data={"phase": [], "status": [], "steps": [], "message": [], "run": []},
+                                       name="explorer.verdict.phases")
+        self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
+                                 sizing_mode="stretch_width", min_height=160, css_classes=["verdict-pane"])
+        self.progress: dict[str, int] = {}
+        self.rows: dict[str, PhaseEnded] = {}
+        self.summary = ""
+
+    def start_run(self, run: Run) -> None:
+        super().start_run(run)
+        self.source.data = {k: [] for k in self.source.data}
+        self.progress, self.rows, self.summary = {}, {}, ""
+        self._render()
+
+    def push(self, batch: Batch) -> None:
+        for p, s in zip(batch.phase, batch.step):
+            self.progress[p] = int(s)
+        self._render()
+
+    def phase_ended(self, event: PhaseEnded) -> None:
+        self.rows[event.phase] = event
+        self.source.stream({"phase": [event.phase], "status": [event.status], "steps": [event.steps],
+                            "message": [event.message], "run": [event.run_id]})
+        self._render()
+
+    def run_ended(self, event: RunEnded) -> None:
+        if not event.cancelled and event.seconds > 0:
+            self.summary = (f"{event.steps} iterations in {event.seconds:.2f} s "
+                            f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
+        self._render()
+
+    def _render(self) -> None:
+        run = self.run
+        if run is None:
+            return
+        r = run.request
+        lines = []
+        for p in PHASES:
+            color = PHASE_COLORS[p]
+            head = f"<span class='phase' style='color:{color}'>{PHASE_LABELS[p]}</span>"
+            total = run.steps_of(p)
+            if p in self.rows:
+                ev = self.rows[p]
+                words = STATUS_WORDS.get(ev.status, ev.status)
+                body = (f"<span class='badge {ev.status}'>{words}</span> "
+                        f"<span class='msg'>{html.escape(ev.message)}</span>")
+            elif p in self.progress:
+                body = f"<span class='badge running'>running</span> step {self.progress[p]} / {total}"
+            else:
+                body = "<span class='badge waiting'>waiting</span>"
+            lines.append(f"<div class='vrow'>{head}{body}</div>")
+        settings = (f"β = {r.beta:.3g} · α = {r.alpha:.3g} · schedule <i>{r.schedule}</i> · "
+                    f"T free {r.t_free} · T nudge {r.t_nudge} · run {run.run_id}")
+        foot = f"<div class='vfoot'>{settings}" + (f"<br>{self.summary}" if self.summary else "") + "</div>"
+        self.html.object = "<div class='verdict'>" + "".join(lines) + foot + "</div>"
+
+    def sources(self):
+        return {"phases": self.source}
+
+    def data_count(self) -> int:
+        return len(self.source.data["phase"])
+
+    def body(self):
+        return self.html
+

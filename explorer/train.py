@@ -1,0 +1,804 @@
+"""Training: equilibrium propagation (and a backprop baseline) on image data.
+
+Command line::
+
+    python -m explorer train --dataset fashion_mnist --depth 5 --width 8 --epochs 3 \
+        --tol 1e-3 --out models_zoo/resnet5 [--resume] [--config configs/x.json]
+    python -m explorer evaluate models_zoo/resnet5 [--json] [--limit N]
+
+Every setting is a field of :class:`TrainConfig`; a ``--config`` JSON file
+holds any of them (command-line options win), and the checkpoint JSON stores
+them all under ``settings`` with the exact command line under ``provenance``.
+The defaults are the paper's recipe (MODEL.md): centered EP, beta 0.15,
+T_free 120 / T_nudge 50, warm-started free phase, SGD Nesterov 0.9, lr 0.03
+cosine to 2e-6, weight decay 3.5e-4, global gradient norm clipped at 1, MSE.
+``--trainer bp`` trains the same graph feed-forward with autograd (batch-norm
+and Adam lr 1e-3 by default, as the paper's baseline).
+
+API for other programs (the app trains in its own worker thread)::
+
+    from explorer.train import Trainer, TrainConfig
+    trainer = Trainer(TrainConfig(depth=3, width=8, epochs=1, out="runs/x"))
+    stop = threading.Event()
+    for event in trainer.iterate(should_stop=stop.is_set):
+        ...                          # a dict, see below
+    # or: trainer.run(callback=fn, should_stop=stop.is_set) -> the last event
+
+Events are plain dicts with a ``kind``:
+
+- ``start``: config, network name, parameters, resumed position;
+- ``batch``: epoch, batch (1-based within the epoch), step (global), loss,
+  accuracy (this batch), train_loss / train_accuracy (running over the
+  epoch), lr, grad_norm, rate (samples/s), seconds, verdicts (phase -> status
+  of this batch's EP phases), phase_steps;
+- ``epoch``: epoch, train_loss, train_accuracy, seconds, lr;
+- ``eval``: epoch, step, test_accuracy, test_loss, n, verdicts (status ->
+  count of batches), mean_free_steps, seconds;
+- ``checkpoint``: path, epoch, batch, step, reason ("epoch", "periodic",
+  "request", "stop", "final");
+- ``stopped`` (should_stop became true; a checkpoint was written first) or
+  ``done`` (with the card: test_accuracy on the full test split, wall_time_s).
+
+Pause by not asking the iterator for the next event (it runs only while
+consumed) or with ``trainer.pause_event.set()`` / ``.clear()``; stop with
+``should_stop`` (checked between batches and inside evaluation) or
+``trainer.stop_event.set()``; ask for a checkpoint with
+``trainer.request_checkpoint()`` (thread-safe, written at the next batch
+boundary). The same events, every ``log_every``-th batch event included, are
+appended as JSON lines to ``NAME.metrics.jsonl`` next to the checkpoint.
+
+Resuming: checkpoints hold the optimiser state (``extra.optim.*``), the
+position (``extra.train.position`` = epoch, batch, step) and the RNG state
+(``extra.rng.*``); the learning rate is a pure function of the position and
+the shuffling order a pure function of (seed, epoch), so ``--resume``
+continues a killed run from its last checkpoint exactly, except that the
+first resumed batch starts its free phase from zeros (the warm-start state is
+not saved).
+
+Several processes: run under ``torchrun --nproc_per_node N -m explorer train``
+(or set RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT). Each rank takes its
+share of every epoch (DistributedSampler), EP estimates (which are not
+autograd gradients) are averaged with ``all_reduce`` before clipping and the
+optimiser step, so replicas stay identical; rank 0 writes checkpoints, logs
+and the progress bar.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save as st_save
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from . import data as data_mod
+from .baseline import BN_PREFIX, FeedForward
+from .checkpoint import FORMAT, CheckpointError, _atomic_write, describe, load_checkpoint, stem_of
+from .dynamics import SCHEDULES
+from .ep import VARIANTS, ep_gradient
+from .evaluate import (autocast, check_dataset_fits, evaluate, load_split, model_for_checkpoint,
+                       one_line, summarise, test_batches)
+from .network import HopfieldNetwork, NetworkSpec, SpecError, build_spec
+
+TRAINERS = ("ep", "bp")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored in the checkpoint as ``settings``)."""
+
+    # data
+    dataset: str = "fashion_mnist"
+    data_path: str | None = None
+    limit: int | None = None              # first N training images only
+    eval_limit: int | None = None         # first N test images for the per-epoch evaluation
+    final_eval_limit: int | None = None   # for the card (None: the full test split)
+    normalize: bool = True
+    flip: bool = False
+    crop_padding: int = 0
+    randaugment: list | None = None       # [num_ops, magnitude], e.g. [3, 9]
+    # network
+    builder: str = "resnet"               # resnet | plain | resnet13
+    depth: int = 5
+    width: int = 8
+    classes: int | None = None            # default: the data set's
+    alpha: float = 6.0
+    cost: str = "mse"
+    gains: float | None = None            # one gain for every edge (default: the builder's 0.7)
+    seed: int = 0
+    # learning rule
+    trainer: str = "ep"                   # ep | bp
+    variant: str = "centered"             # centered | one_sided
+    beta: float = 0.15
+    t_free: int = 120
+    t_nudge: int = 50
+    schedule: str = "paper"
+    tol: float | None = None              # stop each phase when the relative step < tol
+    eval_t_free: int | None = None        # default: t_free
+    eval_tol: float | None = None         # default: tol
+    warm_start: bool = True
+    batch_norm: bool | None = None        # bp only; default True for bp
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    optimizer: str | None = None          # default: sgd for ep, adam for bp
+    lr: float | None = None               # default: 0.03 for sgd, 1e-3 for adam
+    lr_min: float = 2e-6
+    lr_schedule: str = "cosine"           # cosine | constant
+    lr_step: str = "epoch"                # epoch (paper) | batch (smooth, for short runs)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3.5e-4
+    clip: float = 1.0                     # global gradient norm; 0 disables
+    # running
+    out: str | None = None                # checkpoint stem
+    save_every: int = 0                   # also checkpoint every N batches
+    log_every: int = 50                   # a batch line in the JSONL every N batches
+    threads: int = 1
+    device: str = "cpu"
+    amp: bool = False                     # bf16 autocast
+    progress: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the trainer-dependent defaults and check every value once."""
+        c = dataclasses.replace(self)
+        c.dataset = data_mod.canonical_name(c.dataset) if c.dataset in data_mod.DATASETS or \
+            c.dataset.replace("-", "_").lower() in data_mod.DATASETS else c.dataset
+        if c.trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {TRAINERS}, got {c.trainer!r}")
+        if c.optimizer is None:
+            c.optimizer = "adam" if c.trainer == "bp" else "sgd"
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
+        if c.lr is None:
+            c.lr = 1e-3 if c.optimizer == "adam" else 0.03
+        if c.batch_norm is None:
+            c.batch_norm = c.trainer == "bp"
+        if c.batch_norm and c.trainer != "bp":
+            raise ValueError("batch_norm applies to the bp trainer only (EP has no batch-norm)")
+        if c.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
+        if c.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
+        if c.lr_schedule not in ("cosine", "constant") or c.lr_step not in ("epoch", "batch"):
+            raise ValueError("lr_schedule must be cosine|constant and lr_step epoch|batch")
+        for name in ("epochs", "batch_size", "eval_batch_size", "t_free", "t_nudge", "threads"):
+            if not isinstance(getattr(c, name), int) or getattr(c, name) < (0 if name == "threads" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(c, name)!r}")
+        if c.trainer == "ep" and not (0 < c.beta):
+            raise ValueError(f"beta must be positive, got {c.beta}")
+        for name in ("tol", "eval_tol"):
+            if getattr(c, name) is not None and getattr(c, name) <= 0:
+                setattr(c, name, None)
+        if c.randaugment is not None:
+            c.randaugment = [int(v) for v in c.randaugment]
+            if len(c.randaugment) != 2:
+                raise ValueError(f"randaugment is [num_ops, magnitude], got {c.randaugment!r}")
+        return c
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known ones are the fields of "
+                             f"TrainConfig (see python -m explorer train --help)")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        return cls.from_dict(read_config_file(path))
+
+    def build_spec(self) -> NetworkSpec:
+        classes = self.classes or data_mod.n_classes(self.dataset)
+        shape = tuple(data_mod.input_shape(self.dataset))
+        if self.builder == "resnet13":
+            return build_spec("resnet13", n_classes=classes, alpha=self.alpha, cost=self.cost,
+                              input_shape=shape, width=self.width)
+        return build_spec(self.builder, depth=self.depth, width=self.width, n_classes=classes,
+                          input_shape=shape, alpha=self.alpha, cost=self.cost, gains=self.gains)
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of settings")
+    d = {k.replace("-", "_"): v for k, v in d.items() if not k.startswith("_")}  # "_comment" keys
+    return d
+
+
+def lr_at(c: TrainConfig, epoch: int, batch: int, batches_per_epoch: int) -> float:
+    """The learning rate for (0-based) ``epoch``, ``batch``: cosine from lr to lr_min."""
+    if c.lr_schedule == "constant":
+        return c.lr
+    if c.lr_step == "epoch":
+        progress = epoch / c.epochs
+    else:
+        progress = (epoch * batches_per_epoch + batch) / (c.epochs * batches_per_epoch)
+    return c.lr_min + (c.lr - c.lr_min) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class _Skip(Sampler):
+    """The indices of an inner sampler from ``start`` on (resuming mid-epoch)."""
+
+    def __init__(self, inner, start: int):
+        self.inner, self.start = inner, start
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.start:])
+
+    def __len__(self):
+        return max(len(self.inner) - self.start, 0)
+
+
+# ---------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------
+
+class Trainer:
+    """One training run; see the module doc string for the event API."""
+
+    def __init__(self, config: TrainConfig, resume: str | bool | None = None, command: str | None = None):
+        self.config = config.resolved()
+        self.command = command
+        self.stop_event = threading.Event()
+        self.pause_event = threading.Event()
+        self._checkpoint_requested = threading.Event()
+        c = self.config
+        self.rank, self.world = _init_distributed(c.device)
+        self.device = torch.device(c.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        torch.manual_seed(c.seed + self.rank)
+        spec = c.build_spec()
+        self.net = HopfieldNetwork(spec, seed=c.seed).to(self.device)
+        check_dataset_fits(self.net, c.dataset, f"the network ({spec.name})")
+        self.model = FeedForward(self.net, batch_norm=c.batch_norm) if c.trainer == "bp" else None
+        params = list(self.model.named_trainable() if self.model is not None else self.net.named_parameters())
+        self.param_names = [n for n, _ in params]
+        self.params = [p for _, p in params]
+        if c.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum,
+                                             nesterov=c.nesterov and c.momentum > 0,
+                                             weight_decay=c.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(self.params, lr=c.lr, weight_decay=c.weight_decay)
+        self.epoch, self.batch, self.step = 0, 0, 0     # position: next batch to run
+        self.wall_time = 0.0
+        self.card = None
+        self.resumed_from = None
+        self.stem = stem_of(c.out) if c.out else None
+        images, labels = load_split(c.dataset, "train", c.data_path)
+        if c.limit is not None:
+            images, labels = images[:c.limit], labels[:c.limit]
+        transform = data_mod.make_transform(c.dataset, True, normalize=c.normalize, flip=c.flip,
+                                            crop_padding=c.crop_padding, randaugment=c.randaugment)
+        self.train_set = data_mod.ImageDataset(images, labels, transform)
+        self.batches_per_epoch = math.ceil(len(self.train_set) / self.world / c.batch_size)
+        if resume:
+            self._resume(resume)
+        if self.world > 1:  # same start everywhere, whatever each rank loaded
+            for p in self.params:
+                dist.broadcast(p.data, 0)
+
+    # -- checkpoints ------------------------------------------------------------
+    def _resume(self, resume) -> None:
+        path = self.stem if resume is True or resume == "auto" else stem_of(resume)
+        if path is None:
+            raise ValueError("--resume needs a checkpoint: give its path or --out")
+        if not path.with_suffix(".json").is_file():
+            if resume is True or resume == "auto":
+                return  # nothing yet: start fresh
+            raise FileNotFoundError(f"checkpoint {path}.json to resume does not exist")
+        net, meta = load_checkpoint(path)
+        if net.spec.to_dict() != self.net.spec.to_dict():
+            raise CheckpointError(
+                f"checkpoint {path} holds {net.spec.name} ({_arch(net.spec)}), but this run builds "
+                f"{self.net.spec.name} ({_arch(self.net.spec)}); resume with the same network options "
+                f"(--builder/--depth/--width/--classes/--alpha) or choose another --out")
+        saved = meta.get("settings", {})
+        if saved.get("trainer", "ep") != self.config.trainer:
+            raise CheckpointError(f"checkpoint {path} was trained with --trainer {saved.get('trainer')}, "
+                                  f"this run uses {self.config.trainer}; use the same trainer")
+        extra = meta["extra_tensors"]
+        with torch.no_grad():
+            for name, p in self.net.named_parameters():
+                p.copy_(dict(net.named_parameters())[name].to(p))
+        if self.model is not None:
+            self.model.load_bn_tensors(extra)
+        state = self.optimizer.state
+        for name, p in zip(self.param_names, self.params):
+            prefix = f"extra.optim.{name}."
+            entries = {k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}
+            if entries:
+                state[p] = {k: (v.to(p.device) if k != "step" else v) for k, v in entries.items()}
+        if "extra.train.position" in extra:
+            self.epoch, self.batch, self.step = (int(v) for v in extra["extra.train.position"].tolist())
+        if "extra.rng.cpu" in extra:
+            torch.set_rng_state(extra["extra.rng.cpu"])
+        if "extra.rng.cuda" in extra and self.device.type == "cuda":
+            torch.cuda.set_rng_state(extra["extra.rng.cuda"], self.device)
+        self.wall_time = float(meta.get("training", {}).get("wall_time_s", 0.0))
+        self.card = meta.get("card")
+        self.resumed_from = {"path": str(path), "epoch": self.epoch, "batch": self.batch, "step": self.step}
+        self._trim_metrics()
+
+    def _trim_metrics(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.metrics_path
+        if path is None or not path.is_file() or self.rank != 0:
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if rec.get("step", 0) <= self.step and not (rec.get("kind") in ("done", "stopped")):
+                keep.append(line)
+        _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+    @property
+    def metrics_path(self) -> Path | None:
+        return self.stem.with_name(self.stem.name + ".metrics.jsonl") if self.stem else None
+
+    def settings(self) -> dict:
+        s = self.config.to_dict()
+        s.update(world_size=self.world, network=self.net.spec.name,
+                 train_images=len(self.train_set.labels) * 1)
+        return s
+
+    def save(self, path=None, reason: str = "request") -> Path | None:
+        """Write the checkpoint (atomically: tensors, then the description). Rank 0 only."""
+        stem = stem_of(path) if path else self.stem
+        if stem is None or self.rank != 0:
+            return None
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+        if self.model is not None:
+            tensors.update({k: v.detach().cpu().contiguous() for k, v in self.model.bn_tensors().items()})
+        for name, p in zip(self.param_names, self.params):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"extra.optim.{name}.{k}"] = v.detach().cpu().contiguous()
+        tensors["extra.train.position"] = torch.tensor([self.epoch, self.batch, self.step], dtype=torch.int64)
+        tensors["extra.rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["extra.rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        prov = {"command": self.command, "host_threads": torch.get_num_threads(),
+                "device": str(self.device), "world_size": self.world}
+        meta = describe(self.net, self.settings(), prov)
+        meta["training"] = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                            "batches_per_epoch": self.batches_per_epoch, "finished": self.finished,
+                            "lr": self.optimizer.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1),
+                            "reason": reason, "resumed_from": self.resumed_from}
+        if self.card is not None:
+            meta["card"] = self.card
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(stem.with_suffix(".safetensors"), st_save(tensors, metadata={"format": FORMAT}))
+        _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+        return stem
+
+    def request_checkpoint(self) -> None:
+        """Ask for a checkpoint at the next batch boundary (safe from another thread)."""
+        self._checkpoint_requested.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    # -- one batch ---------------------------------------------------------------
+    def _train_batch(self, x, target, warm: dict | None):
+        c = self.config
+        with autocast(self.device, c.amp):
+            if c.trainer == "ep":
+                state = warm if (warm is not None and c.warm_start and
+                                 next(iter(warm.values())).shape[0] == x.shape[0]) else None
+                res = ep_gradient(self.net, x, target, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
+                                  schedule=c.schedule, tol=c.tol, variant=c.variant, state=state)
+                grads = [res.grads[n] for n in self.param_names]
+                loss, correct = res.loss, res.correct
+                info = {"verdicts": {p.phase: p.verdict.status for p in res.phases.phases},
+                        "phase_steps": [p.steps for p in res.phases.phases]}
+                new_warm = {k: v.detach() for k, v in res.phases.free.state.items()} if c.warm_start else None
+                if not math.isfinite(loss):
+                    raise ValueError(f"training diverged at step {self.step}: the free-phase cost is "
+                                     f"{loss}; lower --lr or --beta, or raise --t-free")
+            else:
+                self.model.train()
+                y = self.model(x).float()
+                from .dynamics import cost
+                loss_t = cost(self.net.spec, y, target).mean()
+                grads = torch.autograd.grad(loss_t, self.params, allow_unused=True)
+                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+                loss, correct = loss_t.item(), int((y.argmax(1) == target).sum())
+                info, new_warm = {}, None
+        for p, g in zip(self.params, grads):
+            p.grad = g.detach().to(p.dtype).clone()
+        if self.world > 1:
+            for p in self.params:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.world)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.clip if c.clip > 0 else float("inf")))
+        self.optimizer.step()
+        if self.world > 1 and self.model is not None and self.model.bn is not None:
+            for b in self.model.bn.buffers():
+                if b.dtype.is_floating_point:
+                    dist.all_reduce(b, op=dist.ReduceOp.SUM)
+                    b.div_(self.world)
+        return loss, correct, grad_norm, info, new_warm
+
+    def _evaluate(self, limit, should_stop) -> dict:
+        c = self.config
+        t0 = time.perf_counter()
+        batches = test_batches(c.dataset, data_path=c.data_path, batch_size=c.eval_batch_size, limit=limit,
+                               normalize=c.normalize, rank=self.rank, world=self.world)
+        counts = evaluate(self.net, batches, trainer=c.trainer, t_free=c.eval_t_free or c.t_free,
+                          schedule=c.schedule, tol=c.eval_tol if c.eval_tol is not None else c.tol,
+                          model=self.model, amp=c.amp, should_stop=should_stop)
+        if self.world > 1:
+            keys = ["converged", "not_converged", "cancelled", "non_finite"]
+            vec = torch.tensor([counts["correct"], counts["n"], counts["loss_sum"], counts["phase_steps"]]
+                               + [counts["verdicts"].get(k, 0) for k in keys], dtype=torch.float64)
+            dist.all_reduce(vec)
+            v = vec.tolist()
+            counts = {"correct": int(v[0]), "n": int(v[1]), "loss_sum": v[2], "phase_steps": int(v[3]),
+                      "verdicts": {k: int(n) for k, n in zip(keys, v[4:]) if n}}
+        r = summarise(counts)
+        return {"test_accuracy": r["accuracy"], "test_loss": r["loss"], "n": r["n"],
+                "verdicts": r["verdicts"], "mean_free_steps": r["mean_free_steps"],
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        c = self.config
+        sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=c.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=c.batch_size,
+                          sampler=_Skip(sampler, start_batch * c.batch_size), num_workers=0)
+
+    # -- the loop ----------------------------------------------------------------
+    def iterate(self, should_stop=None):
+        """Train, yielding event dicts (module doc string). Resumable, stoppable."""
+        c = self.config
+        stop = lambda: self.stop_event.is_set() or (should_stop is not None and bool(should_stop()))
+        log = _MetricsLog(self.metrics_path if self.rank == 0 else None, c.log_every)
+        emit = log.emit
+        yield emit({"kind": "start", "step": self.step, "network": self.net.spec.name,
+                    "parameters": self.net.parameter_count(), "config": self.settings(),
+                    "resumed_from": self.resumed_from, "rank": self.rank, "world_size": self.world,
+                    "batches_per_epoch": self.batches_per_epoch})
+        warm = None
+        while self.epoch < c.epochs:
+            epoch = self.epoch
+            loader = self._loader(epoch, self.batch)
+            bar = _progress(c.progress and self.rank == 0, total=self.batches_per_epoch, initial=self.batch,
+                            desc=f"epoch {epoch + 1}/{c.epochs}")
+            sums = Counter()
+            t_epoch = time.perf_counter()
+            for x, target in loader:
+                while self.pause_event.is_set() and not stop():
+                    time.sleep(0.05)
+                if stop():
+                    bar.close()
+                    yield from self._stopped(emit)
+                    log.close()
+                    return
+                t0 = time.perf_counter()
+                lr = lr_at(c, epoch, self.batch, self.batches_per_epoch)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                x = x.to(self.device, non_blocking=True)
+                target = target.to(self.device, non_blocking=True)
+                loss, correct, grad_norm, info, warm = self._train_batch(x, target, warm)
+                dt = time.perf_counter() - t0
+                self.wall_time += dt
+                self.batch += 1
+                self.step += 1
+                n = int(target.numel())
+                sums.update({"loss": loss * n, "correct": correct, "n": n, "seconds": dt})
+                event = {"kind": "batch", "epoch": epoch + 1, "batch": self.batch, "step": self.step,
+                         "loss": loss, "accuracy": correct / n, "train_loss": sums["loss"] / sums["n"],
+                         "train_accuracy": sums["correct"] / sums["n"], "lr": lr, "grad_norm": grad_norm,
+                         "rate": n * self.world / dt, "seconds": round(dt, 4), **info}
+                bar.set_postfix(loss=f"{event['train_loss']:.3f}", acc=f"{event['train_accuracy']:.3f}",
+                                rate=f"{sums['n'] * self.world / sums['seconds']:.0f}/s", refresh=False)
+                bar.update(1)
+                yield emit(event)
+                periodic = c.save_every and self.step % c.save_every == 0
+                if self._checkpoint_requested.is_set() or periodic:
+                    reason = "request" if self._checkpoint_requested.is_set() else "periodic"
+                    self._checkpoint_requested.clear()
+                    yield from self._save_event(emit, reason)
+            bar.close()
+            self.epoch, self.batch = epoch + 1, 0
+            if sums["n"]:
+                yield emit({"kind": "epoch", "epoch": epoch + 1, "step": self.step,
+                            "train_loss": _allmean(sums["loss"], sums["n"], self.world),
+                            "train_accuracy": _allmean(sums["correct"], sums["n"], self.world),
+                            "seconds": round(time.perf_counter() - t_epoch, 1), "lr": lr_at(c, epoch, 0, 1)})
+            result = self._evaluate(c.eval_limit, stop)
+            yield emit({"kind": "eval", "epoch": epoch + 1, "step": self.step, **result})
+            if self.rank == 0 and sums["n"]:
+                _print(f"epoch {epoch + 1}/{c.epochs}: train loss {sums['loss'] / sums['n']:.4f} "
+                       f"acc {sums['correct'] / sums['n']:.4f}; test acc {result['test_accuracy']:.4f} "
+                       f"(n={result['n']}, verdicts {result['verdicts']}) wall {self.wall_time:.0f} s")
+            yield from self._save_event(emit, "epoch")
+        # the card: accuracy on the full test split (or final_eval_limit images)
+        if self.card is None or self.card.get("step") != self.step:
+            t0 = time.perf_counter()
+            result = self._evaluate(c.final_eval_limit, None)
+            self.card = {"test_accuracy": result["test_accuracy"], "test_images": result["n"],
+                         "test_verdicts": result["verdicts"], "epochs": c.epochs, "step": self.step,
+                         "wall_time_s": round(self.wall_time, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+                         "command": self.command,
+                         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         "train_subset": (f"first {len(self.train_set)} of the training split"
+                                          if c.limit else "full training split"),
+                         "trainer": c.trainer, "dataset": c.dataset}
+            yield from self._save_event(emit, "final")
+        yield emit({"kind": "done", "step": self.step, "card": self.card, "wall_time_s": round(self.wall_time, 1)})
+        log.close()
+
+    def _save_event(self, emit, reason):
+        stem = self.save(reason=reason)
+        if stem is not None:
+            yield emit({"kind": "checkpoint", "path": str(stem), "epoch": self.epoch, "batch": self.batch,
+                        "step": self.step, "reason": reason})
+
+    def _stopped(self, emit):
+        yield from self._save_event(emit, "stop")
+        yield emit({"kind": "stopped", "epoch": self.epoch, "batch": self.batch, "step": self.step})
+
+    def run(self, callback=None, should_stop=None) -> dict:
+        """Run to the end (or until stopped), handing each event to ``callback``; the last event."""
+        last = None
+        for event in self.iterate(should_stop=should_stop):
+            if callback is not None:
+                callback(event)
+            last = event
+        return last
+
+
+def _arch(spec: NetworkSpec) -> str:
+    return (f"{'residual' if spec.residual else 'plain'}, depth {spec.depth}, "
+            f"input {tuple(spec.input_shape)}, {spec.n_classes} classes, "
+            f"s1 {spec.shape_of('s1') if spec.depth else '-'}")
+
+
+def _allmean(total, n, world):
+    if world > 1:
+        v = torch.tensor([float(total), float(n)], dtype=torch.float64)
+        dist.all_reduce(v)
+        total, n = v.tolist()
+    return total / max(n, 1)
+
+
+def _init_distributed(device: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _print(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _progress(enabled: bool, **kw):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    tty = sys.stderr.isatty()
+    return tqdm(file=sys.stderr, mininterval=0.5 if tty else 60.0, dynamic_ncols=tty, **kw)
+
+
+class _NoBar:
+    def set_postfix(self, *a, **k): pass
+    def update(self, *a): pass
+    def close(self): pass
+
+
+class _MetricsLog:
+    """Append events as JSON lines (batch events every ``every``-th step only)."""
+
+    def __init__(self, path: Path | None, every: int):
+        self.fh = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(path, "a")
+        self.every = max(int(every), 0)
+
+    def emit(self, event: dict) -> dict:
+        event.setdefault("time", round(time.time(), 3))
+        if self.fh is not None:
+            if event["kind"] != "batch" or (self.every and event["step"] % self.every == 0):
+                rec = {k: v for k, v in event.items() if k != "config"} if event["kind"] != "start" else event
+                self.fh.write(json.dumps(rec) + "\n")
+                self.fh.flush()
+        return event
+
+    def close(self):
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _opt_int(text: str):
+    return None if text.lower() in ("none", "all", "0") else int(text)
+
+
+class _Options:
+    """An argument group whose options are absent unless given (so a --config file can fill them)."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def add_argument(self, *names, help_default=None, help="", **kw):
+        if help_default is not None:
+            help = f"{help} (default: {help_default})".strip()
+        self.group.add_argument(*names, default=argparse.SUPPRESS, help=help, **kw)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--config", help="JSON file of settings (field names of TrainConfig); options given here win")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint (without a value: --out, if it exists, else start fresh)")
+    _Options(p).add_argument("--out", help="checkpoint stem: writes OUT.json, OUT.safetensors, OUT.metrics.jsonl")
+    g = _Options(p.add_argument_group("data"))
+    g.add_argument("--dataset", choices=data_mod.DATASETS, help_default=d.dataset)
+    g.add_argument("--data-path", help="folder holding the data set (default: the usual places)")
+    g.add_argument("--limit", type=_opt_int, help="train on the first N training images only")
+    g.add_argument("--eval-limit", type=_opt_int, help="per-epoch evaluation on the first N test images")
+    g.add_argument("--final-eval-limit", type=_opt_int, help="card evaluation on N test images (default: all)")
+    g.add_argument("--normalize", type=_bool, help_default=d.normalize)
+    g.add_argument("--flip", type=_bool, help_default=d.flip)
+    g.add_argument("--crop-padding", type=int, help_default=d.crop_padding)
+    g.add_argument("--randaugment", type=int, nargs=2, metavar=("OPS", "MAGNITUDE"))
+    g = _Options(p.add_argument_group("network"))
+    g.add_argument("--builder", choices=("resnet", "plain", "resnet13"), help_default=d.builder)
+    g.add_argument("--depth", type=int, help_default=d.depth)
+    g.add_argument("--width", type=int, help_default=d.width)
+    g.add_argument("--classes", type=int, help="output units (default: the data set's class count)")
+    g.add_argument("--alpha", type=float, help_default=d.alpha)
+    g.add_argument("--cost", choices=("mse", "cross_entropy"), help_default=d.cost)
+    g.add_argument("--gains", type=float, help="weight-init gain of every edge (default 0.7)")
+    g.add_argument("--seed", type=int, help_default=d.seed)
+    g = _Options(p.add_argument_group("learning rule"))
+    g.add_argument("--trainer", choices=TRAINERS, help_default=d.trainer, help="ep, or bp (feed-forward baseline)")
+    g.add_argument("--variant", choices=VARIANTS, help_default=d.variant)
+    g.add_argument("--beta", type=float, help_default=d.beta)
+    g.add_argument("--t-free", type=int, help_default=d.t_free)
+    g.add_argument("--t-nudge", type=int, help_default=d.t_nudge)
+    g.add_argument("--schedule", choices=SCHEDULES, help_default=d.schedule)
+    g.add_argument("--tol", type=float, help="stop each phase when the relative step < tol (0: never)")
+    g.add_argument("--eval-t-free", type=int, help="free-phase steps at evaluation (default: --t-free)")
+    g.add_argument("--eval-tol", type=float, help="tolerance at evaluation (default: --tol)")
+    g.add_argument("--warm-start", type=_bool, help_default=d.warm_start)
+    g.add_argument("--batch-norm", type=_bool, help="bp only (default: true for bp)")
+    g = _Options(p.add_argument_group("optimisation"))
+    g.add_argument("--epochs", type=int, help_default=d.epochs)
+    g.add_argument("--batch-size", type=int, help_default=d.batch_size)
+    g.add_argument("--eval-batch-size", type=int, help_default=d.eval_batch_size)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (ep), adam (bp)")
+    g.add_argument("--lr", type=float, help="default: 0.03 (sgd), 1e-3 (adam)")
+    g.add_argument("--lr-min", type=float, help_default=d.lr_min)
+    g.add_argument("--lr-schedule", choices=("cosine", "constant"), help_default=d.lr_schedule)
+    g.add_argument("--lr-step", choices=("epoch", "batch"), help_default=d.lr_step)
+    g.add_argument("--momentum", type=float, help_default=d.momentum)
+    g.add_argument("--nesterov", type=_bool, help_default=d.nesterov)
+    g.add_argument("--weight-decay", type=float, help_default=d.weight_decay)
+    g.add_argument("--clip", type=float, help_default=d.clip, help="global gradient-norm bound (0: off)")
+    g = _Options(p.add_argument_group("running"))
+    g.add_argument("--save-every", type=int, help_default=d.save_every, help="also checkpoint every N batches")
+    g.add_argument("--log-every", type=int, help_default=d.log_every, help="JSONL batch line every N batches")
+    g.add_argument("--threads", type=int, help_default=d.threads, help="torch CPU threads (default 1)")
+    g.add_argument("--device", help_default=d.device, help="cpu, cuda, cuda:1 ...")
+    g.add_argument("--amp", action="store_true", help_default=d.amp, help="bf16 autocast")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``train`` options alone (for tests and other front ends)."""
+    p = argparse.ArgumentParser(prog="python -m explorer train")
+    add_train_options(p)
+    return p.parse_args(argv)
+
+
+def config_from_args(args) -> TrainConfig:
+    """TrainConfig defaults, then the --config file, then the options given."""
+    settings = read_config_file(args.config) if getattr(args, "config", None) else {}
+    TrainConfig.from_dict(settings)  # names unknown keys of the file
+    given = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
+    if "randaugment" in given and given["randaugment"] is not None:
+        given["randaugment"] = list(given["randaugment"])
+    settings.update(given)
+    return TrainConfig.from_dict(settings)
+
+
+def cmd_train(args) -> int:
+    config = config_from_args(args)
+    command = "python -m explorer " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
+    try:
+        trainer = Trainer(config, resume=args.resume, command=command)
+    except (data_mod.DataError, SpecError) as exc:
+        raise ValueError(one_line(exc)) from exc
+    if trainer.finished and trainer.card is not None:
+        _print(f"{trainer.stem} already finished ({trainer.epoch} epochs, test accuracy "
+               f"{trainer.card['test_accuracy']:.4f}); nothing to do (raise --epochs to train on)")
+        return 0
+    if trainer.resumed_from and trainer.rank == 0:
+        _print(f"resuming {trainer.resumed_from['path']} at epoch {trainer.epoch + 1}, "
+               f"batch {trainer.batch}, step {trainer.step}")
+    try:
+        last = trainer.run()
+    except data_mod.DataError as exc:
+        raise ValueError(one_line(exc)) from exc
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if trainer.rank == 0 and last and last["kind"] == "done":
+        card = last["card"]
+        _print(f"done: test accuracy {card['test_accuracy']:.4f} on {card['test_images']} images, "
+               f"training wall time {card['wall_time_s']:.0f} s"
+               + (f"; checkpoint {trainer.stem}" if trainer.stem else ""))
+    return 0
+
+
+def register_train(sub) -> None:
+    p = sub.add_parser("train", help="train with EP (or a BP baseline) and write checkpoints",
+                       description="Train a Hopfield network with equilibrium propagation (or the "
+                                   "feed-forward backprop baseline). Defaults are the paper's recipe.")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _register_evaluate(sub) -> None:
+    from .evaluate import register
+    register(sub)
+
+
+CLI_COMMANDS = [("train", register_train), ("evaluate", _register_evaluate)]
