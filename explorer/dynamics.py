@@ -267,6 +267,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     alpha = net.alpha
     nudge_ref = free_state if (free_state is not None and beta != 0) else None
     zeros_b = x.new_zeros(batch)
+    layout = _StatsLayout(net, x) if scalars else None
 
     def emit(t, stats, energy):
         states = {}
@@ -312,9 +313,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 findings.append(Finding("cancelled", f"cancelled at step {t - 1}", t - 1))
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
-            rows = {}
+            raw = {}              # layer -> RAW rows [len(RAW), batch] (when recording)
             norms = {}            # layer -> (||s_t - s_(t-1)||, ||s_t||) per sample
-            phi_t = 0.0
             for group in groups:
                 new = {}
                 for n in group:
@@ -322,28 +322,26 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                     v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h)
                     new[n] = (v, outs)
                 for n, (v, outs) in new.items():
-                    if need_delta:
-                        norms[n] = (_norm(v - s[n]), _norm(v))
                     if scalars:
-                        row, self_term = _layer_row(net, n, v, norms[n], outs, alpha,
-                                                    None if nudge_ref is None else nudge_ref[n])
-                        rows[n] = row
-                        phi_t = phi_t + self_term
-                        for e, _, out in outs:
-                            if owner[id(e)] == n:
-                                phi_t = phi_t - _dot(out, v)
+                        raw[n] = _layer_raw(net, n, v, s[n], outs, alpha, owner, zeros_b,
+                                            None if nudge_ref is None else nudge_ref[n])
+                    elif need_delta:
+                        norms[n] = torch.stack([_norm(v - s[n]), _norm(v)])
                     s[n] = v
-            if need_delta:
-                pairs = torch.stack([torch.stack([d.square().sum(), m.square().sum()]) for d, m in norms.values()])
-                pairs = pairs.sqrt().tolist()
-                rels = [d / (m + 1e-12) for d, m in pairs]
-                last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
             if scalars:
+                stacked = torch.stack([raw[n] for n in names])          # [L, RAW, B]
+                stats, phi_t = layout.derive(stacked)
                 for e in jacobi_edges:  # both ends moved in one step: one extra (small) product
                     phi_t = phi_t - e.energy(net.weight(e), s[e.spec.src], s[e.spec.dst])
-                stats = torch.stack([rows[n] for n in names])
                 energy = energies(phi_t)
                 last_phi[0] = phi_t
+                pairs = stacked[:, :2]
+            elif need_delta:
+                pairs = torch.stack([norms[n] for n in names])
+            if need_delta:
+                pairs = torch.linalg.vector_norm(pairs, dim=2).tolist()    # [L, 2]: batch norms
+                rels = [d / (m + 1e-12) for d, m in pairs]
+                last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
             if need_delta and not math.isfinite(last_rel):
                 bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
                 findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
@@ -394,35 +392,64 @@ def _first_non_finite_parameter(net: HopfieldNetwork) -> str | None:
     return next((n for n, p in named if not torch.isfinite(p).all()), None)
 
 
-def _layer_row(net, name, v, norms, outs, alpha, ref):
-    """The LAYER_STATS row [S, B] of a freshly updated layer, and its 1/2||s||^2 - <b, s>."""
-    delta, norm_v = norms
-    batch = v.shape[0]
-    flat = _flat(v)
-    size = flat.shape[1]
-    zeros = flat.new_zeros(batch)
+# Per-layer raw rows, reduced once per step for all layers by _StatsLayout.derive.
+RAW = ("delta", "norm", "total", "nonzero", "at_alpha", "direct", "skip", "feedback", "nudge",
+       "bias_dot", "edge_energy")
+
+
+def _layer_raw(net, name, v, old, outs, alpha, owner, zeros, ref):
+    """Per-sample raw statistics of a freshly updated layer (few passes over its state)."""
     parts = {"direct": [], "skip": [], "feedback": []}
-    for _, role, out in outs:
+    edge_energy = zeros
+    for e, role, out in outs:
         parts[role].append(out)
+        if owner[id(e)] == name:   # this edge's energy term is final now
+            edge_energy = edge_energy + _dot(out, v)
 
     def part_norm(ts):
         if not ts:
             return zeros
         return _norm(ts[0] if len(ts) == 1 else torch.stack(ts).sum(0))
-    n_direct, n_skip, n_feedback = (part_norm(parts[k]) for k in ("direct", "skip", "feedback"))
-    b = net.biases[name]
+    flat = _flat(v)
     per_channel = v.sum((2, 3)) if v.dim() == 4 else v
-    n_bias = (torch.linalg.vector_norm(b) * math.sqrt(size // b.shape[0])).expand(batch)
-    share = n_skip / (n_direct + n_skip + n_feedback + 1e-12)
-    if name == OUTPUT:
-        frac_zero = frac_alpha = zeros
-    else:
-        frac_zero = 1.0 - torch.count_nonzero(flat, dim=1).to(flat.dtype) / size
-        frac_alpha = torch.count_nonzero(flat >= alpha, dim=1).to(flat.dtype) / size
-    nudge = _norm(v - ref) if ref is not None else zeros
-    row = torch.stack([delta / (norm_v + 1e-12), per_channel.sum(1) / size, frac_zero, frac_alpha,
-                       n_direct, n_skip, n_feedback, n_bias, share, nudge])
-    return row, 0.5 * norm_v.square() - per_channel @ b
+    hidden = name != OUTPUT
+    return torch.stack([
+        _norm(v - old), torch.linalg.vector_norm(flat, dim=1), per_channel.sum(1),
+        torch.count_nonzero(flat, dim=1).to(v.dtype) if hidden else zeros,
+        torch.count_nonzero(flat >= alpha, dim=1).to(v.dtype) if hidden else zeros,
+        part_norm(parts["direct"]), part_norm(parts["skip"]), part_norm(parts["feedback"]),
+        _norm(v - ref) if ref is not None else zeros,
+        per_channel @ net.biases[name], edge_energy])
+
+
+class _StatsLayout:
+    """Turns the stacked raw rows [L, RAW, B] into LAYER_STATS rows and Phi, in a few vector ops."""
+
+    def __init__(self, net: HopfieldNetwork, x: torch.Tensor):
+        names = net.layer_names
+        sizes = [math.prod(net.spec.shape_of(n)) for n in names]
+        self.size = torch.tensor(sizes, dtype=x.dtype, device=x.device)[:, None]
+        self.hidden = torch.tensor([n != OUTPUT for n in names], dtype=x.dtype, device=x.device)[:, None]
+        with torch.no_grad():  # ||b broadcast over the map||, fixed while the weights are
+            self.bias_norm = torch.stack([
+                torch.linalg.vector_norm(net.biases[n]) * math.sqrt(size / net.biases[n].shape[0])
+                for n, size in zip(names, sizes)]).to(x.dtype)[:, None]
+        self.index = {k: i for i, k in enumerate(RAW)}
+
+    def derive(self, raw: torch.Tensor):
+        r = {k: raw[:, i] for k, i in self.index.items()}
+        direct, skip, feedback = r["direct"], r["skip"], r["feedback"]
+        stats = torch.stack([
+            r["delta"] / (r["norm"] + 1e-12),
+            r["total"] / self.size,
+            self.hidden * (1.0 - r["nonzero"] / self.size),
+            r["at_alpha"] / self.size,
+            direct, skip, feedback,
+            self.bias_norm.expand_as(direct),
+            skip / (direct + skip + feedback + 1e-12),
+            r["nudge"]], dim=1)
+        phi_t = (0.5 * r["norm"].square() - r["bias_dot"] - r["edge_energy"]).sum(0)
+        return stats, phi_t
 
 
 def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
