@@ -152,14 +152,23 @@ def drive(net: HopfieldNetwork, s: dict, name: str) -> torch.Tensor:
 
 
 def _update(net: HopfieldNetwork, name: str, pre: torch.Tensor, old: torch.Tensor, beta: float,
-            target_1h: torch.Tensor | None) -> torch.Tensor:
+            target_1h: torch.Tensor | None, omega: float = 1.0) -> torch.Tensor:
+    """The block minimiser of F over layer ``name``; with omega != 1 projected
+    over-relaxation, clip((1 - omega) s + omega * minimiser), which has the same
+    fixed points and still descends for 0 < omega < 2 (unit curvature)."""
     if name != OUTPUT:
-        return pre.clamp(0.0, net.alpha) if pre.requires_grad else pre.clamp_(0.0, net.alpha)
+        if pre.requires_grad:
+            return (pre if omega == 1.0 else old + omega * (pre - old)).clamp(0.0, net.alpha)
+        if omega != 1.0:
+            pre.mul_(omega).add_(old, alpha=1.0 - omega)
+        return pre.clamp_(0.0, net.alpha)
     if beta == 0.0 or target_1h is None:
-        return pre
-    if net.spec.cost == "mse":
-        return (pre + beta * target_1h) / (1.0 + beta)
-    return pre - beta * (torch.softmax(old, 1) - target_1h)
+        y = pre
+    elif net.spec.cost == "mse":
+        y = (pre + beta * target_1h) / (1.0 + beta)
+    else:
+        y = pre - beta * (torch.softmax(old, 1) - target_1h)
+    return y if omega == 1.0 else old + omega * (y - old)
 
 
 def step(net: HopfieldNetwork, s: dict, groups, beta: float = 0.0, target_1h=None) -> dict:
@@ -208,7 +217,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
           tol: float | None = None, free_state: dict | None = None,
           record: RecordConfig | None = None, on_step: Callable[[StepRecord], None] | None = None,
           phase: str | None = None, should_stop: Callable[[], bool] | None = None,
-          state_phi: torch.Tensor | None = None) -> PhaseResult:
+          state_phi: torch.Tensor | None = None, omega: float = 1.0) -> PhaseResult:
     """Relax the network on input ``x`` for up to ``steps`` iterations.
 
     beta = 0 is the free phase; beta != 0 a nudged phase towards ``target``
@@ -218,7 +227,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     ``record`` asks for and hands each :class:`StepRecord` to ``on_step``.
     Returns a :class:`PhaseResult` whose verdict says how the run ended.
     ``state_phi`` (Phi of ``state``, e.g. the free phase's last record) saves
-    recomputing it for the step-0 record.
+    recomputing it for the step-0 record. ``omega`` in (0, 2) over-relaxes each
+    update (projected SOR): same fixed points, often fewer iterations.
     """
     spec = net.spec
     x = net.check_input(x)
@@ -227,6 +237,9 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     beta = float(beta)
     check_beta(spec, beta)
+    omega = float(omega)
+    if not 0.0 < omega < 2.0:
+        raise ValueError(f"over-relaxation omega must lie in (0, 2), got {omega}")
     target_1h = None
     if beta != 0.0 and target is None:
         raise ValueError("a nudged phase (beta != 0) needs a target")
@@ -319,7 +332,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 new = {}
                 for n in group:
                     outs = _edge_outputs(net, s, n)
-                    v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h)
+                    v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h,
+                                omega)
                     new[n] = (v, outs)
                 for n, (v, outs) in new.items():
                     if scalars:

@@ -253,3 +253,17 @@ def test_the_record_exports_to_json_friendly_data(small_net, batch):
     assert data["records"][2]["layers"]["s2"].keys() >= set(LAYER_STATS)
     assert len(data["records"][1]["layers"]["s1"]["units"]) == 4
     assert data["verdict"]["status"] in ("converged", "not_converged")
+
+
+def test_over_relaxation_reaches_the_same_fixed_point_and_still_descends(small_net, batch):
+    net = small_net(alpha=1.0)
+    x, _ = batch(net)
+    plain = relax(net, x, steps=3000, schedule="descent_safe", tol=1e-13)
+    fast = relax(net, x, steps=3000, schedule="descent_safe", tol=1e-13, omega=1.5, record=RecordConfig())
+    assert plain.verdict.converged and fast.verdict.converged
+    for n in net.layer_names:
+        torch.testing.assert_close(fast.state[n], plain.state[n], rtol=1e-9, atol=1e-9)
+    phis = fast.series("phi").sum(-1)
+    assert float((phis[1:] - phis[:-1]).max()) <= 1e-9 * float(phis.abs().max())
+    with pytest.raises(ValueError, match="omega"):
+        relax(net, x, steps=1, omega=2.0)
