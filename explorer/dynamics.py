@@ -280,7 +280,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     alpha = net.alpha
     nudge_ref = free_state if (free_state is not None and beta != 0) else None
     zeros_b = x.new_zeros(batch)
-    layout = _StatsLayout(net, x) if scalars else None
+    layout = _StatsLayout(net, x, beta) if scalars else None
 
     def emit(t, stats, energy):
         states = {}
@@ -439,8 +439,9 @@ def _layer_raw(net, name, v, old, outs, alpha, owner, zeros, ref):
 class _StatsLayout:
     """Turns the stacked raw rows [L, RAW, B] into LAYER_STATS rows and Phi, in a few vector ops."""
 
-    def __init__(self, net: HopfieldNetwork, x: torch.Tensor):
+    def __init__(self, net: HopfieldNetwork, x: torch.Tensor, beta: float):
         names = net.layer_names
+        self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
         sizes = [math.prod(net.spec.shape_of(n)) for n in names]
         self.size = torch.tensor(sizes, dtype=x.dtype, device=x.device)[:, None]
         self.hidden = torch.tensor([n != OUTPUT for n in names], dtype=x.dtype, device=x.device)[:, None]
@@ -461,7 +462,7 @@ class _StatsLayout:
             direct, skip, feedback,
             self.bias_norm.expand_as(direct),
             skip / (direct + skip + feedback + 1e-12),
-            r["nudge"]], dim=1)
+            r["nudge"], r["nudge"] * self.inv_beta], dim=1)
         phi_t = (0.5 * r["norm"].square() - r["bias_dot"] - r["edge_energy"]).sum(0)
         return stats, phi_t
 

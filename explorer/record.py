@@ -23,6 +23,7 @@ LAYER_STATS = (
     "drive_bias",         # the bias
     "residual_share",
     "nudge_distance",     # ||s_beta - s*||, nudged phases only (else 0)
+    "nudge_per_beta",     # ||s_beta - s*|| / |beta|: the error signal, comparable across beta
 )
 ENERGY_STATS = ("phi", "cost", "F")  # per sample; F = Phi + beta * C
 STAT_INDEX = {n: i for i, n in enumerate(LAYER_STATS)}

@@ -151,6 +151,7 @@ def test_layer_statistics_describe_the_state(small_net, batch):
         s = rec.states[n].flatten(1)
         torch.testing.assert_close(rec.stat("activity", n), s.mean(1))
         torch.testing.assert_close(rec.stat("nudge_distance", n), (s - free.state[n].flatten(1)).norm(dim=1))
+        torch.testing.assert_close(rec.stat("nudge_per_beta", n), rec.stat("nudge_distance", n) / 0.5)
         if n != "y":
             torch.testing.assert_close(rec.stat("frac_zero", n), (s <= 0).double().mean(1))
             torch.testing.assert_close(rec.stat("frac_alpha", n), (s >= 1.0).double().mean(1))
