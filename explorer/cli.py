@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-free", type=int, default=1000)
     p.add_argument("--t-nudge", type=int, default=1000)
     p.add_argument("--bptt-steps", type=int, default=300)
-    p.add_argument("--tol", type=float, default=1e-12)
+    p.add_argument("--tol", type=float, default=1e-10)
     p.add_argument("--schedule", choices=SCHEDULES, default="descent_safe")
     p.add_argument("--json", action="store_true")
 

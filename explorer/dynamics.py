@@ -223,7 +223,9 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     beta = 0 is the free phase; beta != 0 a nudged phase towards ``target``
     (start from ``state``, usually the free fixed point, and pass it as
     ``free_state`` to record ||s_beta - s*||). Stops early when the relative step
-    size max_k ||s_t - s_(t-1)|| / ||s_t|| falls under ``tol``. Records what
+    size max_k ||s_t - s_(t-1)|| / ||s_t|| falls under ``tol``; in a nudged phase
+    given ``free_state`` the scale is the displacement ||s_t - s*|| instead, since
+    the nudge moves the state by little and that small move is the signal. Records what
     ``record`` asks for and hands each :class:`StepRecord` to ``on_step``.
     Returns a :class:`PhaseResult` whose verdict says how the run ended.
     ``state_phi`` (Phi of ``state``, e.g. the free phase's last record) saves
@@ -340,7 +342,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                         raw[n] = _layer_raw(net, n, v, s[n], outs, alpha, owner, zeros_b,
                                             None if nudge_ref is None else nudge_ref[n])
                     elif need_delta:
-                        norms[n] = torch.stack([_norm(v - s[n]), _norm(v)])
+                        scale = v if nudge_ref is None else v - nudge_ref[n]
+                        norms[n] = torch.stack([_norm(v - s[n]), _norm(scale)])
                     s[n] = v
             if scalars:
                 stacked = torch.stack([raw[n] for n in names])          # [L, RAW, B]
@@ -349,7 +352,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                     phi_t = phi_t - e.energy(net.weight(e), s[e.spec.src], s[e.spec.dst])
                 energy = energies(phi_t)
                 last_phi[0] = phi_t
-                pairs = stacked[:, :2]
+                pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
             elif need_delta:
                 pairs = torch.stack([norms[n] for n in names])
             if need_delta:

@@ -6,7 +6,7 @@ from explorer.dynamics import cost, relax
 from explorer.ep import phi_param_grads
 from explorer.dynamics import phi
 
-SETTINGS = dict(t_free=2000, t_nudge=2000, schedule="descent_safe", tol=1e-13)
+SETTINGS = dict(t_free=2000, t_nudge=2000, schedule="descent_safe", tol=1e-10)
 
 
 @pytest.mark.parametrize("residual", [True, False])
