@@ -45,15 +45,20 @@ class EPResult:
 def run_phases(net: HopfieldNetwork, x, target, *, beta: float, t_free: int, t_nudge: int,
                schedule: str = "paper", tol: float | None = None, variant: str = "centered",
                state: dict | None = None, record: RecordConfig | None = None,
-               on_step=None, should_stop=None, omega: float = 1.0) -> EPPhases:
-    """Free phase from ``state`` (zeros if None), then the nudged phase(s) from s*."""
+               on_step=None, should_stop=None, omega: float = 1.0, nudge_tol="tol") -> EPPhases:
+    """Free phase from ``state`` (zeros if None), then the nudged phase(s) from s*.
+
+    ``tol`` stops the free phase once converged; the nudged phases use
+    ``nudge_tol`` (the same by default; None runs them for exactly ``t_nudge``:
+    short fixed nudges let centered EP cancel what drift the free phase left).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown EP variant {variant!r}; choose one of {VARIANTS}")
     if beta <= 0:
         raise ValueError(f"EP needs beta > 0 (the nudged phases use +beta and -beta), got {beta}")
-    common = dict(schedule=schedule, tol=tol, record=record, on_step=on_step, should_stop=should_stop,
-                  omega=omega)
-    free = relax(net, x, steps=t_free, beta=0.0, target=target, state=state, phase="free", **common)
+    common = dict(schedule=schedule, record=record, on_step=on_step, should_stop=should_stop, omega=omega)
+    free = relax(net, x, steps=t_free, beta=0.0, target=target, state=state, phase="free", tol=tol, **common)
+    common["tol"] = tol if nudge_tol == "tol" else nudge_tol
     plus = relax(net, x, steps=t_nudge, beta=beta, target=target, state=free.state,
                  free_state=free.state, phase="nudged+", state_phi=free.phi, **common)
     minus = None
@@ -79,13 +84,13 @@ def phi_param_grads(net: HopfieldNetwork, state: dict, x: torch.Tensor) -> dict[
 def ep_gradient(net: HopfieldNetwork, x, target, *, beta: float, t_free: int, t_nudge: int,
                 schedule: str = "paper", tol: float | None = None, variant: str = "centered",
                 state: dict | None = None, record: RecordConfig | None = None,
-                on_step=None, omega: float = 1.0) -> EPResult:
+                on_step=None, omega: float = 1.0, nudge_tol="tol") -> EPResult:
     """The EP estimate of d(mean cost at s*)/dtheta for every parameter."""
     x = net.check_input(x)
     with torch.no_grad():
         phases = run_phases(net, x, target, beta=beta, t_free=t_free, t_nudge=t_nudge,
                             schedule=schedule, tol=tol, variant=variant, state=state,
-                            record=record, on_step=on_step, omega=omega)
+                            record=record, on_step=on_step, omega=omega, nudge_tol=nudge_tol)
         batch = x.shape[0]
         g_plus = phi_param_grads(net, phases.plus.state, x)
         if variant == "centered":

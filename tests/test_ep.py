@@ -82,3 +82,12 @@ def test_ep_refuses_a_non_positive_beta_and_unknown_variant(small_net, batch):
         ep_gradient(net, x, t, beta=0.0, t_free=5, t_nudge=5)
     with pytest.raises(ValueError, match="variant"):
         ep_gradient(net, x, t, beta=0.1, t_free=5, t_nudge=5, variant="holomorphic")
+
+
+def test_free_phase_can_stop_on_tolerance_while_nudges_run_a_fixed_count(small_net, batch):
+    from explorer.ep import run_phases
+    net = small_net()
+    x, t = batch(net)
+    phases = run_phases(net, x, t, beta=0.1, t_free=500, t_nudge=7, tol=1e-3, nudge_tol=None)
+    assert phases.free.verdict.converged and phases.free.steps < 500
+    assert phases.plus.steps == phases.minus.steps == 7
