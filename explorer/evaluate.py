@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -102,9 +103,25 @@ def test_batches(dataset: str, *, data_path=None, batch_size: int = 256, limit: 
 def load_split(dataset: str, split: str, data_path=None):
     """(uint8 images, labels), with data errors turned into one-line ValueErrors."""
     try:
+        if data_path is not None:
+            check_data_path(dataset, data_path)
         return data_mod.get_dataset_by_name(dataset, split, data_path)
     except data_mod.DataError as exc:
         raise ValueError(one_line(exc)) from exc
+
+
+def check_data_path(dataset: str, data_path) -> None:
+    """A given data folder must itself hold the data (the loaders would fall back to other places)."""
+    root = Path(data_path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data folder {root} does not exist; point --data-path at the folder holding "
+                         f"{dataset}, or leave it out to use the installed copy")
+    name = data_mod.canonical_name(dataset)
+    found = data_mod.find_fashion_mnist(root) if name == "fashion_mnist" else data_mod.find_cifar(name, root)
+    found, root = found.resolve(), root.resolve()
+    if found != root and root not in found.parents:
+        raise ValueError(f"data folder {root} holds no {name} files (a copy exists at {found}; "
+                         f"leave out --data-path to use it, or point it at a folder with the files)")
 
 
 def one_line(exc: BaseException) -> str:

@@ -87,10 +87,11 @@ from . import data as data_mod
 from .baseline import BN_PREFIX, FeedForward
 from .checkpoint import FORMAT, CheckpointError, _atomic_write, describe, load_checkpoint, stem_of
 from .dynamics import SCHEDULES
-from .ep import VARIANTS, ep_gradient
+from .dynamics import cost
+from .ep import VARIANTS, EPResult, ep_gradient, phi_param_grads, run_phases
 from .evaluate import (autocast, check_dataset_fits, evaluate, load_split, model_for_checkpoint,
                        one_line, summarise, test_batches)
-from .network import HopfieldNetwork, NetworkSpec, SpecError, build_spec
+from .network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, build_spec
 
 TRAINERS = ("ep", "bp")
 OPTIMIZERS = ("sgd", "adam")
@@ -149,7 +150,7 @@ class TrainConfig:
     save_every: int = 0                   # also checkpoint every N batches
     log_every: int = 50                   # a batch line in the JSONL every N batches
     threads: int = 1
-    device: str = "cpu"
+    device: str = "auto"                  # auto: cuda when present, else cpu
     amp: bool = False                     # bf16 autocast
     progress: bool = True
 
@@ -158,6 +159,8 @@ class TrainConfig:
         c = dataclasses.replace(self)
         c.dataset = data_mod.canonical_name(c.dataset) if c.dataset in data_mod.DATASETS or \
             c.dataset.replace("-", "_").lower() in data_mod.DATASETS else c.dataset
+        if c.device == "auto":
+            c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.trainer not in TRAINERS:
             raise ValueError(f"trainer must be one of {TRAINERS}, got {c.trainer!r}")
         if c.optimizer is None:
@@ -316,6 +319,8 @@ class Trainer:
                 return  # nothing yet: start fresh
             raise FileNotFoundError(f"checkpoint {path}.json to resume does not exist")
         net, meta = load_checkpoint(path)
+        if self.stem is None:  # no --out: continue writing where we resumed from
+            self.stem = path
         if net.spec.to_dict() != self.net.spec.to_dict():
             raise CheckpointError(
                 f"checkpoint {path} holds {net.spec.name} ({_arch(net.spec)}), but this run builds "
@@ -418,8 +423,9 @@ class Trainer:
             if c.trainer == "ep":
                 state = warm if (warm is not None and c.warm_start and
                                  next(iter(warm.values())).shape[0] == x.shape[0]) else None
-                res = ep_gradient(self.net, x, target, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
-                                  schedule=c.schedule, tol=c.tol, variant=c.variant, state=state)
+                ep = _ep_gradient_amp if c.amp else ep_gradient
+                res = ep(self.net, x, target, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
+                         schedule=c.schedule, tol=c.tol, variant=c.variant, state=state)
                 grads = [res.grads[n] for n in self.param_names]
                 loss, correct = res.loss, res.correct
                 info = {"verdicts": {p.phase: p.verdict.status for p in res.phases.phases},
@@ -431,7 +437,6 @@ class Trainer:
             else:
                 self.model.train()
                 y = self.model(x).float()
-                from .dynamics import cost
                 loss_t = cost(self.net.spec, y, target).mean()
                 grads = torch.autograd.grad(loss_t, self.params, allow_unused=True)
                 grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
@@ -478,7 +483,8 @@ class Trainer:
         sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                      seed=c.seed, drop_last=False)
         sampler.set_epoch(epoch)
-        return DataLoader(self.train_set, batch_size=c.batch_size,
+        # its own generator: creating the iterator must not draw from the global RNG
+        return DataLoader(self.train_set, batch_size=c.batch_size, generator=torch.Generator().manual_seed(0),
                           sampler=_Skip(sampler, start_batch * c.batch_size), num_workers=0)
 
     # -- the loop ----------------------------------------------------------------
@@ -500,14 +506,12 @@ class Trainer:
                             desc=f"epoch {epoch + 1}/{c.epochs}")
             sums = Counter()
             t_epoch = time.perf_counter()
+            if self._wait_or_stop(stop):
+                bar.close()
+                yield from self._stopped(emit)
+                log.close()
+                return
             for x, target in loader:
-                while self.pause_event.is_set() and not stop():
-                    time.sleep(0.05)
-                if stop():
-                    bar.close()
-                    yield from self._stopped(emit)
-                    log.close()
-                    return
                 t0 = time.perf_counter()
                 lr = lr_at(c, epoch, self.batch, self.batches_per_epoch)
                 for g in self.optimizer.param_groups:
@@ -534,6 +538,13 @@ class Trainer:
                     reason = "request" if self._checkpoint_requested.is_set() else "periodic"
                     self._checkpoint_requested.clear()
                     yield from self._save_event(emit, reason)
+                # checked before the loader fetches (and augments) the next batch, so the
+                # saved RNG state is the one that batch needs on resume
+                if self._wait_or_stop(stop):
+                    bar.close()
+                    yield from self._stopped(emit)
+                    log.close()
+                    return
             bar.close()
             self.epoch, self.batch = epoch + 1, 0
             if sums["n"]:
@@ -564,6 +575,11 @@ class Trainer:
         yield emit({"kind": "done", "step": self.step, "card": self.card, "wall_time_s": round(self.wall_time, 1)})
         log.close()
 
+    def _wait_or_stop(self, stop) -> bool:
+        while self.pause_event.is_set() and not stop():
+            time.sleep(0.05)
+        return stop()
+
     def _save_event(self, emit, reason):
         stem = self.save(reason=reason)
         if stem is not None:
@@ -582,6 +598,31 @@ class Trainer:
                 callback(event)
             last = event
         return last
+
+
+@torch.no_grad()
+def _ep_gradient_amp(net, x, target, *, beta, t_free, t_nudge, schedule, tol, variant, state):
+    """ep_gradient with the phases under bf16 autocast and the Hebbian terms in float32.
+
+    (conv2d_weight on mixed bf16/float32 tensors fails on some CPU backends.)
+    """
+    x = net.check_input(x)
+    phases = run_phases(net, x, target, beta=beta, t_free=t_free, t_nudge=t_nudge, schedule=schedule,
+                        tol=tol, variant=variant, state=state)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        as32 = lambda st: {k: v.to(net.dtype) for k, v in st.items()}
+        for p in phases.phases:
+            p.state = as32(p.state)
+        g_plus = phi_param_grads(net, phases.plus.state, x)
+        ref = phases.minus.state if variant == "centered" else phases.free.state
+        scale = (2 * beta if variant == "centered" else beta) * x.shape[0]
+        g_ref = phi_param_grads(net, ref, x)
+        grads = {k: (g_plus[k] - g_ref[k]) / scale for k in g_plus}
+        target_t = torch.as_tensor(target, device=x.device).long().reshape(-1)
+        y = phases.free.state[OUTPUT]
+        loss = float(cost(net.spec, y, target_t).mean())
+        correct = int((y.argmax(1) == target_t).sum())
+    return EPResult(grads, phases, loss, correct)
 
 
 def _arch(spec: NetworkSpec) -> str:
@@ -733,7 +774,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-every", type=int, help_default=d.save_every, help="also checkpoint every N batches")
     g.add_argument("--log-every", type=int, help_default=d.log_every, help="JSONL batch line every N batches")
     g.add_argument("--threads", type=int, help_default=d.threads, help="torch CPU threads (default 1)")
-    g.add_argument("--device", help_default=d.device, help="cpu, cuda, cuda:1 ...")
+    g.add_argument("--device", help_default=d.device, help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--amp", action="store_true", help_default=d.amp, help="bf16 autocast")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

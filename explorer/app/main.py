@@ -10,7 +10,11 @@ Data flow (the measured design for a 2-core machine):
   never touches Bokeh models;
 - one periodic callback per page (every ``TICK_MS``) drains the queue,
   coalesces the frames into one batch and streams it into the views'
-  ``ColumnDataSource`` objects.
+  ``ColumnDataSource`` objects, as one patch message (``pn.io.hold``);
+- flow control: the page confirms each update once it has painted it, and
+  the server keeps at most ``IN_FLIGHT`` updates unconfirmed. A slow or busy
+  browser then gets fewer, larger updates instead of a queue of messages that
+  would delay everything behind them, a new run after a slider move included.
 
 Each browser tab is its own session with its own state and worker; the
 worker stops when the session is destroyed or, sooner, when the page has had
@@ -25,7 +29,8 @@ from pathlib import Path
 
 import panel as pn
 import torch
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, CustomJS
+from panel.io.callbacks import PeriodicCallback
 from panel.theme.fast import Fast
 
 from .gallery import Gallery
@@ -36,8 +41,19 @@ from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorke
 
 log = logging.getLogger("explorer.app")
 
-TICK_MS = 40            # 25 drains per second: >= 20 frames/s with room for jitter
+TICK_MS = 20            # how often the page looks for news while a run streams ...
+IDLE_TICK_MS = 250      # ... and when nothing has happened for IDLE_AFTER seconds
+IDLE_AFTER = 0.5
+SEND_EVERY = 0.04       # ... and sends at most 25 updates per second (>= 20 frames/s with room)
+IN_FLIGHT = 1           # updates sent but not yet painted, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
+ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
+# The page's confirmation of update ``seq``: Bokeh schedules its repaint in an animation frame when
+# the data arrive; this callback's frame is requested after that, so it runs once they are painted.
+ACK_JS = """
+const seq = cb_obj.data.seq[0];
+requestAnimationFrame(() => { ack.data = {seq: [seq]}; });
+"""
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
 
@@ -47,6 +63,84 @@ DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
 # bundled files by its class name, so the subclass keeps the name "Fast".
 OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
                                      "__module__": __name__})
+
+
+# Runs once in each page. Plots scrolled out of sight skip their layout and repaints, and repaint
+# with the latest data when they come back into view: the browser only draws what can be seen.
+# (PlotView.pause() is not enough: Bokeh's own unpause() calls cancel it.) The page also reports
+# which views are in sight, so the server sends data only to those.
+PAGE_JS = """
+if (!window.__explorer_page) {
+  window.__explorer_page = true;
+  const seen = new WeakSet();
+  const plots = [];
+  // The view a plot belongs to, from its data sources' names ("explorer.<view>.<what>").
+  const view_of = (v) => {
+    for (const r of v.model.renderers) {
+      const n = r.data_source != null ? r.data_source.name : null;
+      if (n != null && n.startsWith("explorer.")) return n.split(".")[1];
+    }
+    return null;
+  };
+  // Tell the server which views are in sight: it sends data only to those and catches the
+  // others up when they come into view.
+  let reported = null;
+  const report = () => {
+    const keys = new Set();
+    for (const v of plots) {
+      const k = view_of(v);
+      if (k != null && !v.__explorer_hidden && v.el.isConnected) keys.add(k);
+    }
+    const list = [...keys].sort();
+    if (list.join(",") !== reported) { reported = list.join(","); visible.data = {keys: list}; }
+  };
+  const io = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const v = e.target.__explorer_view;
+      if (v == null) continue;
+      v.__explorer_hidden = !e.isIntersecting;
+      if (e.isIntersecting && v.__explorer_dirty) { v.__explorer_dirty = false; v.request_repaint(); }
+    }
+    report();
+  }, {rootMargin: "200px"});
+  const scan = () => {
+    const found = Bokeh.index.query((v) => v.model != null && v.el != null &&
+                                           ["Figure", "Plot"].includes(v.model.constructor.__name__));
+    for (const v of found) {
+      if (seen.has(v)) continue;
+      seen.add(v);
+      plots.push(v);
+      // Skip layout and paint while out of sight; remember to repaint when seen again.
+      for (const name of ["repaint", "paint"]) {
+        const own = v[name].bind(v);
+        v[name] = (...args) => {
+          if (v.__explorer_hidden) { v.__explorer_dirty = true; return; }
+          return own(...args);
+        };
+      }
+      v.el.__explorer_view = v;
+      io.observe(v.el);
+    }
+  };
+  // A slider moved with the arrow keys updates only value_throttled; copy it into value so the
+  // move reaches the server like a drag (the settings follow "value").
+  const sliders = new WeakSet();
+  const scan_sliders = () => {
+    for (const doc of Bokeh.documents) {
+      for (const m of doc._all_models.values()) {
+        if (m.constructor.__name__ !== "Slider" || sliders.has(m)) continue;
+        sliders.add(m);
+        m.properties.value_throttled.change.connect(() => {
+          if (m.value_throttled != null && m.value !== m.value_throttled) m.value = m.value_throttled;
+        });
+      }
+    }
+  };
+  scan();
+  scan_sliders();
+  setInterval(() => { scan(); scan_sliders(); }, 1000);
+}
+"""
 
 
 def app_css() -> str:
@@ -60,7 +154,7 @@ class ExplorerApp(pn.viewable.Viewer):
     """One page of the explorer: its state, its worker, its views."""
 
     def __init__(self, state: ExplorerState | None = None, *, autostart: bool = True,
-                 threads: int | None = 1, **params):
+                 threads: int | None = 1, settings: dict[str, str] | None = None, **params):
         super().__init__(**params)
         self.state = state if state is not None else ExplorerState()
         self.device = pick_device()
@@ -74,8 +168,20 @@ class ExplorerApp(pn.viewable.Viewer):
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
                                    sizing_mode="stretch_width", margin=(0, 10))
-        self.meta = ColumnDataSource(data={"run": [0], "beta": [0.0], "phase": [""], "step": [0],
-                                           "frames": [0]}, name="explorer.meta")
+        # Flow control: "tick" carries the number of each update sent, "ack" the last one painted.
+        self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
+        self.ack_source = ColumnDataSource(data={"seq": [0]}, name="explorer.ack")
+        self.tick_source.js_on_change("data", CustomJS(args={"ack": self.ack_source}, code=ACK_JS))
+        # Referencing both from a callback puts them into the page's document.
+        self.views["energy"].fig.js_on_change("tags", CustomJS(
+            args={"tick": self.tick_source, "ack": self.ack_source}, code=""))
+        # Which views the page shows ("*": not reported yet, so all).
+        self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
+        self._sent = 0
+        self._sent_at = 0.0
+        self._backlog: list = []
+        self._drained_events = 0
+        self._quiet_since: float | None = None
         self.upload = pn.widgets.FileInput(multiple=True, accept=".json,.safetensors",
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
@@ -94,6 +200,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self.state.param.watch(self._on_step, ["step"])
         self.state.param.watch(self._on_reset, ["reset"])
         self.state.param.watch(self._on_display, list(DISPLAY_SETTINGS))
+        if self.state.startup_error:
+            self.notify(self.state.startup_error)
+        if settings:
+            self.apply_settings(settings)
         if autostart:
             self.restart()
 
@@ -115,7 +225,9 @@ class ExplorerApp(pn.viewable.Viewer):
             return None
         self._good = self.state.run_settings()
         self.clear_alert()
-        return self.worker.submit(request)
+        run_id = self.worker.submit(request)
+        self._wake()
+        return run_id
 
     @contextlib.contextmanager
     def _applying_settings(self):
@@ -150,8 +262,20 @@ class ExplorerApp(pn.viewable.Viewer):
         self._good = state.run_settings()
         self.clear_alert()
         self.worker.submit(request)
+        self._wake()
+
+    def apply_settings(self, given: dict[str, str]) -> None:
+        """Settings given as text (the page's URL query); what cannot apply is reported."""
+        typed, problems = self.state.settings_from_text(given)
+        for text in problems:
+            self.notify(text, level="warning")
+        if "model" in typed:   # a model first: it brings its own depth, alpha, schedule
+            self.state.model = typed.pop("model")
+        if typed:
+            self.state.param.update(**typed)
 
     def _on_playback(self, *events) -> None:
+        self._wake()
         for e in events:
             if e.name == "speed":
                 self.worker.set_speed(self.state.steps_per_second)
@@ -161,6 +285,7 @@ class ExplorerApp(pn.viewable.Viewer):
                     self.restart()   # play after the end replays the run
 
     def _on_step(self, *_events) -> None:
+        self._wake()
         if self.state.playing:
             self.state.playing = False
         if not self.worker.busy:
@@ -173,6 +298,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _on_display(self, *_events) -> None:
         self._display_dirty = True   # applied by the next drain (only it touches Bokeh models)
+        self._wake()
 
     def _on_upload(self, event) -> None:
         values = event.new
@@ -215,9 +341,21 @@ class ExplorerApp(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------------
     # The drain: the only code that touches Bokeh models
     # ------------------------------------------------------------------------------------
+    def _apply_visibility(self) -> None:
+        keys = self.visible_source.data["keys"]
+        shown = None if "*" in keys else set(keys)
+        for view in self.views.values():
+            hidden = shown is not None and view.key not in shown and view.key != "verdict"
+            if view.hidden and not hidden:
+                view.hidden = False
+                view.flush()           # caught up as it comes into view
+            view.hidden = hidden
+
     def drain(self) -> int:
         """Move what the worker recorded into the views; returns frames drawn."""
-        events = self.worker.drain()
+        self._apply_visibility()
+        events, self._backlog = self._backlog + self.worker.drain(), []
+        self._drained_events = len(events)
         latest = self.worker.latest_run
         pending: list[Frame] = []
         drawn = 0
@@ -227,7 +365,7 @@ class ExplorerApp(pn.viewable.Viewer):
             if pending and self.run is not None:
                 batch = Batch(self.run, list(pending))
                 for view in self.views.values():
-                    view.push(batch)
+                    view.offer(batch)
                 drawn += len(pending)
             pending.clear()
 
@@ -239,6 +377,9 @@ class ExplorerApp(pn.viewable.Viewer):
                     pending.append(ev)
                 continue
             flush()
+            if not isinstance(ev, RunStarted):
+                for view in self.views.values():
+                    view.flush()   # what a view collected belongs before this event
             if isinstance(ev, RunStarted):
                 self.run = Run(ev.request)
                 for view in self.views.values():
@@ -258,19 +399,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self._display_dirty = False
             for view in self.views.values():
                 view.refresh_display()
-        if drawn or events:
-            self.frames_drawn += drawn
-            self._update_meta()
+        self.frames_drawn += drawn
         return drawn
-
-    def _update_meta(self) -> None:
-        run = self.run
-        if run is None:
-            return
-        last = self.views["verdict"].progress
-        phase = next((p for p in ("nudged-", "nudged+", "free") if p in last), "")
-        self.meta.data = {"run": [run.run_id], "beta": [run.beta], "phase": [phase],
-                          "step": [last.get(phase, 0)], "frames": [self.frames_drawn]}
 
     def _update_status(self) -> None:
         run = self.run
@@ -286,6 +416,14 @@ class ExplorerApp(pn.viewable.Viewer):
     def counts(self) -> dict[str, int]:
         return {k: v.data_count() for k, v in self.views.items()}
 
+    def prefill(self, timeout: float = 0.3) -> None:
+        """Give the first run a moment so the page opens with data already in its plots."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.frames_drawn < 10 and self.worker.busy:
+            self.drain()
+            time.sleep(0.02)
+        self.drain()
+
     # For tests and scripts: run the worker to the end and drain everything.
     def run_until_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -295,6 +433,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self.drain()
             time.sleep(0.01)
         self.drain()
+        for view in self.views.values():
+            view.flush()
 
     # ------------------------------------------------------------------------------------
     # Session lifecycle
@@ -302,13 +442,53 @@ class ExplorerApp(pn.viewable.Viewer):
     def attach_session(self) -> None:
         """Start the periodic drain and stop the worker with the session (when served)."""
         self._doc = pn.state.curdoc
-        self._callback = pn.state.add_periodic_callback(self._tick, period=TICK_MS)
+        if self._doc is not None:
+            self._doc.js_on_event("document_ready", CustomJS(args={"visible": self.visible_source},
+                                                             code=PAGE_JS))
+        # background=True: the drain is not "busy" work, so Panel does not count it (a busy-count
+        # update per tick would cost a message and a restyle in the browser 50 times a second).
+        self._callback = PeriodicCallback(callback=self._tick, period=TICK_MS, background=True)
+        self._callback.start()
         pn.state.on_session_destroyed(self._on_session_destroyed)
+
+    def _wake(self) -> None:
+        """Back to the fast tick (something will stream)."""
+        self._quiet_since = None
+        if self._callback is not None and self._callback.period != TICK_MS:
+            self._callback.period = TICK_MS
 
     def _tick(self) -> None:
         if self._orphaned():
             return
-        self.drain()
+        now = time.monotonic()
+        if now - self._sent_at < SEND_EVERY:
+            return
+        acked = self.ack_source.data["seq"][0]
+        if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
+            # The browser is still painting earlier updates: keep what arrives for the next one
+            # (and let the worker's queue empty, so it never waits on the page) -- unless a new run
+            # has started, which goes out at once.
+            self._backlog.extend(self.worker.drain())
+            latest = self.worker.latest_run
+            if not any(isinstance(e, RunStarted) and e.run_id == latest for e in self._backlog):
+                return
+        if not (self._backlog or self._display_dirty or self.worker.busy or self._sent > acked):
+            # Nothing runs and the page has painted everything: tick slowly until woken.
+            self._quiet_since = self._quiet_since or now
+            if now - self._quiet_since > IDLE_AFTER and self._callback is not None \
+                    and self._callback.period != IDLE_TICK_MS:
+                self._callback.period = IDLE_TICK_MS
+        else:
+            self._quiet_since = None
+        # One patch message per tick: Bokeh serialises each message against the whole document,
+        # so a dozen separate stream/patch messages per tick cost a dozen times as much.
+        with pn.io.hold(self._doc):
+            dirty = self._display_dirty
+            self.drain()
+            if self._drained_events or dirty:
+                self._sent += 1
+                self._sent_at = now
+                self.tick_source.data = {"seq": [self._sent]}
 
     def _orphaned(self) -> bool:
         """True while the page has lost its connection; stops the worker after ORPHAN_SECONDS."""
@@ -364,7 +544,7 @@ class ExplorerApp(pn.viewable.Viewer):
                             sizing_mode="stretch_width")
         playback_buttons = pn.Param(s, parameters=["playing", "step", "reset"], show_name=False,
                                     default_layout=pn.Row, sizing_mode="stretch_width",
-                                    widgets={"playing": {"type": pn.widgets.Toggle, "button_type": "primary",
+                                    widgets={"playing": {"type": pn.widgets.Toggle, "color": "primary",
                                                          "name": "▶ Play / ❚❚ Pause"},
                                              "step": {"type": pn.widgets.Button, "name": "Step"},
                                              "reset": {"type": pn.widgets.Button, "name": "Reset"}})
@@ -383,7 +563,7 @@ class ExplorerApp(pn.viewable.Viewer):
         v = self.views
         row = dict(sizing_mode="stretch_width")
         return pn.Column(
-            pn.Row(v["output"].panel(), v["verdict"].panel(sizing_mode="fixed", width=560), **row),
+            pn.Row(v["output"].panel(), v["verdict"].panel(sizing_mode=None, width=560), **row),
             v["energy"].panel(),
             v["residual"].panel(),
             v["trajectories"].panel(),
@@ -408,6 +588,9 @@ class ExplorerApp(pn.viewable.Viewer):
             sidebar=self.controls(), main=[pn.Column(self.status, self.alert, self._tabs,
                                                      sizing_mode="stretch_width")],
             sidebar_width=350, accent="#0072B2", main_layout=None, theme_toggle=False, design=OfflineFast,
+            # The header's busy spinner would flip twice per tick (the periodic drain counts as
+            # "busy"), costing the browser a restyle every 40 ms.
+            busy_indicator=None,
             # No web font: the default (Open Sans from Google) fails without internet.
             font="'Helvetica Neue', Helvetica, Arial, sans-serif", font_url="",
             raw_css=[self.css])

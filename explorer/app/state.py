@@ -229,14 +229,22 @@ class ExplorerState(param.Parameterized):
         self.samples = samples or load_app_samples()
         self.zoo = {f"{ZOO_PREFIX}{e.title}": e for e in (zoo_entries() if zoo is None else zoo)}
         self.loaded: dict[str, LoadedModel] = {}   # zoo/upload choices already read
+        self._base_cache: dict[tuple, HopfieldNetwork] = {}
+        self.startup_error: str | None = None
         super().__init__(**params)
         self.param.sample.objects = self.samples.options()
         if self.sample not in self.param.sample.objects.values():
             self.sample = 0
         self.param.model.objects = list(self.zoo) + list(UNTRAINED)
         if "model" not in params:
-            self.model = self.param.model.objects[0]
-        self._base_cache: dict[tuple, HopfieldNetwork] = {}
+            self.model = self.param.model.objects[0]   # a zoo model when there is one
+        try:
+            defaults = self.model_defaults(self.model)
+        except SettingError as exc:                    # an unreadable zoo entry: say so, use the builder
+            self.startup_error = str(exc)
+            self.model = "untrained resnet"
+            defaults = self.model_defaults(self.model)
+        self.param.update(**{k: v for k, v in defaults.items() if k not in params})
         self.sync_layers()
 
     # -- models ------------------------------------------------------------------
@@ -358,6 +366,39 @@ class ExplorerState(param.Parameterized):
                           schedule=self.schedule, record=record, sample=int(self.sample), label=label,
                           class_names=self.samples.class_names, model_name=self.model,
                           map_layer=map_layer)
+
+    def settings_from_text(self, given: dict[str, str]) -> tuple[dict, list[str]]:
+        """Typed settings from text (a page's URL query, e.g. ``?beta=0.3&speed=max``).
+
+        Returns (settings, problems); unknown names and unreadable values are problems.
+        """
+        out, problems = {}, []
+        for name, text in given.items():
+            p = self.param[name] if name in self.param and name not in ("name", "step", "reset") else None
+            if p is None:
+                problems.append(f"unknown setting {name!r} in the address")
+                continue
+            try:
+                if isinstance(p, param.Boolean):
+                    value = text.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(p, param.Integer):
+                    value = int(text)
+                elif isinstance(p, param.Number):
+                    value = float(text)
+                elif isinstance(p, param.Selector):
+                    options = list(p.objects)
+                    by_text = {str(o): o for o in options}
+                    if text not in by_text:
+                        raise ValueError(f"choose one of {', '.join(by_text)}")
+                    value = by_text[text]
+                else:
+                    value = text
+                p._validate(value)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"setting {name}={text!r} ignored: {exc}")
+                continue
+            out[name] = value
+        return out, problems
 
     def run_settings(self) -> dict:
         return {k: getattr(self, k) for k in RUN_SETTINGS}

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..dynamics import relax
-from ..record import ENERGY_STATS, LAYER_STATS, PhaseResult, StepRecord
+from ..ep import run_phases
+from ..network import OUTPUT
+from ..record import ENERGY_STATS, LAYER_STATS, StepRecord
 from .state import RunRequest
 
 log = logging.getLogger("explorer.app")
@@ -253,17 +254,12 @@ class RunWorker:
             self._clock = (origin, emitted + 1)
 
     def _run(self, req: RunRequest) -> None:
-        """Free phase from zero, then the nudged phases from s* (as ``explorer.ep.run_phases``).
-
-        The phases are relaxed one by one so that each phase's verdict reaches
-        the page as soon as that phase ends.
-        """
+        """Free phase from zero, then the nudged phases from s*: ``explorer.ep.run_phases``."""
         run_id = req.run_id
         self.started = [*self.started[-49:], run_id]
         if not self._put(RunStarted(run_id, req), run_id):
             self.finished.append(RunEnded(run_id, True, 0.0, 0))
             return
-        stop = lambda: self._stale(run_id)  # noqa: E731
 
         def on_step(rec: StepRecord) -> None:
             if rec.step > 0:
@@ -272,27 +268,17 @@ class RunWorker:
             self._put(Frame.from_record(run_id, rec), run_id)
 
         t0 = time.monotonic()
+        phases = run_phases(req.net, req.x, req.target, beta=req.beta, t_free=req.t_free,
+                            t_nudge=req.t_nudge, schedule=req.schedule, variant="centered",
+                            record=req.record, on_step=on_step, should_stop=lambda: self._stale(run_id))
         steps = 0
-        common = dict(target=req.target, schedule=req.schedule, record=req.record, on_step=on_step,
-                      should_stop=stop)
-        cancelled = False
-        free_state = None
-        for phase, beta, n in (("free", 0.0, req.t_free), ("nudged+", req.beta, req.t_nudge),
-                               ("nudged-", -req.beta, req.t_nudge)):
-            start = free_state
-            result: PhaseResult = relax(req.net, req.x, steps=n, beta=beta, state=start,
-                                        free_state=free_state, phase=phase, **common)
+        cancelled = self._stale(run_id)
+        for result in phases.phases:
             steps += result.steps
-            y = result.state["y"].detach()[0].to("cpu", torch.float64).numpy()
-            self._put(PhaseEnded(run_id, phase, result.steps, result.verdict.status,
+            cancelled = cancelled or result.verdict.status == "cancelled"
+            y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
+            self._put(PhaseEnded(run_id, result.phase, result.steps, result.verdict.status,
                                  result.verdict.message, y), run_id)
-            if result.verdict.status == "cancelled" or self._stale(run_id):
-                cancelled = True
-                break
-            if result.verdict.status == "non_finite":
-                break
-            if phase == "free":
-                free_state = result.state
         ended = RunEnded(run_id, cancelled, time.monotonic() - t0, steps)
         self.finished.append(ended)
         self._put(ended, run_id)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+import time
+
 import numpy as np
 import panel as pn
-from bokeh.models import BoxAnnotation, ColumnDataSource, Label, Range1d
+from bokeh.models import ColumnDataSource, LabelSet, Range1d
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -163,29 +166,125 @@ def style_legend(fig: figure, location: str = "top_right") -> None:
 
 
 class PhaseBands:
-    """Shaded spans marking the three phases on a time-axis figure."""
+    """Shaded spans marking the three phases on a time-axis figure.
+
+    Drawn as one vectorised ``vstrip`` glyph (and one ``LabelSet``) rather than
+    a BoxAnnotation and Label per phase: the browser repaints these figures at
+    every tick, and each scalar annotation costs it a CSS style lookup per paint.
+    """
 
     def __init__(self, fig: figure, labels: bool = True):
-        self.boxes, self.labels = {}, {}
-        for phase in PHASES:
-            box = BoxAnnotation(left=0, right=0, fill_color=PHASE_COLORS[phase], fill_alpha=0.06,
-                                line_alpha=0, level="underlay")
-            fig.add_layout(box)
-            self.boxes[phase] = box
-            if labels:
-                lab = Label(x=0, y=4, x_units="data", y_units="screen", text=PHASE_LABELS[phase],
-                            text_font_size="11px", text_color=PHASE_COLORS[phase], text_alpha=0.9,
-                            x_offset=4)
-                fig.add_layout(lab)
-                self.labels[phase] = lab
+        self.source = ColumnDataSource(data={"left": [0, 0, 0], "right": [0, 0, 0],
+                                             "color": [PHASE_COLORS[p] for p in PHASES],
+                                             "label": [PHASE_LABELS[p] for p in PHASES]})
+        fig.vstrip(x0="left", x1="right", source=self.source, fill_color="color", fill_alpha=0.07,
+                   line_alpha=0, level="underlay")
+        if labels:
+            fig.add_layout(LabelSet(x="left", y=4, y_units="screen", text="label", source=self.source,
+                                    x_offset=4, text_color="color", text_font_size="11px"))
 
     def place(self, run: Run) -> None:
-        for phase in PHASES:
-            left = run.offset(phase)
-            self.boxes[phase].left = left
-            self.boxes[phase].right = left + run.steps_of(phase)
-            if phase in self.labels:
-                self.labels[phase].x = left
+        lefts = [run.offset(p) for p in PHASES]
+        self.source.data = {"left": lefts, "right": [l + run.steps_of(p) for l, p in zip(lefts, PHASES)],
+                            "color": [PHASE_COLORS[p] for p in PHASES],
+                            "label": [PHASE_LABELS[p] for p in PHASES]}
+
+
+class StableRange:
+    """A y range that moves only when the data leave it, and then by a margin.
+
+    An axis whose range follows the data on every tick changes its tick labels
+    on every tick, which makes the browser lay the plot out again before each
+    paint; a range that stays put lets it simply repaint.
+    """
+
+    def __init__(self, log: bool = False, floor: tuple[float, float] | None = None, headroom: float = 0.15):
+        self.log = log
+        self.floor = floor            # a span the range always covers, e.g. (0, 1)
+        self.headroom = headroom
+        self.range = Range1d(*(floor or ((1e-8, 1.0) if log else (0.0, 1.0))))
+        self._span: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        self._span = None
+
+    def include(self, values) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v) & ((v > 0) if self.log else True)]
+        if not len(v):
+            return
+        lo, hi = float(v.min()), float(v.max())
+        if self._span is not None and self._span[0] <= lo and hi <= self._span[1]:
+            return
+        if self._span is not None:
+            lo, hi = min(lo, self._span[0]), max(hi, self._span[1])
+        if self.floor is not None:
+            lo, hi = min(lo, self.floor[0]), max(hi, self.floor[1])
+        if self.log:
+            start, end = 10 ** math.floor(math.log10(lo)), 10 ** math.ceil(math.log10(hi))
+            if end <= start:
+                end = start * 10
+        else:
+            pad = self.headroom * max(hi - lo, 1e-6 * (abs(hi) + 1.0))
+            start, end = lo - pad, hi + pad
+        self._span = (start, end)
+        self.range.update(start=start, end=end)
+
+
+class HeatImage:
+    """A rows x steps heat map as one image glyph, filled column by column with ``CDS.patch``.
+
+    Thousands of rect glyphs (one per layer and step) cost the browser a
+    spatial index and a pass over every rect at each update; one image costs
+    a patch of the new columns and a redraw of a small bitmap.
+    """
+
+    def __init__(self, fig: figure, mapper, name: str):
+        self.source = ColumnDataSource(data={"image": [np.full((1, 1), np.nan, dtype=np.float32)],
+                                             "x": [-0.5], "y": [-0.5], "dw": [1], "dh": [1]}, name=name)
+        self.renderer = fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.source,
+                                  color_mapper=mapper)
+        self.shape = (1, 1)
+
+    def reset(self, rows: int, cols: int, y0: float = 0.0) -> None:
+        """Empty (NaN) cells; column c is drawn centred on x = c, row r on y = y0 + r."""
+        self.shape = (rows, cols)
+        self.source.data = {"image": [np.full((rows, cols), np.nan, dtype=np.float32)], "x": [-0.5],
+                            "y": [y0 - 0.5], "dw": [cols], "dh": [rows]}
+
+    def fill(self, cols, values) -> None:
+        """Set columns ``cols`` (ascending ints) to ``values`` [len(cols), rows] (row 0 at the bottom)."""
+        cols = np.asarray(cols, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float32)
+        keep = (cols >= 0) & (cols < self.shape[1])
+        cols, values = cols[keep], values[keep]
+        if not len(cols):
+            return
+        patches = []
+        start = 0
+        for i in range(1, len(cols) + 1):   # one patch per run of consecutive columns
+            if i == len(cols) or cols[i] != cols[i - 1] + 1:
+                block = values[start:i].T        # [rows, n]
+                patches.append(((0, slice(0, self.shape[0]), slice(int(cols[start]), int(cols[i - 1]) + 1)),
+                                np.ascontiguousarray(block).ravel()))
+                start = i
+        self.source.patch({"image": patches})
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.source.data["image"][0])
+
+    def filled(self) -> int:
+        return int(np.isfinite(self.array).sum())
+
+
+def layer_axis(fig: figure, labels: list[str], positions: list[float] | None = None) -> None:
+    """Name the rows of a heat map image on its y axis."""
+    from bokeh.models import FixedTicker
+    positions = list(range(len(labels))) if positions is None else positions
+    fig.yaxis.ticker = FixedTicker(ticks=positions)
+    fig.yaxis.major_label_overrides = {p: l for p, l in zip(positions, labels)}
+    fig.yaxis.minor_tick_line_color = None
 
 
 def time_range(run: Run | None = None) -> Range1d:
@@ -202,19 +301,56 @@ def empty(source: ColumnDataSource) -> None:
 
 
 class View:
-    """Base class: a titled card of Bokeh figures fed by ColumnDataSources."""
+    """Base class: a titled card of Bokeh figures fed by ColumnDataSources.
+
+    The page offers every tick's frames to every view (:meth:`offer`); a view
+    with ``min_interval`` > 0 collects them and draws at most that often, so
+    the browser repaints its secondary plots a few times a second rather than
+    at every tick.
+    """
 
     key = "view"
     title = "view"
     about = ""
+    min_interval = 0.0   # seconds between draws while a run streams
 
     def __init__(self, app_state):
         self.state = app_state
         self.run: Run | None = None
+        self.hidden = False   # scrolled out of sight in the page: collect, draw when seen again
+        self._buffer: list = []
+        self._drawn_at = 0.0
 
     # Called only from the page's periodic callback ----------------------------------------
+    def offer(self, batch: Batch) -> None:
+        if not self.min_interval and not self.hidden and not self._buffer:
+            self.push(batch)
+            return
+        self._collect(batch.frames)
+        now = time.monotonic()
+        if not self.hidden and now - self._drawn_at >= self.min_interval:
+            self.flush(now)
+
+    def _collect(self, frames) -> None:
+        """Keep frames for a later draw; only the newest full states per phase are ever drawn."""
+        for f in frames:
+            if f.states:
+                for old in reversed(self._buffer):
+                    if old.phase == f.phase and old.states:
+                        old.states = {}
+                        break
+            self._buffer.append(f)
+
+    def flush(self, now: float | None = None) -> None:
+        """Draw whatever is collected (before a phase ends, at the end, in tests)."""
+        if self._buffer and self.run is not None:
+            frames, self._buffer = self._buffer, []
+            self.push(Batch(self.run, frames))
+        self._drawn_at = time.monotonic() if now is None else now
+
     def start_run(self, run: Run) -> None:
         self.run = run
+        self._buffer = []
 
     def push(self, batch: Batch) -> None:
         pass

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, Range1d
+from bokeh.models import ColumnDataSource, HoverTool
 
 from ..worker import PHASES
-from .base import (PHASE_COLORS, PHASE_LABELS, ROSE_COLOR, Batch, PhaseBands, Run, View, bokeh_pane,
-                   make_figure, set_time_range, style_legend, time_range)
+from .base import (PHASE_COLORS, PHASE_LABELS, ROSE_COLOR, Batch, PhaseBands, Run, StableRange, View,
+                   bokeh_pane, make_figure, set_time_range, style_legend, time_range)
 
 ZOOM_SKIP = 3     # the y axis ignores the first free steps: the start from zero is far above
 RISE_TOL = 1e-5   # as explorer.dynamics.relax: a rise above 1e-5 * (|F| + 1) counts
@@ -37,25 +37,24 @@ class EnergyView(View):
         self.rose = ColumnDataSource(data={"x": [], "value": [], "delta": []}, name="explorer.energy.rose")
         self.delta = ColumnDataSource(data={"x": [], "delta": [], "color": []}, name="explorer.energy.delta")
         self.x_range = time_range()
-        self.y_range = Range1d(-1.0, 1.0)
+        self.y = StableRange(headroom=0.08)
+        self.dy = StableRange(log=True)
         self.fig = make_figure("Energy: Φ (free), F (nudged)", height=300, y_label="energy",
-                               x_range=self.x_range, y_range=self.y_range)
-        for p in PHASES:
-            self.fig.line("x", "value", source=self.phase_sources[p], color=PHASE_COLORS[p], line_width=2.5,
-                          legend_label=f"{ENERGY_NAME[p]}, {PHASE_LABELS[p]}")
+                               x_range=self.x_range, y_range=self.y.range)
+        lines = [self.fig.line("x", "value", source=self.phase_sources[p], color=PHASE_COLORS[p], line_width=2.5,
+                               legend_label=f"{ENERGY_NAME[p]}, {PHASE_LABELS[p]}") for p in PHASES]
         self.fig.scatter("x", "value", source=self.rose, marker="x", size=11, line_width=2.5,
                          color=ROSE_COLOR, legend_label="energy rose")
         self.fig.add_tools(HoverTool(tooltips=[("iteration", "@x"), ("step", "@step"), ("Φ", "@phi{0.0000}"),
                                                ("cost C", "@cost{0.0000}"), ("F", "@F{0.0000}")],
-                                     renderers=self.fig.renderers[:3]))
+                                     renderers=lines))
         style_legend(self.fig, "top_right")
         self.bands = [PhaseBands(self.fig)]
         self.dfig = make_figure("Energy change per step |ΔE| (log)", height=200, y_label="|ΔE|",
-                                y_axis_type="log", x_range=self.x_range)
+                                y_axis_type="log", x_range=self.x_range, y_range=self.dy.range)
         self.dfig.scatter("x", "delta", source=self.delta, color="color", size=4, alpha=0.8)
         self.bands.append(PhaseBands(self.dfig, labels=False))
         self._last: dict[str, float] = {}
-        self._span: tuple[float, float] | None = None
         self.rises = 0
 
     def start_run(self, run: Run) -> None:
@@ -66,7 +65,8 @@ class EnergyView(View):
         for b in self.bands:
             b.place(run)
         self._last = {}
-        self._span = None
+        self.y.reset()
+        self.dy.reset()
         self.rises = 0
         self._set_title()
 
@@ -87,13 +87,7 @@ class EnergyView(View):
             if not len(idx):
                 continue
             value = phi[idx] if p == "free" else f[idx]
-            zoom = value[(batch.step[idx] >= ZOOM_SKIP) | (p != "free")]
-            zoom = zoom[np.isfinite(zoom)]
-            if len(zoom):
-                lo, hi = float(zoom.min()), float(zoom.max())
-                if self._span is not None:
-                    lo, hi = min(lo, self._span[0]), max(hi, self._span[1])
-                self._span = (lo, hi)
+            self.y.include(value[(batch.step[idx] >= ZOOM_SKIP) | (p != "free")])
             self.phase_sources[p].stream({
                 "x": batch.x[idx], "value": value, "phi": phi[idx], "cost": cst[idx], "F": f[idx],
                 "step": batch.step[idx], "beta": np.array([batch.frames[i].beta for i in idx]),
@@ -114,12 +108,8 @@ class EnergyView(View):
                         rose_d.append(d)
                 prev = v
             self._last[p] = prev
-        if self._span is not None:
-            lo, hi = self._span
-            pad = max(0.06 * (hi - lo), 1e-6 * (abs(hi) + 1.0))
-            if (self.y_range.start, self.y_range.end) != (lo - pad, hi + pad):
-                self.y_range.update(start=lo - pad, end=hi + pad)
         if dx:
+            self.dy.include(dd)
             self.delta.stream({"x": dx, "delta": dd, "color": dc})
         if rose_x:
             self.rose.stream({"x": rose_x, "value": rose_v, "delta": rose_d})

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, LinearColorMapper, LogColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper, LogColorMapper, Range1d
 from bokeh.palettes import Cividis256, Magma256, RdBu11
 
 from ...record import STAT_INDEX
-from .base import Batch, Run, View, bokeh_pane, make_figure
+from .base import Batch, HeatImage, Run, View, bokeh_pane, layer_axis, make_figure
 
 NUDGED = ("nudged+", "nudged-")
 SIGN = {"nudged+": "+β", "nudged-": "−β"}
 DIVERGING = tuple(reversed(RdBu11))  # blue negative, red positive
 _DIST = STAT_INDEX["nudge_distance"]
+GAP = 0.25                            # between feature-map panels, in map widths
+
+
+def block_origin(phase: str, n_layers: int) -> int:
+    """Image row of the last layer of a phase's block: nudged +beta on top, a blank row between."""
+    return n_layers + 1 if phase == "nudged+" else 0
 
 
 class NudgeView(View):
     key = "nudge"
+    min_interval = 0.2
     title = "4 · Nudged versus free"
     about = ("How far each layer moves from the free fixed point s* while the output is nudged "
              "towards the label (log colour scale), and one feature map before and after.")
@@ -31,59 +38,65 @@ class NudgeView(View):
     def __init__(self, app_state):
         super().__init__(app_state)
         layers = list(app_state.base_network().layer_names)
-        self.y_range = FactorRange(factors=list(reversed(layers)))
-        self.mapper = LogColorMapper(palette=Magma256, low=1e-4, high=1.0, nan_color="#eeeeee")
-        self.heat = {}
-        self.figs = {}
-        for p in NUDGED:
-            src = ColumnDataSource(data={"step": [], "layer": [], "dist": [], "run": []},
-                                   name=f"explorer.nudge.{p}")
-            fig = make_figure(f"‖s_β − s*‖, nudged {SIGN[p]}", height=230, x_label="step of the nudged phase",
-                              y_label="layer", y_range=self.y_range, x_range=(0, 50))
-            fig.rect("step", "layer", width=1.0, height=0.95, source=src, line_color=None,
-                     fill_color={"field": "dist", "transform": self.mapper})
-            fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("step", "@step"),
-                                              ("‖s_β − s*‖", "@dist{0.000e}")]))
-            fig.ygrid.grid_line_color = None
-            self.heat[p], self.figs[p] = src, fig
-        self.figs["nudged-"].add_layout(ColorBar(color_mapper=self.mapper, width=10, title="‖s_β − s*‖",
-                                                 title_text_font_size="11px",
-                                                 major_label_text_font_size="11px"), "right")
-        self.figs["nudged+"].add_layout(ColorBar(color_mapper=self.mapper, width=10, title=" ",
-                                                 major_label_text_font_size="11px"), "right")
-        # Feature maps.
+        self.mapper = LogColorMapper(palette=Magma256, low=1e-4, high=1.0, nan_color="rgba(0, 0, 0, 0)")
+        self.fig = make_figure("‖s_β − s*‖ per layer and step", height=380, x_label="step of the nudged phase",
+                               y_label="", x_range=(0, 51), y_range=Range1d(-0.5, 2 * len(layers) + 0.5),
+                               tools="xpan,xwheel_zoom,box_zoom,reset,save,hover",
+                               tooltips=[("step", "$x{0}"), ("‖s_β − s*‖", "@image{0.000e}")])
+        self.heat = {p: HeatImage(self.fig, self.mapper, f"explorer.nudge.{p}") for p in NUDGED}
+        self.fig.ygrid.grid_line_color = None
+        self.fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title="‖s_β − s*‖",
+                                     title_text_font_size="11px", major_label_text_font_size="11px"), "right")
+        self._layers: list[str] = []
+        self._set_rows(layers)
+        # Feature maps: three panels side by side in one figure.
         self.state_mapper = LinearColorMapper(palette=Cividis256, low=0.0, high=6.0)
         self.diff_mapper = LinearColorMapper(palette=DIVERGING, low=-1.0, high=1.0)
-        self.maps = {}
-        self.map_figs = {}
-        for key, title, mapper in (("free", "s* (free fixed point)", self.state_mapper),
-                                   ("nudged", "s_β (nudged)", self.state_mapper),
-                                   ("diff", "s_β − s*", self.diff_mapper)):
-            src = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
-                                   name=f"explorer.nudge.map_{key}")
-            fig = make_figure(title, height=230, x_label="", y_label="", match_aspect=True,
-                              sizing_mode="fixed", width=260, min_border_left=10,
-                              tools="hover,save", tooltips=[("value", "@image{0.000}")])
-            fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=src, color_mapper=mapper)
-            fig.axis.visible = False
-            fig.grid.visible = False
-            fig.add_layout(ColorBar(color_mapper=mapper, width=8, major_label_text_font_size="10px"), "right")
-            self.maps[key], self.map_figs[key] = src, fig
-        self.title_pane = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 10),
-                                       css_classes=["nudge-title"])
+        self.maps = {k: ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
+                                         name=f"explorer.nudge.map_{k}") for k in ("free", "nudged", "diff")}
+        self.labels = ColumnDataSource(data={"x": [], "y": [], "text": []}, name="explorer.nudge.map_labels")
+        self.map_fig = make_figure("Feature maps", height=300, width=660, sizing_mode="fixed", x_label="",
+                                   y_label="", match_aspect=True, tools="hover,save",
+                                   tooltips=[("value", "@image{0.000}")], min_border_left=10)
+        for key, mapper in (("free", self.state_mapper), ("nudged", self.state_mapper), ("diff", self.diff_mapper)):
+            self.map_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.maps[key],
+                               color_mapper=mapper)
+        self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size="13px", text_align="center",
+                          text_baseline="bottom", text_color="#222222")
+        self.map_fig.axis.visible = False
+        self.map_fig.grid.visible = False
+        self.map_fig.add_layout(ColorBar(color_mapper=self.state_mapper, width=8, title="s",
+                                         major_label_text_font_size="10px"), "right")
+        self.map_fig.add_layout(ColorBar(color_mapper=self.diff_mapper, width=8, title="s_β − s*",
+                                         major_label_text_font_size="10px"), "right")
+        self.title_pane = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 10))
         self._latest: dict[str, np.ndarray] = {}  # phase -> last state [C, H, W] of the map layer
         self._max = 0.0
+        self._titled_channel = -1
+
+    def _set_rows(self, layers: list[str]) -> None:
+        if layers == self._layers:
+            return
+        self._layers = list(layers)
+        n = len(layers)
+        labels, positions = [], []
+        for p in NUDGED:
+            y0 = block_origin(p, n)
+            for i, name in enumerate(reversed(layers)):   # first layer on top of its block
+                labels.append(f"{name}  {SIGN[p]}")
+                positions.append(y0 + i)
+        layer_axis(self.fig, labels, positions)
+        self.fig.y_range.update(start=-0.5, end=2 * n + 0.5)
 
     # -- data ------------------------------------------------------------------------------
     def start_run(self, run: Run) -> None:
         super().start_run(run)
-        factors = list(reversed(run.layers))
-        if list(self.y_range.factors) != factors:
-            self.y_range.factors = factors
+        self._set_rows(list(run.layers))
+        n = len(run.layers)
         for p in NUDGED:
-            self.heat[p].data = {k: [] for k in self.heat[p].data}
-            self.figs[p].x_range.update(start=0, end=run.request.t_nudge + 1)
-        for src in self.maps.values():
+            self.heat[p].reset(n, run.request.t_nudge + 1, y0=block_origin(p, n))
+        self.fig.x_range.update(start=0.5, end=run.request.t_nudge + 0.5)
+        for src in (*self.maps.values(), self.labels):
             src.data = {k: [] for k in src.data}
         self._latest = {}
         self._max = 0.0
@@ -93,11 +106,12 @@ class NudgeView(View):
     def _set_title(self) -> None:
         run = self.run
         r = run.request
+        self._titled_channel = self._channel()
         self.title_pane.object = (f"<div class='nudge-head'>Nudged versus free · <b>β = {r.beta:.3g}</b> · "
                                   f"run {run.run_id} · feature maps of layer <b>{r.map_layer}</b>, "
-                                  f"channel <b>{self._channel()}</b></div>")
-        for p in NUDGED:
-            self.figs[p].title.text = f"‖s_β − s*‖ per layer, nudged {SIGN[p]} (β = {r.beta:.3g})"
+                                  f"channel <b>{self._titled_channel}</b></div>")
+        self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {r.beta:.3g})"
+        self.map_fig.title.text = f"Feature maps of layer {r.map_layer}, channel {self._titled_channel}"
 
     def _channel(self) -> int:
         """The chosen channel, or (-1) the channel of s* with the largest mean activity."""
@@ -112,21 +126,18 @@ class NudgeView(View):
     def push(self, batch: Batch) -> None:
         run = batch.run
         phases = np.array(batch.phase)
-        layers = np.array(run.layers, dtype=object)
         for p in NUDGED:
-            idx = np.flatnonzero(phases == p)
+            # Step 0 is s* itself: its distance is zero by definition.
+            idx = np.flatnonzero((phases == p) & batch.real_step)
             if not len(idx):
                 continue
             dist = batch.stats[idx][:, :, _DIST]
-            n, L = dist.shape
             flat = dist.ravel()
-            self.heat[p].stream({"step": np.repeat(batch.step[idx], L), "layer": np.tile(layers, n),
-                                 "dist": np.where(flat > 0, flat, np.nan),
-                                 "run": np.full(n * L, run.run_id)})
+            self.heat[p].fill(batch.step[idx], np.where(dist > 0, dist, np.nan)[:, ::-1])
             top = float(np.nanmax(flat)) if np.isfinite(flat).any() else 0.0
-            if top > self._max:
+            if top > self._max * 1.5 or (top > 0 and self._max == 0):   # re-scale in steps, not every tick
                 self._max = top
-                self.mapper.update(high=top, low=max(top * 1e-4, 1e-12))
+                self.mapper.update(high=top, low=max(top * 1e-5, 1e-12))
         changed = False
         for p in ("free", *NUDGED):
             f = batch.latest(p)
@@ -135,7 +146,7 @@ class NudgeView(View):
                 changed = True
         if changed:
             self._draw_maps()
-            if "free" in self._latest and self.state.map_channel < 0:
+            if self._channel() != self._titled_channel:
                 self._set_title()
 
     def _draw_maps(self) -> None:
@@ -143,24 +154,32 @@ class NudgeView(View):
         free = self._latest.get("free")
         nudged = self._latest.get(shown)
         c = self._channel()
-        for key, arr in (("free", free), ("nudged", nudged)):
+        ref = free if free is not None else nudged
+        if ref is None:
+            return
+        h, w = ref.shape[1:]
+        step = w * (1 + GAP)
+        titles = ["s*  (free)", f"s_β  (nudged {SIGN[shown]})", "s_β − s*"]
+        for k, (key, arr) in enumerate((("free", free), ("nudged", nudged))):
             if arr is not None:
-                self._image(key, arr[c])
+                self._image(key, arr[c], k * step)
         if free is not None and nudged is not None:
             diff = nudged[c] - free[c]
             m = float(np.abs(diff).max())
             m = m if m > 0 else 1e-6
-            self.diff_mapper.update(low=-m, high=m)
-            self._image("diff", diff)
+            if not (0.5 * self.diff_mapper.high <= m <= self.diff_mapper.high):
+                self.diff_mapper.update(low=-m, high=m)
+            self._image("diff", diff, 2 * step)
         else:
             self.maps["diff"].data = {k: [] for k in self.maps["diff"].data}
-        self.map_figs["nudged"].title.text = f"s_β, nudged {SIGN[shown]}"
-        self.map_figs["diff"].title.text = f"s_β − s*, nudged {SIGN[shown]}"
+        labels = {"x": [k * step + w / 2 for k in range(3)], "y": [h + 0.5] * 3, "text": titles}
+        if self.labels.data.get("text") != titles or self.labels.data.get("x") != labels["x"]:
+            self.labels.data = labels
 
-    def _image(self, key: str, arr2d: np.ndarray) -> None:
+    def _image(self, key: str, arr2d: np.ndarray, x: float) -> None:
         h, w = arr2d.shape
         # Bokeh draws image rows bottom-up; flip so row 0 is at the top, as in the input image.
-        self.maps[key].data = {"image": [np.ascontiguousarray(arr2d[::-1])], "x": [0], "y": [0],
+        self.maps[key].data = {"image": [np.ascontiguousarray(arr2d[::-1])], "x": [x], "y": [0],
                                "dw": [w], "dh": [h]}
 
     def refresh_display(self) -> None:
@@ -169,17 +188,21 @@ class NudgeView(View):
             if self._latest:
                 self._draw_maps()
 
+    def distances(self, phase: str) -> dict[str, np.ndarray]:
+        """Per layer, ||s_beta - s*|| by step as drawn (NaN where not drawn; step 0 is s* itself)."""
+        img = self.heat[phase].array
+        return {n: img[len(self._layers) - 1 - i] for i, n in enumerate(self._layers)}
+
     def sources(self):
-        return {**{f"heat {p}": s for p, s in self.heat.items()}, **{f"map {k}": s for k, s in self.maps.items()}}
+        return {**{f"heat {p}": h.source for p, h in self.heat.items()},
+                **{f"map {k}": s for k, s in self.maps.items()}}
 
     def data_count(self) -> int:
-        return sum(len(s.data["step"]) for s in self.heat.values()) + \
-            sum(len(s.data["image"]) for s in self.maps.values())
+        return sum(h.filled() for h in self.heat.values()) + sum(len(s.data["image"]) for s in self.maps.values())
 
     def body(self):
-        heat = pn.Column(bokeh_pane(self.figs["nudged+"]), bokeh_pane(self.figs["nudged-"]),
+        return pn.Column(self.title_pane,
+                         pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
+                                pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
+                                sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")
-        maps = pn.Row(*(pn.pane.Bokeh(self.map_figs[k]) for k in ("free", "nudged", "diff")))
-        return pn.Column(self.title_pane, pn.Row(heat, pn.Column(maps), sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
-

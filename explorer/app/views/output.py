@@ -13,7 +13,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool
 from ...network import OUTPUT
 from ..state import class_name
 from ..worker import PhaseEnded
-from .base import PHASE_COLORS, Batch, Run, View, bokeh_pane, make_figure
+from .base import PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure
 
 LABEL_COLOR = "#009E73"
 WRONG_COLOR = "#C00000"
@@ -22,6 +22,7 @@ OTHER_COLOR = "#9DB4C8"
 
 class OutputView(View):
     key = "output"
+    min_interval = 0.1
     title = "5 · Output and prediction"
     about = "The input image, the output units y and the prediction argmax y* against the label."
 
@@ -34,8 +35,9 @@ class OutputView(View):
         self.image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                       name="explorer.output.input")
         self.x_range = FactorRange(factors=names)
+        self.y = StableRange(floor=(0.0, 1.0), headroom=0.1)   # always shows the one-hot target
         self.fig = make_figure("Output units y", height=330, x_label="", y_label="y",
-                               x_range=self.x_range, tools="save")
+                               x_range=self.x_range, y_range=self.y.range, tools="save")
         self.fig.vbar(x="name", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
         self.fig.scatter(x="name", y="target", source=self.bars, marker="dash", size=26, line_width=3,
                          color="#333333", legend_label="target (one-hot)")
@@ -62,6 +64,7 @@ class OutputView(View):
         self.img_fig.grid.visible = False
         self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220)
         self.predicted: int | None = None
+        self._shown = None
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
@@ -78,10 +81,17 @@ class OutputView(View):
         self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
         self.img_fig.title.text = f"Input #{r.sample}: {class_name(r.class_names, r.label)}"
         self.predicted = None
+        self._shown = None
+        self.y.reset()
+        self.y.include([0.0, 1.0])
         self._set_prediction(None, final=False)
 
     def _set_prediction(self, y: np.ndarray | None, final: bool) -> None:
         r = self.run.request
+        shown = (None if y is None else int(np.argmax(y)), final)
+        if y is not None and shown == self._shown:
+            return   # the text only changes with the predicted class
+        self._shown = shown
         label = class_name(r.class_names, r.label)
         if y is None:
             self.prediction.object = f"<div class='pred pending'>label <b>{label}</b><br>prediction: …</div>"
@@ -106,6 +116,7 @@ class OutputView(View):
 
     def _show(self, phase: str, y: np.ndarray, final: bool) -> None:
         n = len(y)
+        self.y.include(y)
         if phase == "free":
             r = self.run.request
             k = int(np.argmax(y))

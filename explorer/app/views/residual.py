@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColorBar, ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, FactorRange, LinearColorMapper, Range1d
 from bokeh.palettes import Viridis256
 
-from .base import (Batch, PhaseBands, Run, View, bokeh_pane, make_figure, set_time_range, style_legend,
-                   time_range)
+from .base import (Batch, HeatImage, PhaseBands, Run, View, bokeh_pane, layer_axis, make_figure,
+                   set_time_range, style_legend, time_range)
 
 PARTS = ("direct", "skip", "feedback")
 PART_COLORS = {"direct": "#0072B2", "skip": "#E69F00", "feedback": "#999999"}
@@ -23,6 +23,7 @@ PART_LABELS = {"direct": "direct edge", "skip": "skip edge", "feedback": "feedba
 
 class ResidualView(View):
     key = "residual"
+    min_interval = 0.2
     title = "3 · Residual-path contributions"
     about = ("Share of each layer's drive that comes through its skip edge, per iteration (left), "
              "and the split of the drive into direct edge, skip edge and feedback at the latest step "
@@ -30,24 +31,20 @@ class ResidualView(View):
 
     def __init__(self, app_state):
         super().__init__(app_state)
-        self.heat = ColumnDataSource(data={"x": [], "layer": [], "share": [], "direct": [], "skip": [],
-                                           "feedback": []}, name="explorer.residual.heat")
         self.bars = ColumnDataSource(data={"layer": [], "direct": [], "skip": [], "feedback": []},
                                      name="explorer.residual.bars")
         self.x_range = time_range()
         layers = [n for n in app_state.base_network().layer_names if n != "y"]
-        self.y_range = FactorRange(factors=list(reversed(layers)))
-        self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0)
+        self.y_range = Range1d(-0.5, len(layers) - 0.5)
+        self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0, nan_color="rgba(0, 0, 0, 0)")
         self.fig = make_figure("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)", height=300,
-                               y_label="layer", x_range=self.x_range, y_range=self.y_range)
-        self.fig.rect("x", "layer", width=1.0, height=0.95, source=self.heat,
-                      fill_color={"field": "share", "transform": self.mapper}, line_color=None)
+                               y_label="layer", x_range=self.x_range, y_range=self.y_range,
+                               tools="xpan,xwheel_zoom,box_zoom,reset,save,hover",
+                               tooltips=[("iteration", "$x{0}"), ("residual share", "@image{0.000}")])
+        self.heat = HeatImage(self.fig, self.mapper, "explorer.residual.heat")
         self.fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title="share",
                                      title_text_font_size="11px", major_label_text_font_size="11px"),
                             "right")
-        self.fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("iteration", "@x"),
-                                               ("residual share", "@share{0.000}"),
-                                               ("direct / skip / feedback", "@direct{0.00} / @skip{0.00} / @feedback{0.00}")]))
         self.fig.ygrid.grid_line_color = None
         self.bands = PhaseBands(self.fig)
         self.bfig = make_figure("Drive split at the latest step", height=300, x_label="share of the drive",
@@ -61,14 +58,22 @@ class ResidualView(View):
         self.bfig.add_layout(self.bfig.legend[0], "below")
         self.bfig.ygrid.grid_line_color = None
         self.plain = False
+        self._layers: list[str] = []
+        self._set_rows(layers)
+
+    def _set_rows(self, layers: list[str]) -> None:
+        """Layer s1 on the top row of the image."""
+        if layers == self._layers:
+            return
+        self._layers = list(layers)
+        self.y_range.update(start=-0.5, end=len(layers) - 0.5)
+        layer_axis(self.fig, list(reversed(layers)))
+        self.bfig.y_range.factors = list(reversed(layers))
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
-        factors = list(reversed(run.hidden))
-        if list(self.y_range.factors) != factors:
-            self.y_range.factors = factors
-            self.bfig.y_range.factors = factors
-        self.heat.data = {k: [] for k in self.heat.data}
+        self._set_rows(list(run.hidden))
+        self.heat.reset(len(run.hidden), run.x_end + 1)
         self.bars.data = {k: [] for k in self.bars.data}
         set_time_range(self.x_range, run)
         self.bands.place(run)
@@ -87,24 +92,24 @@ class ResidualView(View):
         feedback = batch.stat("drive_feedback")[keep][:, hidden_idx]
         share = batch.stat("residual_share")[keep][:, hidden_idx]
         total = direct + skip + feedback
-        total = np.where(total > 0, total, 1.0)
-        n, L = share.shape
-        self.heat.stream({
-            "x": np.repeat(batch.x[keep], L),
-            "layer": np.tile(np.array(run.hidden, dtype=object), n),
-            "share": np.clip(share, 0.0, 1.0).ravel(),
-            "direct": (direct / total).ravel(), "skip": (skip / total).ravel(),
-            "feedback": (feedback / total).ravel()})
-        last = -1
-        self.bars.data = {"layer": list(run.hidden), "direct": (direct[last] / total[last]).tolist(),
-                          "skip": (skip[last] / total[last]).tolist(),
-                          "feedback": (feedback[last] / total[last]).tolist()}
+        total = np.where(np.isfinite(total) & (total > 0), total, np.nan)  # a diverged run: no shares
+        with np.errstate(invalid="ignore", divide="ignore"):
+            direct, skip, feedback = direct / total, skip / total, feedback / total
+        # Image rows bottom-up: the last layer first, so s1 is the top row.
+        self.heat.fill(batch.x[keep].astype(np.int64), np.clip(share, 0.0, 1.0)[:, ::-1])
+        self.bars.data = {"layer": list(run.hidden), "direct": direct[-1].tolist(),
+                          "skip": skip[-1].tolist(), "feedback": feedback[-1].tolist()}
+
+    def shares(self) -> dict[str, np.ndarray]:
+        """Per layer, the residual shares drawn so far (NaN where no step has been drawn)."""
+        img = self.heat.array
+        return {n: img[len(self._layers) - 1 - i] for i, n in enumerate(self._layers)}
 
     def sources(self):
-        return {"heat": self.heat, "bars": self.bars}
+        return {"heat": self.heat.source, "bars": self.bars}
 
     def data_count(self) -> int:
-        return len(self.heat.data["x"])
+        return self.heat.filled()
 
     def body(self):
         return pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),

@@ -11,13 +11,10 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, Legend, LegendItem
 
-from .base import (Batch, PhaseBands, Run, View, bokeh_pane, layer_color, make_figure,
+from .base import (Batch, PhaseBands, Run, StableRange, View, bokeh_pane, layer_color, make_figure,
                    set_time_range, style_legend, time_range, with_breaks)
 
-STATS = (("activity", "mean activity", "mean of s", "linear"),
-         ("step_size", "step size", "‖Δs‖ / ‖s‖ (log)", "log"),
-         ("frac_zero", "fraction of units at 0", "fraction", "linear"),
-         ("frac_alpha", "fraction of units at α", "fraction", "linear"))
+STATS = ("activity", "step_size", "frac_zero", "frac_alpha")
 UNITS = 4
 UNIT_DASH = ("solid", "dashed", "dotted", "dotdash")
 
@@ -33,17 +30,15 @@ def unit_column(j: int, layer: str) -> str:
 class TrajectoriesView(View):
     key = "trajectories"
     title = "1 · Per-layer state trajectories"
-    about = ("Each line is one layer. Step size on a log scale: a converging layer's line falls "
+    about = ("Each colour is one layer. Step size on a log scale: a converging layer's line falls "
              "steadily; a flat or rising line is a layer that keeps moving.")
 
     def __init__(self, app_state):
         super().__init__(app_state)
         self.layers: tuple[str, ...] = ()
-        self.source = ColumnDataSource(data={"x": []}, name="explorer.trajectories.stats")
         self.x_range = time_range()
-        self.figs = {}
-        self.bands = []
-        self.unit_renderers = []
+        self.ranges = {"activity": StableRange(), "step_size": StableRange(log=True),
+                       "units": StableRange()}
         self.row = pn.Column(sizing_mode="stretch_width")
         self._build(tuple(app_state.base_network().layer_names))
 
@@ -53,45 +48,49 @@ class TrajectoriesView(View):
         self.layers = layers
         hidden = [n for n in layers if n != "y"]
         cols = {"x": []}
-        for stat, *_ in STATS:
+        for stat in STATS:
             for n in layers:
                 cols[column(stat, n)] = []
         for n in layers:
             for j in range(UNITS):
                 cols[unit_column(j, n)] = []
         self.source = ColumnDataSource(data=cols, name="explorer.trajectories.stats")
-        self.figs, self.bands = {}, []
+        self.bands = []
+        figs = {}
+        common = dict(height=250, x_range=self.x_range)
+        figs["activity"] = make_figure("mean activity", y_label="mean of s", y_range=self.ranges["activity"].range,
+                                       **common)
+        figs["step_size"] = make_figure("step size ‖Δs‖ / ‖s‖", y_label="relative step (log)", y_axis_type="log",
+                                        y_range=self.ranges["step_size"].range, **common)
+        figs["fractions"] = make_figure("fraction of units at 0 (solid) and at α (dashed)", y_label="fraction",
+                                        y_range=(-0.02, 1.02), **common)
         legend_items = []
-        for stat, title, ylab, axis in STATS:
-            fig = make_figure(title, height=230, y_label=ylab, y_axis_type=axis, x_range=self.x_range)
-            shown = hidden if stat.startswith("frac") else layers
-            for n in shown:
-                r = fig.line("x", column(stat, n), source=self.source, color=layer_color(layers, n),
-                             line_width=2, alpha=0.9)
-                if stat == "activity":
-                    legend_items.append(LegendItem(label=n, renderers=[r]))
-            if stat.startswith("frac"):
-                fig.y_range.start, fig.y_range.end = -0.02, 1.02
-            self.bands.append(PhaseBands(fig, labels=stat == "activity"))
-            self.figs[stat] = fig
-        legend = Legend(items=legend_items, title="layer", orientation="vertical",
-                        label_text_font_size="12px", title_text_font_size="12px", spacing=0, padding=4,
-                        location="top_left", click_policy="hide")
-        self.figs["activity"].add_layout(legend, "right")
-        ufig = make_figure("units of s1", height=230, y_label="unit value", x_range=self.x_range)
+        for n in layers:
+            color = layer_color(layers, n)
+            r = figs["activity"].line("x", column("activity", n), source=self.source, color=color, line_width=2)
+            figs["step_size"].line("x", column("step_size", n), source=self.source, color=color, line_width=2)
+            legend_items.append(LegendItem(label=n, renderers=[r]))
+            if n in hidden:
+                figs["fractions"].line("x", column("frac_zero", n), source=self.source, color=color, line_width=2)
+                figs["fractions"].line("x", column("frac_alpha", n), source=self.source, color=color,
+                                       line_width=2, line_dash="dashed")
+        legend = Legend(items=legend_items, title="layer", label_text_font_size="12px",
+                        title_text_font_size="12px", spacing=0, padding=4, click_policy="hide")
+        figs["activity"].add_layout(legend, "right")
+        figs["units"] = make_figure("units of s1", y_label="unit value", y_range=self.ranges["units"].range,
+                                    **common)
         self.unit_renderers = []
         for j in range(UNITS):
-            r = ufig.line("x", unit_column(j, layers[0]), source=self.source, line_width=2,
-                          line_dash=UNIT_DASH[j], color="#333333", legend_label=f"unit {j + 1}")
+            r = figs["units"].line("x", unit_column(j, layers[0]), source=self.source, line_width=2,
+                                   line_dash=UNIT_DASH[j], color="#333333", legend_label=f"unit {j + 1}")
             self.unit_renderers.append(r)
-        style_legend(ufig, "top_left")
-        self.bands.append(PhaseBands(ufig, labels=False))
-        self.figs["units"] = ufig
+        style_legend(figs["units"], "top_left")
+        for k, fig in figs.items():
+            self.bands.append(PhaseBands(fig, labels=k == "activity"))
+        self.figs = figs
         self._apply_units_layer()
-        f = self.figs
-        grid = pn.GridBox(*(bokeh_pane(f[k]) for k in ("activity", "step_size", "units",
-                                                         "frac_zero", "frac_alpha")),
-                          ncols=3, sizing_mode="stretch_width")
+        grid = pn.GridBox(*(bokeh_pane(figs[k]) for k in ("activity", "step_size", "fractions", "units")),
+                          ncols=2, sizing_mode="stretch_width")
         self.row.objects = [grid]
 
     def _apply_units_layer(self) -> None:
@@ -100,6 +99,11 @@ class TrajectoriesView(View):
             r.glyph.y = unit_column(j, layer)
             r.glyph.line_color = layer_color(self.layers, layer)
         self.figs["units"].title.text = f"{UNITS} fixed units of layer {layer}"
+        self._units_layer = layer
+        self.ranges["units"].reset()
+        data = self.source.data
+        if len(data["x"]):
+            self.ranges["units"].include([data[unit_column(j, layer)] for j in range(UNITS)])
 
     # -- data ------------------------------------------------------------------------------
     def start_run(self, run: Run) -> None:
@@ -108,6 +112,8 @@ class TrajectoriesView(View):
             self._build(run.layers)
         else:
             self.source.data = {k: [] for k in self.source.data}
+        for r in self.ranges.values():
+            r.reset()
         set_time_range(self.x_range, run)
         for b in self.bands:
             b.place(run)
@@ -116,17 +122,20 @@ class TrajectoriesView(View):
         if not len(batch):
             return
         cols = {"x": batch.x}
-        for stat, _, _, axis in STATS:
+        for stat in STATS:
             values = batch.stat(stat)
-            if axis == "log":
+            if stat == "step_size":
                 values = np.where(values > 0, values, np.nan)
             for i, n in enumerate(self.layers):
                 cols[column(stat, n)] = values[:, i]
+            if stat in self.ranges:
+                self.ranges[stat].include(values)
         units = batch.units
         for i, n in enumerate(self.layers):
             for j in range(UNITS):
                 cols[unit_column(j, n)] = (units[:, i, j] if units is not None and units.shape[2] > j
                                            else np.full(len(batch), np.nan))
+        self.ranges["units"].include([cols[unit_column(j, self._units_layer)] for j in range(UNITS)])
         self.source.stream(with_breaks(batch, cols))
 
     def refresh_display(self) -> None:

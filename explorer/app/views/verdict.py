@@ -3,10 +3,13 @@
 One line per phase from ``PhaseResult.verdict``: its status (converged, not
 converged, cancelled, non-finite) and every finding (energy rose, a layer
 saturated or silent), plus the live progress of the phase being relaxed.
+``explorer.ep.run_phases`` returns the three verdicts together at the end of
+the run, so a finished phase shows "relaxed" until then.
 """
 from __future__ import annotations
 
 import html
+import time
 
 import panel as pn
 from bokeh.models import ColumnDataSource
@@ -14,6 +17,7 @@ from bokeh.models import ColumnDataSource
 from ..worker import PHASES, PhaseEnded, RunEnded
 from .base import PHASE_COLORS, PHASE_LABELS, Batch, Run, View
 
+PROGRESS_EVERY = 0.25  # seconds between progress updates of the text
 STATUS_WORDS = {"converged": "converged", "not_converged": "not converged", "cancelled": "cancelled",
                 "non_finite": "non-finite (diverged)"}
 
@@ -32,6 +36,7 @@ class VerdictView(View):
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
+        self._rendered = 0.0
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
@@ -42,7 +47,9 @@ class VerdictView(View):
     def push(self, batch: Batch) -> None:
         for p, s in zip(batch.phase, batch.step):
             self.progress[p] = int(s)
-        self._render()
+        now = time.monotonic()
+        if now - self._rendered >= PROGRESS_EVERY:   # progress text: a few updates a second is live enough
+            self._render()
 
     def phase_ended(self, event: PhaseEnded) -> None:
         self.rows[event.phase] = event
@@ -56,7 +63,13 @@ class VerdictView(View):
                             f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
         self._render()
 
+    def _finished(self, phase: str) -> bool:
+        """A phase is over once a later phase has begun (verdicts arrive with the whole run)."""
+        later = {"free": ("nudged+", "nudged-"), "nudged+": ("nudged-",), "nudged-": ()}[phase]
+        return any(p in self.progress for p in later)
+
     def _render(self) -> None:
+        self._rendered = time.monotonic()
         run = self.run
         if run is None:
             return
@@ -71,6 +84,9 @@ class VerdictView(View):
                 words = STATUS_WORDS.get(ev.status, ev.status)
                 body = (f"<span class='badge {ev.status}'>{words}</span> "
                         f"<span class='msg'>{html.escape(ev.message)}</span>")
+            elif p in self.progress and self._finished(p):
+                body = (f"<span class='badge done'>relaxed</span> {self.progress[p]} / {total} steps "
+                        "<span class='msg'>(verdict when the run ends)</span>")
             elif p in self.progress:
                 body = f"<span class='badge running'>running</span> step {self.progress[p]} / {total}"
             else:

@@ -1,0 +1,32 @@
+"""The live dynamics explorer.
+
+    panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 2000
+
+or ``python app.py``, which serves on port 5006 with those settings. Every
+browser tab gets its own settings and worker thread. The two flags make Bokeh
+discard a closed tab's session within about 3 s instead of its defaults
+(~15-30 s); the worker itself stops about 2 s after its page loses its
+connection either way. Settings can be given in the address, e.g.
+``/app?beta=0.3&schedule=descent_safe&speed=max``.
+"""
+import panel as pn
+
+from explorer.app import create_app
+from explorer.app.main import app_css
+
+pn.extension(notifications=True, raw_css=[app_css()])
+
+
+def page():
+    query = {k: v[0].decode("utf-8", "replace") for k, v in (pn.state.session_args or {}).items() if v}
+    app = create_app(settings=query)
+    app.prefill()          # the page opens with the first frames drawn
+    app.attach_session()
+    return app.template()
+
+
+if __name__ == "__main__":
+    pn.serve({"app": page}, port=5006, address="127.0.0.1", show=False,
+             check_unused_sessions_milliseconds=1000, unused_session_lifetime_milliseconds=2000)
+else:
+    page().servable(title="Hopfield-ResNet explorer")

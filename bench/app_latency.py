@@ -1,0 +1,270 @@
+"""Latency and throughput of the served explorer, measured in a real browser.
+
+    .venv/bin/python bench/app_latency.py [--changes 40] [--memory-changes 200]
+                                          [--screenshot assets/screenshot.png]
+
+Starts ``panel serve app.py`` on a free port, drives it in headless Debian
+Chromium (playwright) and prints a table:
+
+- slider change -> first new frame: the page sets the beta slider's value (as
+  a drag does) and notes ``performance.now()``; a requestAnimationFrame loop
+  watches the energy view's data source until it holds rows of the run with
+  the new beta (every row carries its run's beta), then waits one more
+  animation frame so that the frame with the new data has been painted. Median
+  and 95th percentile over ``--changes`` changes, spaced like a person's.
+- frames per second drawn: animation frames in which the plots' data changed,
+  while a long run plays at 200 steps/s.
+- dynamics steps per second delivered: rows arriving in the energy view per
+  second, while a long run plays at full speed ("max").
+- server CPU share (psutil, the ``panel serve`` process with its worker
+  threads; 100 % = one core) in each of those windows, and with the page idle.
+- server RSS after 10 and after ``--memory-changes`` slider changes.
+
+The machine's whole-CPU use by other processes is printed too: on a shared
+2-core machine numbers are noisy when it is high.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+JS_HELPERS = """() => {
+  const models = () => Array.from(Bokeh.documents[0]._all_models.values());
+  window.__bench = {
+    model(name) { return models().find(m => m.name === name); },
+    slider(title) { return models().find(m => m.constructor.__name__ === 'Slider' && m.title === title); },
+    energy() { return ['free', 'nudged+', 'nudged-'].map(p => this.model('explorer.energy.' + p)); },
+    rows() { return this.energy().reduce((n, s) => n + s.data.x.length, 0); },
+    watchedLength() {   // the streamed plots' data, summed: a change means a frame with new data
+      return models().filter(m => m.name && m.name.startsWith('explorer.') && m.data && m.data.x)
+                     .reduce((n, m) => n + m.data.x.length, 0);
+    },
+    changeBeta(beta) {
+      const src = this.model('explorer.energy.free');
+      const slider = this.slider('Beta');
+      return new Promise(resolve => {
+        const t0 = performance.now();
+        slider.value = beta;
+        const check = () => {
+          const rb = src.data.run_beta;
+          if (rb && rb.length && Math.abs(rb[rb.length - 1] - beta) < 1e-9) {
+            requestAnimationFrame(() => resolve(performance.now() - t0));   // painted
+            return;
+          }
+          if (performance.now() - t0 > 10000) { resolve(-1); return; }
+          requestAnimationFrame(check);
+        };
+        requestAnimationFrame(check);
+      });
+    },
+    // Count animation frames with new data, and rows delivered, for `ms` milliseconds.
+    watch(ms) {
+      return new Promise(resolve => {
+        let frames = 0, rows = 0, lastLen = this.watchedLength(), lastRows = this.rows();
+        let firstRow = null, lastRow = null;
+        const t0 = performance.now();
+        const tick = () => {
+          const now = performance.now();
+          const len = this.watchedLength(), r = this.rows();
+          if (len !== lastLen) frames += 1;
+          const d = r >= lastRows ? r - lastRows : r;   // a new run starts from empty
+          if (d > 0) { rows += d; if (firstRow === null) firstRow = now; lastRow = now; }
+          lastLen = len; lastRows = r;
+          if (now - t0 < ms) requestAnimationFrame(tick);
+          else resolve({frames, rows, seconds: (now - t0) / 1000,
+                        rowSeconds: firstRow === null ? 0 : (lastRow - firstRow) / 1000});
+        };
+        requestAnimationFrame(tick);
+      });
+    },
+  };
+  return true;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/app"
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1", "--port",
+             str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "2000"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=lambda: [self.lines.append(l) for l in self.proc.stdout], daemon=True).start()
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("panel serve did not start:\n" + "".join(self.lines))
+                time.sleep(0.2)
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def cpu_window(self):
+        """Start a CPU window; call the result to get (server %, whole machine %) since then."""
+        self.ps.cpu_percent(None)
+        psutil.cpu_percent(None)
+        return lambda: (self.ps.cpu_percent(None), psutil.cpu_percent(None) * psutil.cpu_count())
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def open_page(browser, url, height=1000):
+    page = browser.new_page(viewport={"width": 1600, "height": height})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url, timeout=120_000)
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=120_000)
+    page.wait_for_function("""() => { const d = Bokeh.documents[0];
+        for (const m of d._all_models.values()) if (m.name === 'explorer.energy.nudged-') return m.data.x.length > 0;
+        return false; }""", timeout=120_000)
+    page.evaluate(JS_HELPERS)
+    return page, errors
+
+
+def pct(values, q):
+    values = sorted(values)
+    k = max(0, min(len(values) - 1, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--changes", type=int, default=40, help="slider changes for the latency figures")
+    ap.add_argument("--memory-changes", type=int, default=200, help="slider changes for the memory figure")
+    ap.add_argument("--screenshot", type=Path, help="also save a full-page screenshot here")
+    args = ap.parse_args(argv)
+
+    server = Server()
+    rows = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            # -- latency: default settings (100 steps/s playback) ------------------------------------
+            page, errors = open_page(browser, server.base)
+            time.sleep(3)  # the first run ends; the page is idle
+            cpu = server.cpu_window()
+            time.sleep(3)
+            idle_cpu, idle_machine = cpu()
+            latencies = []
+            cpu = server.cpu_window()
+            for i in range(args.changes):
+                beta = round(0.20 + 0.01 * (i % 40) + (0.005 if (i // 40) % 2 else 0.0), 3)
+                latencies.append(page.evaluate("b => window.__bench.changeBeta(b)", beta))
+                page.wait_for_timeout(250)   # a person's pace between slider moves
+            change_cpu, change_machine = cpu()
+            missed = sum(1 for v in latencies if v < 0)
+            ok = [v for v in latencies if v >= 0]
+            rows.append(("slider change -> first new frame, median", f"{statistics.median(ok):.0f} ms",
+                         "< 150 ms"))
+            rows.append(("slider change -> first new frame, p95", f"{pct(ok, 95):.0f} ms", "< 300 ms"))
+            rows.append(("  (changes measured / missed)", f"{len(ok)} / {missed}", ""))
+            rows.append(("server CPU while changing beta", f"{change_cpu:.0f} % of a core",
+                         f"machine {change_machine:.0f} %"))
+            rows.append(("server CPU, page idle", f"{idle_cpu:.0f} % of a core", f"machine {idle_machine:.0f} %"))
+            page.close()
+
+            # -- frames per second: a long run played at 200 steps/s ----------------------------------
+            page, errs = open_page(browser, server.base + "?t_free=1000&t_nudge=500&speed=200")
+            errors += errs
+            page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.16; }")
+            page.wait_for_timeout(500)
+            cpu = server.cpu_window()
+            res = page.evaluate("() => window.__bench.watch(5000)")
+            play_cpu, play_machine = cpu()
+            rows.append(("frames per second drawn (200 steps/s run)", f"{res['frames'] / res['seconds']:.1f}",
+                         ">= 20"))
+            rows.append(("  steps per second shown at 200 steps/s", f"{res['rows'] / res['seconds']:.0f}", ""))
+            rows.append(("server CPU while playing at 200 steps/s", f"{play_cpu:.0f} % of a core",
+                         f"machine {play_machine:.0f} %"))
+            page.close()
+
+            # -- steps per second: a long run at full speed -----------------------------------------
+            page, errs = open_page(browser, server.base + "?t_free=1000&t_nudge=500&speed=max")
+            errors += errs
+            page.wait_for_timeout(1000)
+            cpu = server.cpu_window()
+            page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.17; }")
+            res = page.evaluate("() => window.__bench.watch(6000)")
+            max_cpu, max_machine = cpu()
+            secs = res["rowSeconds"] or res["seconds"]
+            rows.append(("dynamics steps/s delivered to the page (max)", f"{res['rows'] / secs:.0f}",
+                         f"{res['rows']} rows in {secs:.1f} s"))
+            rows.append(("  frames per second drawn meanwhile", f"{res['frames'] / res['seconds']:.1f}", ""))
+            rows.append(("server CPU while running at max", f"{max_cpu:.0f} % of a core",
+                         f"machine {max_machine:.0f} %"))
+            page.close()
+
+            # -- memory: RSS after 10 and after N slider changes ---------------------------------------
+            page, errs = open_page(browser, server.base)
+            errors += errs
+            rss = {}
+            for i in range(args.memory_changes):
+                beta = round(0.2 + 0.005 * (i % 100), 3) if i % 2 else 0.15
+                page.evaluate("b => { window.__bench.slider('Beta').value = b; }", beta)
+                page.wait_for_timeout(60)
+                if i + 1 in (10, args.memory_changes):
+                    page.wait_for_timeout(2000)   # let the last run settle
+                    rss[i + 1] = server.rss_mb()
+            rows.append(("server RSS after 10 slider changes", f"{rss[10]:.0f} MiB", ""))
+            rows.append((f"server RSS after {args.memory_changes} slider changes",
+                         f"{rss[args.memory_changes]:.0f} MiB",
+                         f"growth {rss[args.memory_changes] - rss[10]:+.0f} MiB"))
+            page.close()
+
+            if args.screenshot:
+                page, errs = open_page(browser, server.base, height=2700)
+                errors += errs
+                page.wait_for_function("() => document.body.innerText !== undefined")
+                page.wait_for_timeout(3500)   # the default run (about 2.2 s) completes
+                args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(args.screenshot), full_page=True)
+                page.close()
+            browser.close()
+        rows.append(("console errors in the page", str(len(errors)), "0"))
+    finally:
+        server.stop()
+
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'value'.ljust(vwidth)}  target / note")
+    print("-" * (width + vwidth + 24))
+    for name, value, note in rows:
+        print(f"{name.ljust(width)}  {value.ljust(vwidth)}  {note}")
+    print(f"\n{psutil.cpu_count()} CPUs; load average {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The served explorer in a real browser (Debian Chromium through playwright).
+
+Starts ``panel serve app.py`` on a free port, opens it headless, and checks
+through the page's Bokeh document that every view has drawn data, that
+moving the beta slider with the keyboard starts a new run the nudged-versus-
+free view shows, that the console stays clean and nothing is fetched from
+outside the server, and that a closed tab's worker stops.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+# Reads the explorer's data sources (named "explorer.<view>.<what>") from the page's Bokeh document.
+JS_SOURCES = """() => {
+  const out = {};
+  if (!window.Bokeh || !Bokeh.documents.length) return out;
+  for (const m of Bokeh.documents[0]._all_models.values()) {
+    if (m.name && m.name.startsWith('explorer.') && m.data) {
+      const cols = Object.keys(m.data);
+      let rows = cols.length ? m.data[cols[0]].length : 0;
+      if (m.data.image && m.data.image.length) {   // an image: count the cells drawn
+        rows = 0;
+        for (const v of m.data.image[0]) if (Number.isFinite(v)) rows += 1;
+      }
+      out[m.name] = {rows: rows,
+                     run: m.data.run ? Array.from(m.data.run) : null,
+                     run_beta: m.data.run_beta ? Array.from(m.data.run_beta) : null};
+    }
+  }
+  return out;
+}"""
+JS_TITLES = """() => {
+  const out = [];
+  for (const m of Bokeh.documents[0]._all_models.values())
+    if (m.constructor.__name__ === 'Title' && m.text) out.push(m.text);
+  return out;
+}"""
+# Every plotted view must hold data: one source per view. (The verdict is text: see verdicts_shown.)
+VIEW_SOURCES = {"trajectories": "explorer.trajectories.stats", "energy": "explorer.energy.free",
+                "residual": "explorer.residual.heat", "nudge": "explorer.nudge.nudged+",
+                "feature maps": "explorer.nudge.map_diff", "output": "explorer.output.bars",
+                "input": "explorer.output.input"}
+FINAL_BADGES = ".verdict .badge.converged, .verdict .badge.not_converged, .verdict .badge.non_finite"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/app"
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1",
+             "--port", str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "2000"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_ready(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("panel serve exited:\n" + "\n".join(self.lines))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("panel serve did not start")
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server()
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Watched:
+    """A page with its console messages and network requests recorded."""
+
+    def __init__(self, browser, url, height=3000):
+        self.page = browser.new_page(viewport={"width": 1600, "height": height})
+        self.console, self.failed, self.outside = [], [], []
+        self.page.on("console", lambda m: self.console.append((m.type, m.text)))
+        self.page.on("pageerror", lambda e: self.console.append(("error", str(e))))
+        self.page.on("requestfailed", lambda r: self.failed.append(r.url))
+        self.page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:"))
+                     else self.outside.append(r.url))
+        self.page.goto(url, timeout=90_000)
+        self.page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=90_000)
+
+    def sources(self):
+        return self.page.evaluate(JS_SOURCES)
+
+    def wait_for(self, predicate, timeout=60, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        rows = {k: v["rows"] for k, v in self.sources().items()}
+        raise AssertionError(f"timed out waiting for {what}; rows per source: {rows}")
+
+    def verdicts_shown(self) -> int:
+        """Phases whose verdict (converged / not converged / non-finite) the verdict view shows."""
+        return self.page.locator(FINAL_BADGES).count()
+
+    def all_drawn(self, run: int | None = None) -> bool:
+        return all_views_drawn(self.sources(), run) and self.verdicts_shown() == 3
+
+    def errors(self):
+        return [text for kind, text in self.console if kind == "error"]
+
+    def move_slider(self, current: str, presses: int, key="ArrowRight"):
+        """Move the slider whose handle shows ``current`` with the keyboard, as a person would."""
+        handle = self.page.locator(f"[role=slider][aria-valuetext='{current}']")
+        handle.first.focus()
+        for _ in range(presses):
+            self.page.keyboard.press(key)
+
+
+def all_views_drawn(src: dict, run: int | None = None) -> bool:
+    for name in VIEW_SOURCES.values():
+        s = src.get(name)
+        if not s or s["rows"] == 0:
+            return False
+    return run is None or set(src["explorer.energy.free"]["run"]) == {run}
+
+
+def test_served_app_draws_every_view_and_follows_the_beta_slider(server, browser):
+    w = Watched(browser, server.url)
+    try:
+        w.wait_for(w.all_drawn, what="every view to draw its first run")
+        src = w.sources()
+        first_run = src["explorer.energy.free"]["run"][0]
+        assert src["explorer.energy.free"]["run_beta"][0] == pytest.approx(0.15)
+        assert w.page.get_by_text("Convergence verdict").count() >= 1
+        verdict_text = w.page.locator(".verdict").inner_text()
+        assert "free phase" in verdict_text and "converged" in verdict_text
+
+        # Beta 0.15 -> 0.20 with five presses of the arrow key.
+        w.move_slider("0.15", 5)
+
+        def new_run_shown():
+            titles = w.page.evaluate(JS_TITLES)
+            nudge_titled = any("per layer and step (β = 0.2)" in t for t in titles)
+            s = w.sources()
+            runs = s["explorer.energy.nudged+"]["run"]
+            return (nudge_titled and s["explorer.nudge.nudged+"]["rows"] > 0 and runs
+                    and min(runs) > first_run and s)
+        src = w.wait_for(new_run_shown, what="the nudged-versus-free view to show beta = 0.2")
+        new_run = src["explorer.energy.nudged+"]["run"][0]
+        assert all(b == pytest.approx(0.2) for b in src["explorer.energy.nudged+"]["run_beta"])
+        w.wait_for(lambda: w.all_drawn(run=new_run), what="the new run to finish")
+        w.page.wait_for_timeout(500)
+        ARTIFACTS.mkdir(exist_ok=True)
+        w.page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+
+        assert w.errors() == [], w.console
+        assert w.failed == [], w.failed
+        assert w.outside == [], w.outside
+    finally:
+        w.page.close()
+
+
+def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser):
+    a = Watched(browser, server.url, height=1000)
+    b = Watched(browser, server.url, height=1000)
+    try:
+        for w in (a, b):
+            w.wait_for(w.all_drawn, what="both tabs to draw")
+        run_a = a.sources()["explorer.energy.free"]["run"][0]
+        b.move_slider("0.15", 2)   # beta 0.17 in tab b only
+        b.wait_for(lambda: all(x == pytest.approx(0.17) for x in (b.sources()["explorer.energy.free"]["run_beta"] or [0])),
+                   what="tab b to run with beta 0.17")
+        time.sleep(0.5)
+        src_a = a.sources()
+        assert src_a["explorer.energy.free"]["run"][0] == run_a
+        assert all(x == pytest.approx(0.15) for x in src_a["explorer.energy.free"]["run_beta"])
+        stopped_before = server.count("worker stopped")
+        b.page.close()
+        deadline = time.monotonic() + 10
+        while server.count("worker stopped") <= stopped_before:
+            assert time.monotonic() < deadline, "the closed tab's worker did not stop within 10 s"
+            time.sleep(0.2)
+        assert a.errors() == [], a.console
+    finally:
+        for w in (a, b):
+            if not w.page.is_closed():
+                w.page.close()

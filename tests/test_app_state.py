@@ -1,0 +1,482 @@
+"""The explorer's state, worker and views, in-process (no browser, no server).
+
+Each test builds an ExplorerApp, changes settings as a widget would (by
+setting the state's parameters), runs the worker to the end and drains it,
+then checks what the views' ColumnDataSources hold.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.app import ExplorerApp, ExplorerState
+from explorer.app.state import SAMPLE_SHAPE, UNTRAINED
+from explorer.checkpoint import save_checkpoint
+from explorer.network import HopfieldNetwork, hopfield_family
+from explorer.record import LAYER_STATS
+
+T_FREE, T_NUDGE = 30, 12
+
+
+def make_app(**settings) -> ExplorerApp:
+    settings = {"t_free": T_FREE, "t_nudge": T_NUDGE, "speed": "max", **settings}
+    state = ExplorerState(zoo=[], **settings)
+    return ExplorerApp(state=state, autostart=False)
+
+
+@pytest.fixture
+def app():
+    a = make_app()
+    yield a
+    a.shutdown("test over")
+
+
+def run(app: ExplorerApp) -> None:
+    app.run_until_idle(timeout=60)
+
+
+def only(values, expected) -> bool:
+    """Every value equals ``expected`` (floats compared with a tolerance)."""
+    values = np.asarray(values, dtype=float)
+    return len(values) > 0 and bool(np.allclose(values, expected))
+
+
+def energy_rows(app):
+    v = app.views["energy"]
+    return {p: len(s.data["x"]) for p, s in v.phase_sources.items()}
+
+
+def errors(app):
+    return [text for level, text in app.messages if level == "error"]
+
+
+def checkpoint_files(tmp_path, spec, name="ckpt") -> dict[str, bytes]:
+    stem = save_checkpoint(HopfieldNetwork(spec, seed=3), tmp_path / name)
+    return {f"{name}.json": stem.with_suffix(".json").read_bytes(),
+            f"{name}.safetensors": stem.with_suffix(".safetensors").read_bytes()}
+
+
+# ---------------------------------------------------------------------------
+# Defaults and one full run
+# ---------------------------------------------------------------------------
+
+def test_default_model_is_the_small_untrained_resnet_when_the_zoo_is_empty(app):
+    s = app.state
+    assert s.model == "untrained resnet"
+    net = s.base_network()
+    assert net.spec.input_shape == SAMPLE_SHAPE
+    assert net.spec.depth == 5 and net.spec.residual
+    assert len(s.samples.labels) == 40 and s.samples.class_names[0] == "T-shirt/top"
+
+
+def test_the_default_model_is_the_first_zoo_entry_with_its_own_settings(tmp_path):
+    from explorer.zoo import list_entries
+    spec = hopfield_family(depth=3, input_shape=SAMPLE_SHAPE, width=4, alpha=2.0)
+    save_checkpoint(HopfieldNetwork(spec, seed=1), tmp_path / "demo", settings={"schedule": "descent_safe"})
+    app = ExplorerApp(state=ExplorerState(zoo=list_entries(tmp_path), t_free=T_FREE, t_nudge=T_NUDGE,
+                                          speed="max"))
+    try:
+        s = app.state
+        assert s.model == "zoo: demo" and s.depth == 3 and s.alpha == pytest.approx(2.0)
+        assert s.schedule == "descent_safe"
+        run(app)
+        assert app.run.layers == ("s1", "s2", "s3", "y") and errors(app) == []
+    finally:
+        app.shutdown()
+
+
+def test_a_zoo_entry_for_other_images_falls_back_to_the_builder_and_says_why(tmp_path):
+    from explorer.zoo import list_entries
+    save_checkpoint(HopfieldNetwork(hopfield_family(depth=2, input_shape=(3, 32, 32), width=4)),
+                    tmp_path / "cifar")
+    app = ExplorerApp(state=ExplorerState(zoo=list_entries(tmp_path), t_free=T_FREE, t_nudge=T_NUDGE,
+                                          speed="max"))
+    try:
+        assert app.state.model == "untrained resnet"
+        assert any("(3, 32, 32)" in m for m in errors(app))
+        run(app)
+        assert app.run.request.net.spec.input_shape == SAMPLE_SHAPE
+    finally:
+        app.shutdown()
+
+
+def test_a_run_fills_every_view(app):
+    run_id = app.restart()
+    run(app)
+    assert app.run.run_id == run_id
+    # Energy: T_free + 1 free records (step 0 is the start state), T_nudge + 1 per nudged phase.
+    assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": T_NUDGE + 1, "nudged-": T_NUDGE + 1}
+    e = app.views["energy"].phase_sources
+    assert only(e["nudged+"].data["beta"], 0.15)
+    assert only(e["nudged-"].data["beta"], -0.15)
+    assert np.all(np.isfinite(e["free"].data["value"]))
+    # Residual shares are shares: one image cell per hidden layer and step (step 0 is no step).
+    residual = app.views["residual"]
+    layers = app.run.hidden
+    assert residual.heat.filled() == (T_FREE + 2 * T_NUDGE) * len(layers)
+    by_layer = residual.shares()
+    share = np.concatenate([v[np.isfinite(v)] for v in by_layer.values()])
+    assert np.all((share >= 0) & (share <= 1))
+    bars = residual.bars.data
+    split = np.asarray(bars["direct"]) + np.asarray(bars["skip"]) + np.asarray(bars["feedback"])
+    assert np.allclose(split, 1.0)
+    # Even layers receive a skip, odd layers do not.
+    assert np.nanmax(by_layer["s2"]) > 0 and np.nanmax(by_layer["s1"]) == 0
+    # Trajectories: one row per record plus a NaN break before each nudged phase.
+    traj = app.views["trajectories"].source.data
+    assert len(traj["x"]) == T_FREE + 1 + 2 * (T_NUDGE + 1) + 2
+    for stat in ("activity", "step_size", "frac_zero", "frac_alpha"):
+        assert f"{stat}__s1" in traj
+    frac = np.asarray(traj["frac_alpha__s3"], dtype=float)
+    assert np.all((frac[np.isfinite(frac)] >= 0) & (frac[np.isfinite(frac)] <= 1))
+    # Nudged versus free: heat maps only for the nudged phases, feature maps drawn.
+    nudge = app.views["nudge"]
+    n_layers = len(app.run.layers)
+    for phase in ("nudged+", "nudged-"):
+        dist = nudge.distances(phase)
+        assert set(dist) == set(app.run.layers)
+        assert all(np.isfinite(d[1:]).all() and np.isnan(d[0]) for d in dist.values())   # steps 1..T
+        assert nudge.heat[phase].filled() == T_NUDGE * n_layers
+    for key in ("free", "nudged", "diff"):
+        img = nudge.maps[key].data["image"]
+        assert len(img) == 1 and np.asarray(img[0]).shape == app.run.request.net.spec.shape_of("s2")[1:]
+    # Output: ten units, the label marked, a prediction.
+    out = app.views["output"]
+    assert len(out.bars.data["y"]) == 10 and out.predicted is not None
+    assert out.bars.data["target"][app.run.request.label] == 1.0
+    # Verdict: one row per phase, in words.
+    verdict = app.views["verdict"]
+    assert verdict.source.data["phase"] == ["free", "nudged+", "nudged-"]
+    html = verdict.html.object
+    for words in ("free phase", "nudged +β", "nudged −β"):
+        assert words in html
+    assert all(m for m in verdict.source.data["message"])
+    assert all(v > 0 for v in app.counts().values()), app.counts()
+    assert errors(app) == []
+
+
+def test_the_feature_map_layer_follows_the_choice(app):
+    app.state.map_layer = "s3"
+    run(app)
+    assert app.run.request.map_layer == "s3"
+    img = np.asarray(app.views["nudge"].maps["free"].data["image"][0])
+    assert img.shape == app.state.base_network().spec.shape_of("s3")[1:]
+    assert "layer <b>s3</b>" in app.views["nudge"].title_pane.object
+
+
+# ---------------------------------------------------------------------------
+# The newest setting wins
+# ---------------------------------------------------------------------------
+
+def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_beta():
+    app = make_app(speed=200, t_free=200, t_nudge=50)   # slow enough to change beta mid-run
+    try:
+        first = app.restart()
+        deadline = time.monotonic() + 10
+        while app.run is None or energy_rows(app)["free"] < 5:
+            app.drain()
+            time.sleep(0.01)
+            assert time.monotonic() < deadline
+        app.state.speed = "max"
+        app.state.beta = 0.3
+        second = app.worker.latest_run
+        assert second > first
+        run(app)
+        ended = {e.run_id: e for e in app.worker.finished}
+        assert ended[first].cancelled and ended[first].steps < 300
+        assert not ended[second].cancelled
+        assert app.run.run_id == second
+        e = app.views["energy"].phase_sources
+        for p in e.values():
+            assert set(p.data["run"]) == {second}
+            assert only(p.data["run_beta"], 0.3)
+        assert only(e["nudged+"].data["beta"], 0.3)
+        assert "β = 0.3" in app.views["nudge"].title_pane.object
+        assert "β = 0.3" in app.views["nudge"].fig.title.text
+        assert set(app.views["verdict"].source.data["run"]) == {second}
+    finally:
+        app.shutdown()
+
+
+def test_rapid_changes_do_not_queue_up():
+    app = make_app(speed=100, t_free=300)
+    try:
+        app.restart()
+        for k in range(20):
+            app.state.beta = 0.1 + 0.02 * k
+        app.state.speed = "max"
+        run(app)
+        assert len(app.worker.started) < 20        # most intermediate settings never ran
+        assert app.run.beta == pytest.approx(0.1 + 0.02 * 19)
+        assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.worker.latest_run}
+    finally:
+        app.shutdown()
+
+
+def test_display_choices_change_the_plots_without_a_new_run(app):
+    app.restart()
+    run(app)
+    run_id = app.run.run_id
+    app.state.units_layer = "s4"
+    app.state.map_channel = 1
+    app.state.map_phase = "nudged-"
+    app.drain()
+    assert app.worker.latest_run == run_id
+    units = app.views["trajectories"].unit_renderers
+    assert units[0].glyph.y == "unit0__s4"
+    assert "channel <b>1</b>" in app.views["nudge"].title_pane.object
+    assert any("−β" in t for t in app.views["nudge"].labels.data["text"])
+
+
+def test_pause_holds_the_run_and_step_advances_one_iteration(app):
+    app.state.playing = False
+    app.restart()
+    time.sleep(0.3)
+    app.drain()
+    assert energy_rows(app)["free"] == 1          # only the start state
+    app.state.step = True
+    time.sleep(0.3)
+    app.drain()
+    assert energy_rows(app)["free"] == 2
+    app.state.playing = True
+    run(app)
+    assert energy_rows(app)["nudged-"] == T_NUDGE + 1
+
+
+def test_depth_and_residual_rebuild_the_untrained_network(app):
+    app.state.depth = 3
+    run(app)
+    assert app.run.layers == ("s1", "s2", "s3", "y")
+    assert "activity__s3" in app.views["trajectories"].source.data
+    assert "activity__s4" not in app.views["trajectories"].source.data
+    assert app.state.param.map_layer.objects == ["s1", "s2", "s3"]
+    app.state.residual = False
+    run(app)
+    assert app.state.model == "untrained plain"
+    assert not app.run.request.net.spec.residual
+    assert "plain network" in app.views["residual"].fig.title.text
+    assert all(np.nanmax(v) == 0 for v in app.views["residual"].shares().values())
+    assert errors(app) == []
+
+
+def test_schedules_run_and_descent_safe_never_marks_a_rise(app):
+    app.state.schedule = "descent_safe"
+    run(app)
+    assert app.run.request.schedule == "descent_safe"
+    assert len(app.views["energy"].rose.data["x"]) == 0
+    app.state.schedule = "synchronous"
+    run(app)
+    assert app.run.request.schedule == "synchronous"
+
+
+def test_choosing_an_input_image_relaxes_on_it_with_its_label(app):
+    app.state.sample = 7
+    run(app)
+    r = app.run.request
+    assert r.sample == 7 and r.label == int(app.state.samples.labels[7])
+    assert app.views["output"].img_fig.title.text.startswith("Input #7")
+    assert app.gallery.highlight.data["x"] == [7 % 8 + 0.5]
+
+
+def test_gallery_click_maps_to_the_image_under_it(app):
+    g = app.gallery
+    assert g.index_at(0.5, g.rows - 0.5) == 0
+    assert g.index_at(3.2, g.rows - 1.5) == 11
+    assert g.index_at(-1, 0) is None
+
+
+# ---------------------------------------------------------------------------
+# Errors a person can cause: a message, the page keeps working
+# ---------------------------------------------------------------------------
+
+def test_beta_too_large_for_mse_is_refused_and_the_next_valid_beta_works(app):
+    app.restart()
+    run(app)
+    app.state.beta = 1.2
+    assert any("below 1" in m for m in errors(app)), app.messages
+    assert app.alert.visible
+    assert app.state.beta == pytest.approx(0.15)          # reverted to the last good value
+    app.state.beta = 0.4
+    run(app)
+    assert not app.alert.visible
+    assert app.run.beta == pytest.approx(0.4)
+    assert only(app.views["energy"].phase_sources["nudged+"].data["beta"], 0.4)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 50.0])
+def test_alpha_at_its_extremes_runs_and_the_verdict_says_what_happened(app, alpha):
+    app.state.alpha = alpha
+    run(app)
+    assert app.run.request.alpha == pytest.approx(alpha)
+    assert errors(app) == []
+    assert app.views["verdict"].source.data["phase"] == ["free", "nudged+", "nudged-"]
+    traj = app.views["trajectories"].source.data
+    at_alpha = np.nanmax([np.nanmax(np.asarray(traj[f"frac_alpha__{n}"], dtype=float)) for n in app.run.hidden])
+    if alpha < 0.1:
+        assert at_alpha > 0.2      # the tiny threshold clips many units
+    else:
+        assert at_alpha == 0.0     # nothing reaches 50
+
+
+def test_alpha_outside_its_bounds_is_rejected_by_the_parameter(app):
+    with pytest.raises(ValueError):
+        app.state.alpha = 0.0
+    with pytest.raises(ValueError):
+        app.state.depth = 13
+    app.state.alpha = 3.0
+    run(app)
+    assert app.run.request.alpha == pytest.approx(3.0)
+
+
+def test_an_uploaded_checkpoint_is_loaded_and_its_depth_is_fixed(app, tmp_path):
+    spec = hopfield_family(depth=4, input_shape=SAMPLE_SHAPE, width=4, residual=True, alpha=2.5)
+    files = checkpoint_files(tmp_path, spec)
+    app.upload.filename = list(files)
+    app.upload.value = list(files.values())
+    run(app)
+    assert app.state.model == "upload: ckpt"
+    assert app.state.depth == 4 and app.state.alpha == pytest.approx(2.5)
+    assert app.run.layers == ("s1", "s2", "s3", "s4", "y")
+    assert app.run.request.net.spec.name == spec.name
+    # The depth of a checkpoint cannot change: a message, the depth stays.
+    app.state.depth = 6
+    assert any("depth 4" in m and "cannot be changed" in m for m in errors(app)), app.messages
+    assert app.state.depth == 4
+    app.state.residual = False
+    assert any("skip edges cannot be switched" in m for m in errors(app))
+    assert app.state.residual is True
+    # ... and the next valid choice works.
+    app.state.beta = 0.2
+    run(app)
+    assert app.run.beta == pytest.approx(0.2) and app.run.layers[-2] == "s4"
+    # Back to the builder: its depth can change again.
+    app.state.model = "untrained resnet"
+    app.state.depth = 2
+    run(app)
+    assert app.run.layers == ("s1", "s2", "y")
+
+
+def test_a_corrupt_checkpoint_is_refused_with_a_message(app, tmp_path):
+    files = checkpoint_files(tmp_path, hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4))
+    files["ckpt.safetensors"] = files["ckpt.safetensors"][:100]
+    app.state.add_upload  # noqa: B018 (the upload widget calls this)
+    app.upload.filename = list(files)
+    app.upload.value = list(files.values())
+    assert any("cannot load checkpoint ckpt" in m for m in errors(app)), app.messages
+    assert app.state.model == "untrained resnet"
+    bad_json = dict(files, **{"ckpt.json": b"{not json"})
+    app.upload.filename = list(bad_json)
+    app.upload.value = list(bad_json.values())
+    assert any("not valid JSON" in m for m in errors(app))
+    app.state.beta = 0.25
+    run(app)
+    assert app.run.beta == pytest.approx(0.25)
+
+
+def test_a_checkpoint_for_another_input_shape_says_so(app, tmp_path):
+    spec = hopfield_family(depth=2, input_shape=(3, 32, 32), width=4)
+    files = checkpoint_files(tmp_path, spec, name="cifar")
+    app.upload.filename = list(files)
+    app.upload.value = list(files.values())
+    msg = " ".join(errors(app))
+    assert "(3, 32, 32)" in msg and "(1, 28, 28)" in msg
+    assert "upload: cifar" not in app.state.param.model.objects
+    app.restart()
+    run(app)
+    assert app.run.request.net.spec.input_shape == SAMPLE_SHAPE
+
+
+def test_an_upload_needs_both_files_with_one_name(app, tmp_path):
+    files = checkpoint_files(tmp_path, hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4))
+    app.upload.filename = ["ckpt.json"]
+    app.upload.value = [files["ckpt.json"]]
+    assert any("NAME.json and NAME.safetensors" in m for m in errors(app))
+    app.upload.filename = ["a.json", "b.safetensors"]
+    app.upload.value = [files["ckpt.json"], files["ckpt.safetensors"]]
+    assert any("share a name" in m for m in errors(app))
+
+
+def test_a_network_that_diverges_is_reported_not_raised(app, tmp_path):
+    # Huge weights with a huge alpha: the states blow up; the verdict says so and the page keeps going.
+    spec = hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4, alpha=50.0)
+    net = HopfieldNetwork(spec, seed=0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e18)
+    stem = save_checkpoint(net, tmp_path / "wild")
+    files = {"wild.json": stem.with_suffix(".json").read_bytes(),
+             "wild.safetensors": stem.with_suffix(".safetensors").read_bytes()}
+    app.upload.filename = list(files)
+    app.upload.value = list(files.values())
+    run(app)
+    assert app.state.model == "upload: wild"
+    statuses = app.views["verdict"].source.data["status"]
+    assert statuses and statuses[0] in ("non_finite", "not_converged")
+    app.state.model = "untrained resnet"
+    run(app)
+    assert app.views["verdict"].source.data["status"][0] in ("converged", "not_converged")
+
+
+def test_settings_in_the_address_apply_and_bad_ones_are_reported():
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE), autostart=False,
+                      settings={"beta": "0.3", "speed": "max", "schedule": "descent_safe", "depth": "4",
+                                "alpha": "-2", "colour": "red"})
+    try:
+        s = app.state
+        assert (s.beta, s.speed, s.schedule, s.depth, s.alpha) == (0.3, "max", "descent_safe", 4, 6.0)
+        warnings = [t for level, t in app.messages if level == "warning"]
+        assert any("alpha" in t for t in warnings) and any("colour" in t for t in warnings)
+        run(app)
+        assert app.run.beta == pytest.approx(0.3) and app.run.layers[-2] == "s4"
+    finally:
+        app.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# Sessions
+# ---------------------------------------------------------------------------
+
+def test_two_pages_keep_their_own_settings_and_workers():
+    a, b = make_app(beta=0.1), make_app(beta=0.5)
+    try:
+        a.restart()
+        b.restart()
+        run(a)
+        run(b)
+        assert a.worker is not b.worker and a.state is not b.state
+        assert a.run.beta == pytest.approx(0.1) and b.run.beta == pytest.approx(0.5)
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_shutdown_stops_the_worker_thread_promptly():
+    app = make_app(speed=5, t_free=500)
+    app.restart()
+    time.sleep(0.2)
+    assert app.worker.alive
+    t0 = time.monotonic()
+    app.shutdown("closed")
+    assert not app.worker.alive and time.monotonic() - t0 < 2.0
+
+
+def test_the_page_layout_builds_with_a_template(app):
+    from bokeh.document import Document
+    tmpl = app.template()
+    tmpl.server_doc(Document())   # what panel serve does with the page
+    assert tmpl.title.startswith("Hopfield-ResNet explorer")
+    titles = [v.title for v in app.views.values()]
+    assert len(titles) == 6
+
+
+def test_step_stats_order_is_what_the_views_expect():
+    # The views index record rows by name; guard the names they rely on.
+    for name in ("step_size", "activity", "frac_zero", "frac_alpha", "drive_direct", "drive_skip",
+                 "drive_feedback", "residual_share", "nudge_distance"):
+        assert name in LAYER_STATS
+    assert set(UNTRAINED) == {"untrained resnet", "untrained plain"}
+    json.dumps(ExplorerState(zoo=[]).run_settings())
