@@ -2,13 +2,15 @@
 
     panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 2000
 
-or ``python app.py``, which serves on port 5006 with those settings. Every
+or ``python app.py``, which serves /app on port 5006 (``EXPLORER_PORT``) with those settings. Every
 browser tab gets its own settings and worker thread. The two flags make Bokeh
 discard a closed tab's session within about 3 s instead of its defaults
 (~15-30 s); the worker itself stops about 2 s after its page loses its
 connection either way. Settings can be given in the address, e.g.
 ``/app?beta=0.3&schedule=descent_safe&speed=max``.
 """
+import os
+
 import panel as pn
 
 from explorer.app import create_app
@@ -26,7 +28,8 @@ def page():
 
 
 if __name__ == "__main__":
-    pn.serve({"app": page}, port=5006, address="127.0.0.1", show=False,
+    port = int(os.environ.get("EXPLORER_PORT", "5006"))
+    pn.serve({"app": page}, port=port, address="127.0.0.1", show=False,
              check_unused_sessions_milliseconds=1000, unused_session_lifetime_milliseconds=2000)
 else:
     page().servable(title="Hopfield-ResNet explorer")

@@ -356,7 +356,7 @@ class Trainer:
     def _trim_metrics(self) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be redone)."""
         path = self.metrics_path
-        if path is None or not path.is_file() or self.rank != 0:
+        if path is None or not path.is_file() or self.rank != 0 or self.finished:
             return
         keep = []
         for line in path.read_text().splitlines():
@@ -364,7 +364,7 @@ class Trainer:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-            if rec.get("step", 0) <= self.step and not (rec.get("kind") in ("done", "stopped")):
+            if rec.get("step", 0) <= self.step:  # done / stopped lines of earlier sessions stay
                 keep.append(line)
         _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
 

@@ -129,7 +129,7 @@ def browser():
 class Watched:
     """A page with its console messages and network requests recorded."""
 
-    def __init__(self, browser, url, height=3000):
+    def __init__(self, browser, url, height=2700):
         self.page = browser.new_page(viewport={"width": 1600, "height": height})
         self.console, self.failed, self.outside = [], [], []
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))

@@ -89,6 +89,19 @@ def test_the_default_model_is_the_first_zoo_entry_with_its_own_settings(tmp_path
         app.shutdown()
 
 
+def test_the_page_opens_on_an_ep_trained_zoo_model_before_a_better_scoring_bp_one(tmp_path):
+    from explorer.zoo import list_entries
+    spec = hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4)
+    for name, trainer, acc in (("a-bp", "bp", 0.9), ("b-ep", "ep", 0.8)):
+        stem = save_checkpoint(HopfieldNetwork(spec, seed=1), tmp_path / name)
+        desc = json.loads(stem.with_suffix(".json").read_text())
+        desc["card"] = {"trainer": trainer, "test_accuracy": acc}
+        stem.with_suffix(".json").write_text(json.dumps(desc))
+    state = ExplorerState(zoo=list_entries(tmp_path))
+    assert state.model == "zoo: b-ep, 80.0 % test"
+    assert state.param.model.objects[:2] == ["zoo: a-bp, 90.0 % test", "zoo: b-ep, 80.0 % test"]
+
+
 def test_a_zoo_entry_for_other_images_falls_back_to_the_builder_and_says_why(tmp_path):
     from explorer.zoo import list_entries
     save_checkpoint(HopfieldNetwork(hopfield_family(depth=2, input_shape=(3, 32, 32), width=4)),
@@ -165,7 +178,7 @@ def test_the_feature_map_layer_follows_the_choice(app):
     assert app.run.request.map_layer == "s3"
     img = np.asarray(app.views["nudge"].maps["free"].data["image"][0])
     assert img.shape == app.state.base_network().spec.shape_of("s3")[1:]
-    assert "layer <b>s3</b>" in app.views["nudge"].title_pane.object
+    assert "layer s3," in app.views["nudge"].map_fig.title.text
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +208,6 @@ def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_b
             assert set(p.data["run"]) == {second}
             assert only(p.data["run_beta"], 0.3)
         assert only(e["nudged+"].data["beta"], 0.3)
-        assert "β = 0.3" in app.views["nudge"].title_pane.object
         assert "β = 0.3" in app.views["nudge"].fig.title.text
         assert set(app.views["verdict"].source.data["run"]) == {second}
     finally:
@@ -228,8 +240,31 @@ def test_display_choices_change_the_plots_without_a_new_run(app):
     assert app.worker.latest_run == run_id
     units = app.views["trajectories"].unit_renderers
     assert units[0].glyph.y == "unit0__s4"
-    assert "channel <b>1</b>" in app.views["nudge"].title_pane.object
+    assert app.views["nudge"].map_fig.title.text.endswith("channel 1")
     assert any("−β" in t for t in app.views["nudge"].labels.data["text"])
+
+
+def test_views_out_of_sight_wait_and_catch_up_when_seen(app):
+    app.restart()
+    run(app)
+    first = app.run.run_id
+    # The page reports that only the energy and output views are in sight.
+    app.visible_source.data = {"keys": ["energy", "output"]}
+    app.state.beta = 0.3
+    run(app)
+    assert app.run.run_id > first
+    assert only(app.views["energy"].phase_sources["free"].data["run"], app.run.run_id)
+    traj = app.views["trajectories"]
+    assert traj.hidden and traj._deferred            # still showing the previous run
+    assert app.views["nudge"].fig.title.text.endswith("(β = 0.15)")
+    # Scrolled into view: caught up, exactly as if it had been drawn all along.
+    app.visible_source.data = {"keys": ["energy", "nudge", "output", "residual", "trajectories"]}
+    app.drain()
+    assert not traj.hidden and not traj._deferred
+    assert len(traj.source.data["x"]) == T_FREE + 1 + 2 * (T_NUDGE + 1) + 2
+    assert app.views["nudge"].fig.title.text.endswith("(β = 0.3)")
+    assert app.views["nudge"].heat["nudged-"].filled() == T_NUDGE * len(app.run.layers)
+    assert app.views["output"].predicted is not None
 
 
 def test_pause_holds_the_run_and_step_advances_one_iteration(app):

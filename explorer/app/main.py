@@ -139,6 +139,8 @@ if (!window.__explorer_page) {
   scan();
   scan_sliders();
   setInterval(() => { scan(); scan_sliders(); }, 1000);
+  // Updates made before the page connected arrived with the document, not as changes: confirm them.
+  ack.data = {seq: [tick.data.seq[0]]};
 }
 """
 
@@ -167,7 +169,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
-                                   sizing_mode="stretch_width", margin=(0, 10))
+                                   sizing_mode="stretch_width", height=30, margin=(0, 10))
         # Flow control: "tick" carries the number of each update sent, "ack" the last one painted.
         self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
         self.ack_source = ColumnDataSource(data={"seq": [0]}, name="explorer.ack")
@@ -348,7 +350,7 @@ class ExplorerApp(pn.viewable.Viewer):
             hidden = shown is not None and view.key not in shown and view.key != "verdict"
             if view.hidden and not hidden:
                 view.hidden = False
-                view.flush()           # caught up as it comes into view
+                view.reveal()          # caught up as it comes into view
             view.hidden = hidden
 
     def drain(self) -> int:
@@ -377,21 +379,15 @@ class ExplorerApp(pn.viewable.Viewer):
                     pending.append(ev)
                 continue
             flush()
-            if not isinstance(ev, RunStarted):
-                for view in self.views.values():
-                    view.flush()   # what a view collected belongs before this event
             if isinstance(ev, RunStarted):
                 self.run = Run(ev.request)
                 for view in self.views.values():
-                    view.start_run(self.run)
+                    view.begin(self.run)
                 self.gallery.show(ev.request.sample)
                 self._update_status()
-            elif isinstance(ev, PhaseEnded) and self.run is not None:
+            elif isinstance(ev, (PhaseEnded, RunEnded)) and self.run is not None:
                 for view in self.views.values():
-                    view.phase_ended(ev)
-            elif isinstance(ev, RunEnded) and self.run is not None:
-                for view in self.views.values():
-                    view.run_ended(ev)
+                    view.end(ev)
             elif isinstance(ev, RunFailed):
                 self.notify(f"the relaxation failed: {ev.message}")
         flush()
@@ -409,9 +405,11 @@ class ExplorerApp(pn.viewable.Viewer):
             where = f"GPU: {torch.cuda.get_device_name(self.device)}"
         else:
             where = f"CPU, {self._threads or torch.get_num_threads()} torch thread(s) per page, no GPU"
-        self.status.object = (f"<div class='status'><b>{net.spec.name}</b> · depth {net.spec.depth} · "
-                              f"{'residual' if net.spec.residual else 'plain'} · "
-                              f"{net.parameter_count():,} parameters · {where}</div>")
+        text = (f"<div class='status'><b>{net.spec.name}</b> · depth {net.spec.depth} · "
+                f"{'residual' if net.spec.residual else 'plain'} · "
+                f"{net.parameter_count():,} parameters · {where}</div>")
+        if self.status.object != text:   # only a new model changes it
+            self.status.object = text
 
     def counts(self) -> dict[str, int]:
         return {k: v.data_count() for k, v in self.views.items()}
@@ -443,8 +441,9 @@ class ExplorerApp(pn.viewable.Viewer):
         """Start the periodic drain and stop the worker with the session (when served)."""
         self._doc = pn.state.curdoc
         if self._doc is not None:
-            self._doc.js_on_event("document_ready", CustomJS(args={"visible": self.visible_source},
-                                                             code=PAGE_JS))
+            self._doc.js_on_event("document_ready", CustomJS(
+                args={"visible": self.visible_source, "tick": self.tick_source, "ack": self.ack_source},
+                code=PAGE_JS))
         # background=True: the drain is not "busy" work, so Panel does not count it (a busy-count
         # update per tick would cost a message and a restyle in the browser 50 times a second).
         self._callback = PeriodicCallback(callback=self._tick, period=TICK_MS, background=True)

@@ -110,6 +110,19 @@ def zoo_entries():
         return []
 
 
+def preferred_zoo_entry(entries: dict):
+    """The zoo choice a page opens on: EP-trained first (the dynamics are EP's), residual next
+    (the paper's subject), then the best test accuracy; None for an empty zoo."""
+    def rank(item):
+        desc = item[1].description
+        card = desc.get("card") or {}
+        edges = (desc.get("network") or {}).get("edges") or []
+        acc = card.get("test_accuracy")
+        return (card.get("trainer") == "ep", any(e.get("kind") == "skip" for e in edges if isinstance(e, dict)),
+                acc if isinstance(acc, (int, float)) else -1.0)
+    return max(entries.items(), key=rank)[0] if entries else None
+
+
 def load_upload(files: dict[str, bytes]) -> tuple[str, LoadedModel]:
     """A checkpoint from uploaded files: exactly NAME.json + NAME.safetensors."""
     jsons = [n for n in files if n.lower().endswith(".json")]
@@ -237,7 +250,7 @@ class ExplorerState(param.Parameterized):
             self.sample = 0
         self.param.model.objects = list(self.zoo) + list(UNTRAINED)
         if "model" not in params:
-            self.model = self.param.model.objects[0]   # a zoo model when there is one
+            self.model = preferred_zoo_entry(self.zoo) or "untrained resnet"
         try:
             defaults = self.model_defaults(self.model)
         except SettingError as exc:                    # an unreadable zoo entry: say so, use the builder

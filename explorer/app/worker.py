@@ -44,10 +44,14 @@ class Frame:
 
     @classmethod
     def from_record(cls, run_id: int, rec: StepRecord) -> "Frame":
-        def np0(t):
-            return t.detach()[..., 0].to("cpu", torch.float64).numpy()
-        return cls(run_id, rec.phase, rec.step, float(rec.beta), np0(rec.stats), np0(rec.energy),
-                   None if rec.units is None else np0(rec.units),
+        # One device-to-host copy for the small per-step numbers (on a GPU each copy is a sync).
+        parts = [rec.stats[..., 0], rec.energy[..., 0]] + ([] if rec.units is None else [rec.units[..., 0]])
+        flat = torch.cat([p.detach().reshape(-1) for p in parts]).to("cpu", torch.float64).numpy()
+        n_stats, n_energy = rec.stats[..., 0].numel(), rec.energy.shape[0]
+        stats = flat[:n_stats].reshape(rec.stats.shape[:2])
+        energy = flat[n_stats:n_stats + n_energy]
+        units = None if rec.units is None else flat[n_stats + n_energy:].reshape(rec.units.shape[:2])
+        return cls(run_id, rec.phase, rec.step, float(rec.beta), stats, energy, units,
                    {k: v[0].detach().to("cpu", torch.float32).numpy() for k, v in rec.states.items()})
 
 

@@ -135,6 +135,12 @@ def make_figure(title: str, height: int = 260, x_label: str = "iteration", y_lab
     style(fig)
     fig.xaxis.axis_label = x_label
     fig.yaxis.axis_label = y_label
+    # Fewer tick labels: the browser measures every label (with style look-ups) at each repaint.
+    for axis, n in ((fig.xaxis, 6), (fig.yaxis, 4)):
+        for a in axis:
+            if hasattr(a.ticker, "desired_num_ticks"):
+                a.ticker.desired_num_ticks = n
+            a.minor_tick_line_color = None
     return fig
 
 
@@ -319,6 +325,7 @@ class View:
         self.run: Run | None = None
         self.hidden = False   # scrolled out of sight in the page: collect, draw when seen again
         self._buffer: list = []
+        self._deferred: list = []
         self._drawn_at = 0.0
 
     # Called only from the page's periodic callback ----------------------------------------
@@ -343,14 +350,55 @@ class View:
 
     def flush(self, now: float | None = None) -> None:
         """Draw whatever is collected (before a phase ends, at the end, in tests)."""
+        if self._deferred:
+            return   # out of sight since a run started: everything waits for reveal()
         if self._buffer and self.run is not None:
             frames, self._buffer = self._buffer, []
             self.push(Batch(self.run, frames))
         self._drawn_at = time.monotonic() if now is None else now
 
+    # The page calls these three; out of sight, a view only notes what to do when seen again.
+    def begin(self, run: Run) -> None:
+        """A run started."""
+        self._buffer = []
+        if self.hidden:
+            self._deferred = [("start", run)]
+        else:
+            self._deferred = []
+            self.start_run(run)
+
+    def end(self, event) -> None:
+        """A phase (PhaseEnded) or the run (RunEnded) ended."""
+        if self.hidden or self._deferred:
+            if self._buffer:
+                self._deferred.append(("frames", self._buffer))
+                self._buffer = []
+            self._deferred.append(("event", event))
+            return
+        self.flush()
+        if isinstance(event, PhaseEnded):
+            self.phase_ended(event)
+        else:
+            self.run_ended(event)
+
+    def reveal(self) -> None:
+        """Came into view: catch up on what happened meanwhile."""
+        ops, self._deferred = self._deferred, []
+        for op, arg in ops:
+            if op == "start":
+                buffered, self._buffer = self._buffer, []
+                self.start_run(arg)
+                self._buffer = buffered
+            elif op == "frames":
+                self.push(Batch(self.run, arg))
+            elif isinstance(arg, PhaseEnded):
+                self.phase_ended(arg)
+            else:
+                self.run_ended(arg)
+        self.flush()
+
     def start_run(self, run: Run) -> None:
         self.run = run
-        self._buffer = []
 
     def push(self, batch: Batch) -> None:
         pass

@@ -69,7 +69,6 @@ class NudgeView(View):
                                          major_label_text_font_size="10px"), "right")
         self.map_fig.add_layout(ColorBar(color_mapper=self.diff_mapper, width=8, title="s_β − s*",
                                          major_label_text_font_size="10px"), "right")
-        self.title_pane = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 10))
         self._latest: dict[str, np.ndarray] = {}  # phase -> last state [C, H, W] of the map layer
         self._max = 0.0
         self._titled_channel = -1
@@ -100,16 +99,13 @@ class NudgeView(View):
             src.data = {k: [] for k in src.data}
         self._latest = {}
         self._max = 0.0
-        self.state_mapper.high = float(run.request.alpha)
+        self.state_mapper.update(low=0.0, high=float(run.request.alpha))
         self._set_title()
 
     def _set_title(self) -> None:
         run = self.run
         r = run.request
         self._titled_channel = self._channel()
-        self.title_pane.object = (f"<div class='nudge-head'>Nudged versus free · <b>β = {r.beta:.3g}</b> · "
-                                  f"run {run.run_id} · feature maps of layer <b>{r.map_layer}</b>, "
-                                  f"channel <b>{self._titled_channel}</b></div>")
         self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {r.beta:.3g})"
         self.map_fig.title.text = f"Feature maps of layer {r.map_layer}, channel {self._titled_channel}"
 
@@ -160,6 +156,11 @@ class NudgeView(View):
         h, w = ref.shape[1:]
         step = w * (1 + GAP)
         titles = ["s*  (free)", f"s_β  (nudged {SIGN[shown]})", "s_β − s*"]
+        # Colour range of the two states: their own maximum (a range up to alpha shows little).
+        top = max(float(a[c].max()) for a in (free, nudged) if a is not None)
+        top = top if top > 0 else float(self.run.request.alpha)
+        if not (0.5 * self.state_mapper.high <= top <= self.state_mapper.high):
+            self.state_mapper.update(low=0.0, high=top)
         for k, (key, arr) in enumerate((("free", free), ("nudged", nudged))):
             if arr is not None:
                 self._image(key, arr[c], k * step)
@@ -201,8 +202,7 @@ class NudgeView(View):
         return sum(h.filled() for h in self.heat.values()) + sum(len(s.data["image"]) for s in self.maps.values())
 
     def body(self):
-        return pn.Column(self.title_pane,
-                         pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
+        return pn.Column(pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
                                 pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
                                 sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")

@@ -62,7 +62,7 @@ class OutputView(View):
         self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, palette="Greys256")
         self.img_fig.axis.visible = False
         self.img_fig.grid.visible = False
-        self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220)
+        self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220, height=84)
         self.predicted: int | None = None
         self._shown = None
 

@@ -31,8 +31,9 @@ class VerdictView(View):
         super().__init__(app_state)
         self.source = ColumnDataSource(data={"phase": [], "status": [], "steps": [], "message": [], "run": []},
                                        name="explorer.verdict.phases")
+        # A fixed height: text changes inside never resize the page around it (no relayout).
         self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
-                                 sizing_mode="stretch_width", min_height=160, css_classes=["verdict-pane"])
+                                 sizing_mode="stretch_width", height=190, css_classes=["verdict-pane"])
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
