@@ -197,6 +197,11 @@ def find_fashion_mnist(path=None, download: bool = False) -> Path:
         if found is not None:
             return found
         state = "no Fashion-MNIST IDX files" if root.is_dir() else "does not exist"
+        if why == "given path":  # a path the user names is meant: never fall back silently
+            raise DataError(f"Fashion-MNIST not found at the given path {root}: {state} (expected "
+                            f"train-images-idx3-ubyte[.gz] and the three other IDX files there, or under "
+                            f"FashionMNIST/raw/); fix the path or leave it out to use ${ENV_VAR} or "
+                            f"{DEBIAN_FASHION_MNIST}")
         tried.append(f"{root} ({why}): {state}")
 
     cache = Path(CACHE_DIR).expanduser()

@@ -133,8 +133,9 @@ def test_find_order(no_data, monkeypatch):
     monkeypatch.setenv(data.ENV_VAR, str(env))
     assert data.find_fashion_mnist() == env
     assert data.find_fashion_mnist(given) == given
-    # An explicit path without the files falls through to the next place.
-    assert data.find_fashion_mnist(no_data / "empty") == env
+    # An explicit path without the files is an error naming it, never a silent fall-back.
+    with pytest.raises(data.DataError, match="given path .*empty"):
+        data.find_fashion_mnist(no_data / "empty")
 
 
 def test_torchvision_layout_and_plain_files(no_data):
@@ -160,9 +161,9 @@ def test_load_fashion_gz(no_data):
 def test_missing_data_message_lists_places(no_data, monkeypatch):
     monkeypatch.setenv(data.ENV_VAR, str(no_data / "env-dir"))
     with pytest.raises(data.DataError) as err:
-        data.find_fashion_mnist(no_data / "given-dir")
+        data.find_fashion_mnist()
     msg = str(err.value)
-    for place in ("given-dir", "env-dir", "no-debian", "no-cache", "apt-get install dataset-fashion-mnist",
+    for place in ("env-dir", "no-debian", "no-cache", "apt-get install dataset-fashion-mnist",
                   "EXPLORER_DATA", "download=True"):
         assert place in msg, place
 
