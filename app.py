@@ -1,12 +1,15 @@
 """The live dynamics explorer.
 
-    panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 2000
+    panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 10000
 
-or ``python app.py``, which serves /app on port 5006 (``EXPLORER_PORT``) with those settings. Every
-browser tab gets its own settings and worker thread. The two flags make Bokeh
-discard a closed tab's session within about 3 s instead of its defaults
-(~15-30 s); the worker itself stops about 2 s after its page loses its
-connection either way. Settings can be given in the address, e.g.
+or ``python app.py``, which serves /app on port 5006 (``EXPLORER_PORT``) with
+those settings. Every browser tab gets its own settings and worker thread.
+A tab's worker stops about 2 s after its page loses its connection (the app
+watches the session's connections), whatever the flags. The flags make Bokeh
+free a closed tab's session within about 11 s instead of 15-30 s; a lifetime
+much shorter than 10 s would discard the sessions of pages that are slow to
+connect (on a busy machine a page can take several seconds to load).
+Settings can be given in the address, e.g.
 ``/app?beta=0.3&schedule=descent_safe&speed=max``.
 """
 import os
@@ -30,6 +33,6 @@ def page():
 if __name__ == "__main__":
     port = int(os.environ.get("EXPLORER_PORT", "5006"))
     pn.serve({"app": page}, port=port, address="127.0.0.1", show=False,
-             check_unused_sessions_milliseconds=1000, unused_session_lifetime_milliseconds=2000)
+             check_unused_sessions_milliseconds=1000, unused_session_lifetime_milliseconds=10000)
 else:
     page().servable(title="Hopfield-ResNet explorer")

@@ -112,7 +112,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1", "--port",
              str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
-             "--check-unused-sessions", "1000", "--unused-session-lifetime", "2000"],
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "10000"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=lambda: [self.lines.append(l) for l in self.proc.stdout], daemon=True).start()
         self.ps = psutil.Process(self.proc.pid)

@@ -74,7 +74,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1",
              "--port", str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
-             "--check-unused-sessions", "1000", "--unused-session-lifetime", "2000"],
+             "--check-unused-sessions", "1000", "--unused-session-lifetime", "10000"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -8,9 +8,13 @@ Data flow (the measured design for a 2-core machine):
   at its next step, and nothing queues up;
 - the worker thread relaxes and appends numpy frames to a bounded queue; it
   never touches Bokeh models;
-- one periodic callback per page (every ``TICK_MS``) drains the queue,
+- one periodic callback per page (every ``TICK_MS``; it takes the document
+  lock only when there is something to do) drains the queue,
   coalesces the frames into one batch and streams it into the views'
   ``ColumnDataSource`` objects, as one patch message (``pn.io.hold``);
+- nothing is sent before the page says it is ready (changes made while a
+  page is still connecting can be lost; the page opens on the document
+  rendered for it, which holds the first frames, see :meth:`prefill`);
 - flow control: the page confirms each update once it has painted it, and
   the server keeps at most ``IN_FLIGHT`` updates unconfirmed. A slow or busy
   browser then gets fewer, larger updates instead of a queue of messages that
@@ -30,7 +34,8 @@ from pathlib import Path
 import panel as pn
 import torch
 from bokeh.models import ColumnDataSource, CustomJS
-from panel.io.callbacks import PeriodicCallback
+from panel.io.state import set_curdoc
+from tornado.ioloop import PeriodicCallback
 from panel.theme.fast import Fast
 
 from .gallery import Gallery
@@ -41,18 +46,17 @@ from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorke
 
 log = logging.getLogger("explorer.app")
 
-TICK_MS = 20            # how often the page looks for news while a run streams ...
-IDLE_TICK_MS = 250      # ... and when nothing has happened for IDLE_AFTER seconds
-IDLE_AFTER = 0.5
+TICK_MS = 20            # how often the page looks for news (a few attribute reads when idle) ...
 SEND_EVERY = 0.04       # ... and sends at most 25 updates per second (>= 20 frames/s with room)
 IN_FLIGHT = 1           # updates sent but not yet painted, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
 ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
+READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
 # The page's confirmation of update ``seq``: Bokeh schedules its repaint in an animation frame when
 # the data arrive; this callback's frame is requested after that, so it runs once they are painted.
 ACK_JS = """
 const seq = cb_obj.data.seq[0];
-requestAnimationFrame(() => { ack.data = {seq: [seq]}; });
+requestAnimationFrame(() => { ack.data = {seq: [seq], ready: [1]}; });
 """
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
@@ -139,8 +143,9 @@ if (!window.__explorer_page) {
   scan();
   scan_sliders();
   setInterval(() => { scan(); scan_sliders(); }, 1000);
-  // Updates made before the page connected arrived with the document, not as changes: confirm them.
-  ack.data = {seq: [tick.data.seq[0]]};
+  // The page is ready: from now on the server may send changes (any sent while the page was still
+  // connecting could be lost), and what came with the document is confirmed.
+  ack.data = {seq: [tick.data.seq[0]], ready: [1]};
 }
 """
 
@@ -172,7 +177,7 @@ class ExplorerApp(pn.viewable.Viewer):
                                    sizing_mode="stretch_width", height=30, margin=(0, 10))
         # Flow control: "tick" carries the number of each update sent, "ack" the last one painted.
         self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
-        self.ack_source = ColumnDataSource(data={"seq": [0]}, name="explorer.ack")
+        self.ack_source = ColumnDataSource(data={"seq": [0], "ready": [0]}, name="explorer.ack")
         self.tick_source.js_on_change("data", CustomJS(args={"ack": self.ack_source}, code=ACK_JS))
         # Referencing both from a callback puts them into the page's document.
         self.views["energy"].fig.js_on_change("tags", CustomJS(
@@ -183,7 +188,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._sent_at = 0.0
         self._backlog: list = []
         self._drained_events = 0
-        self._quiet_since: float | None = None
+        self._tick_scheduled = False
         self.upload = pn.widgets.FileInput(multiple=True, accept=".json,.safetensors",
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
@@ -195,6 +200,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._doc = None
         self._callback = None
         self._connected_once = False
+        self._connected_at = 0.0
         self._orphan_since: float | None = None
         self._layout = None
         self.state.param.watch(self._on_run_setting, list(RUN_SETTINGS))
@@ -227,9 +233,7 @@ class ExplorerApp(pn.viewable.Viewer):
             return None
         self._good = self.state.run_settings()
         self.clear_alert()
-        run_id = self.worker.submit(request)
-        self._wake()
-        return run_id
+        return self.worker.submit(request)
 
     @contextlib.contextmanager
     def _applying_settings(self):
@@ -264,7 +268,6 @@ class ExplorerApp(pn.viewable.Viewer):
         self._good = state.run_settings()
         self.clear_alert()
         self.worker.submit(request)
-        self._wake()
 
     def apply_settings(self, given: dict[str, str]) -> None:
         """Settings given as text (the page's URL query); what cannot apply is reported."""
@@ -277,7 +280,6 @@ class ExplorerApp(pn.viewable.Viewer):
             self.state.param.update(**typed)
 
     def _on_playback(self, *events) -> None:
-        self._wake()
         for e in events:
             if e.name == "speed":
                 self.worker.set_speed(self.state.steps_per_second)
@@ -287,7 +289,6 @@ class ExplorerApp(pn.viewable.Viewer):
                     self.restart()   # play after the end replays the run
 
     def _on_step(self, *_events) -> None:
-        self._wake()
         if self.state.playing:
             self.state.playing = False
         if not self.worker.busy:
@@ -300,7 +301,6 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _on_display(self, *_events) -> None:
         self._display_dirty = True   # applied by the next drain (only it touches Bokeh models)
-        self._wake()
 
     def _on_upload(self, event) -> None:
         values = event.new
@@ -444,21 +444,36 @@ class ExplorerApp(pn.viewable.Viewer):
             self._doc.js_on_event("document_ready", CustomJS(
                 args={"visible": self.visible_source, "tick": self.tick_source, "ack": self.ack_source},
                 code=PAGE_JS))
-        # background=True: the drain is not "busy" work, so Panel does not count it (a busy-count
-        # update per tick would cost a message and a restyle in the browser 50 times a second).
-        self._callback = PeriodicCallback(callback=self._tick, period=TICK_MS, background=True)
+        # A plain timer on the server's event loop: it only looks (no document lock, a few attribute
+        # reads) and schedules a locked tick when there is something to send or to check.
+        self._callback = PeriodicCallback(self._poll, TICK_MS)
         self._callback.start()
         pn.state.on_session_destroyed(self._on_session_destroyed)
 
-    def _wake(self) -> None:
-        """Back to the fast tick (something will stream)."""
-        self._quiet_since = None
-        if self._callback is not None and self._callback.period != TICK_MS:
-            self._callback.period = TICK_MS
-
-    def _tick(self) -> None:
+    def _poll(self) -> None:
+        if self._tick_scheduled or self._doc is None:
+            return
         if self._orphaned():
             return
+        if not self.ack_source.data["ready"][0] and not (
+                self._connected_at and time.monotonic() - self._connected_at > READY_TIMEOUT):
+            # The page is still loading: the document it will show is the one rendered for it, and
+            # changes sent before it is ready can be lost. Collect, touch nothing.
+            if self.worker.pending_events:
+                self._backlog.extend(self.worker.drain())
+            return
+        if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty):
+            return
+        self._tick_scheduled = True
+        self._doc.add_next_tick_callback(self._locked_tick)
+
+    def _locked_tick(self) -> None:
+        """Runs as a Bokeh next-tick callback, with the document locked."""
+        self._tick_scheduled = False
+        with set_curdoc(self._doc):
+            self._tick()
+
+    def _tick(self) -> None:
         now = time.monotonic()
         if now - self._sent_at < SEND_EVERY:
             return
@@ -471,14 +486,6 @@ class ExplorerApp(pn.viewable.Viewer):
             latest = self.worker.latest_run
             if not any(isinstance(e, RunStarted) and e.run_id == latest for e in self._backlog):
                 return
-        if not (self._backlog or self._display_dirty or self.worker.busy or self._sent > acked):
-            # Nothing runs and the page has painted everything: tick slowly until woken.
-            self._quiet_since = self._quiet_since or now
-            if now - self._quiet_since > IDLE_AFTER and self._callback is not None \
-                    and self._callback.period != IDLE_TICK_MS:
-                self._callback.period = IDLE_TICK_MS
-        else:
-            self._quiet_since = None
         # One patch message per tick: Bokeh serialises each message against the whole document,
         # so a dozen separate stream/patch messages per tick cost a dozen times as much.
         with pn.io.hold(self._doc):
@@ -497,6 +504,7 @@ class ExplorerApp(pn.viewable.Viewer):
             return False
         if session.connection_count > 0:
             self._connected_once = True
+            self._connected_at = self._connected_at or time.monotonic()
             self._orphan_since = None
             if self.worker.closed:          # the page came back (reconnected): start afresh
                 self.worker = self._new_worker(self._threads)
@@ -508,18 +516,17 @@ class ExplorerApp(pn.viewable.Viewer):
         if self._orphan_since is None:
             self._orphan_since = now
         elif now - self._orphan_since > ORPHAN_SECONDS and not self.worker.closed:
-            self.shutdown("page closed")
+            self.shutdown("page closed", wait=0.0)   # on the event loop: signal, do not wait
         return True
 
     def _on_session_destroyed(self, session_context) -> None:
-        self.shutdown("session destroyed")
         if self._callback is not None:
-            with contextlib.suppress(Exception):
-                self._callback.stop()
+            self._callback.stop()
+        self.shutdown("session destroyed")
 
-    def shutdown(self, reason: str = "") -> None:
+    def shutdown(self, reason: str = "", wait: float = 2.0) -> None:
         if not self.worker.closed:
-            self.worker.stop(timeout=2.0)
+            self.worker.stop(timeout=wait)
             sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
             log.info("session %s: worker stopped (%s)", sid, reason)
             print(f"explorer: session {sid}: worker stopped ({reason})", flush=True)

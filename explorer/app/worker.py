@@ -171,6 +171,11 @@ class RunWorker:
             return self._pending is not None or self._running is not None
 
     @property
+    def pending_events(self) -> bool:
+        """Something waits to be drained (read without the lock: a hint for the page's timer)."""
+        return bool(self._events)
+
+    @property
     def latest_run(self) -> int:
         return self._generation
 
