@@ -106,7 +106,7 @@ if (!window.__explorer_page) {
       if (e.isIntersecting && v.__explorer_dirty) { v.__explorer_dirty = false; v.request_repaint(); }
     }
     report();
-  }, {rootMargin: "200px"});
+  }, {rootMargin: "0px"});
   const scan = () => {
     const found = Bokeh.index.query((v) => v.model != null && v.el != null &&
                                            ["Figure", "Plot"].includes(v.model.constructor.__name__));

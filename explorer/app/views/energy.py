@@ -8,6 +8,8 @@ Jacobi step between coupled layers, and descent is not guaranteed.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool
@@ -17,6 +19,7 @@ from .base import (PHASE_COLORS, PHASE_LABELS, ROSE_COLOR, Batch, PhaseBands, Ru
                    bokeh_pane, make_figure, set_time_range, style_legend, time_range)
 
 ZOOM_SKIP = 3     # the y axis ignores the first free steps: the start from zero is far above
+DELTA_EVERY = 0.25  # seconds between draws of the change-per-step plot
 RISE_TOL = 1e-5   # as explorer.dynamics.relax: a rise above 1e-5 * (|F| + 1) counts
 ENERGY_NAME = {"free": "Φ", "nudged+": "F", "nudged-": "F"}
 
@@ -55,6 +58,8 @@ class EnergyView(View):
         self.dfig.scatter("x", "delta", source=self.delta, color="color", size=4, alpha=0.8)
         self.bands.append(PhaseBands(self.dfig, labels=False))
         self._last: dict[str, float] = {}
+        self._pending_delta: tuple[list, list, list] = ([], [], [])
+        self._delta_at = 0.0
         self.rises = 0
 
     def start_run(self, run: Run) -> None:
@@ -65,6 +70,7 @@ class EnergyView(View):
         for b in self.bands:
             b.place(run)
         self._last = {}
+        self._pending_delta = ([], [], [])
         self.y.reset()
         self.dy.reset()
         self.rises = 0
@@ -109,12 +115,30 @@ class EnergyView(View):
                 prev = v
             self._last[p] = prev
         if dx:
-            self.dy.include(dd)
-            self.delta.stream({"x": dx, "delta": dd, "color": dc})
+            self._pending_delta[0].extend(dx)
+            self._pending_delta[1].extend(dd)
+            self._pending_delta[2].extend(dc)
+        if time.monotonic() - self._delta_at >= DELTA_EVERY:
+            self._flush_delta()
         if rose_x:
             self.rose.stream({"x": rose_x, "value": rose_v, "delta": rose_d})
             self.rises += len(rose_x)
             self._set_title()
+
+    def _flush_delta(self) -> None:
+        """The change-per-step plot is secondary: it is drawn a few times a second, not every tick."""
+        dx, dd, dc = self._pending_delta
+        if dx:
+            self.dy.include(dd)
+            self.delta.stream({"x": dx, "delta": dd, "color": dc})
+        self._pending_delta = ([], [], [])
+        self._delta_at = time.monotonic()
+
+    def phase_ended(self, event) -> None:
+        self._flush_delta()
+
+    def run_ended(self, event) -> None:
+        self._flush_delta()
 
     def sources(self):
         return {**{f"phase {p}": s for p, s in self.phase_sources.items()}, "rose": self.rose,

@@ -22,7 +22,7 @@ OTHER_COLOR = "#9DB4C8"
 
 class OutputView(View):
     key = "output"
-    min_interval = 0.1
+    min_interval = 0.2
     title = "5 · Output and prediction"
     about = "The input image, the output units y and the prediction argmax y* against the label."
 
@@ -65,6 +65,7 @@ class OutputView(View):
         self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220, height=84)
         self.predicted: int | None = None
         self._shown = None
+        self._image_of: int | None = None
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
@@ -76,9 +77,11 @@ class OutputView(View):
         colors = [LABEL_COLOR if k == r.label else OTHER_COLOR for k in range(n)]
         self.bars.data = {"name": names, "y": [0.0] * n, "color": colors, "y_plus": [np.nan] * n,
                           "y_minus": [np.nan] * n, "target": [1.0 if k == r.label else 0.0 for k in range(n)]}
-        img = self.state.samples.images[r.sample, 0].numpy().astype(np.float32)
-        h, w = img.shape
-        self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
+        if r.sample != self._image_of:   # a new run on the same image needs no new picture
+            self._image_of = r.sample
+            img = self.state.samples.images[r.sample, 0].numpy().astype(np.float32)
+            h, w = img.shape
+            self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
         self.img_fig.title.text = f"Input #{r.sample}: {class_name(r.class_names, r.label)}"
         self.predicted = None
         self._shown = None
