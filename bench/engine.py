@@ -34,13 +34,20 @@ def iteration_flops(net: HopfieldNetwork) -> int:
     return sum(e.flops() * (1 if e.spec.src == "s0" else 2) for e in net.edges)
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> float:
-    """Median wall time of fn() over repeats, after one warm-up call."""
+    """Median wall time of fn() over repeats, after one warm-up call (GPU work waited for)."""
     fn()
+    _sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -118,13 +125,15 @@ def full_gradient(net, batch, scale):
     the paper's recipe with ten times the iterations, and the fixed point itself
     (descent-safe schedule, over-relaxed, ten times the iterations, converged)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, *net.spec.input_shape, generator=gen)
-    target = torch.randint(0, net.spec.n_classes, (batch,), generator=gen)
+    x = torch.rand(batch, *net.spec.input_shape, generator=gen).to(net.device)
+    target = torch.randint(0, net.spec.n_classes, (batch,), generator=gen).to(net.device)
     beta = 0.1
 
     def run(**kw):
+        _sync()
         t0 = time.perf_counter()
         res = ep_gradient(net, x, target, beta=beta, **kw)
+        _sync()
         return res, time.perf_counter() - t0
     t_free, t_nudge = int(120 * scale), int(50 * scale)
     refs = {
