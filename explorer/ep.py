@@ -91,17 +91,24 @@ def ep_gradient(net: HopfieldNetwork, x, target, *, beta: float, t_free: int, t_
         phases = run_phases(net, x, target, beta=beta, t_free=t_free, t_nudge=t_nudge,
                             schedule=schedule, tol=tol, variant=variant, state=state,
                             record=record, on_step=on_step, omega=omega, nudge_tol=nudge_tol)
-        batch = x.shape[0]
-        g_plus = phi_param_grads(net, phases.plus.state, x)
-        if variant == "centered":
-            g_ref, scale = phi_param_grads(net, phases.minus.state, x), 2 * beta * batch
-        else:
-            g_ref, scale = phi_param_grads(net, phases.free.state, x), beta * batch
-        grads = {k: (g_plus[k] - g_ref[k]) / scale for k in g_plus}
-        target_t = torch.as_tensor(target, device=x.device).long().reshape(-1)
-        y = phases.free.state[OUTPUT]
-        loss = float(cost(net.spec, y, target_t).mean())
-        correct = int((y.argmax(1) == target_t).sum())
+    return estimate(net, x, target, phases, beta=beta, variant=variant)
+
+
+@torch.no_grad()
+def estimate(net: HopfieldNetwork, x, target, phases: EPPhases, *, beta: float,
+             variant: str = "centered") -> EPResult:
+    """The EP estimate (MODEL.md, step 3) from phases already run, of the batch-mean cost."""
+    batch = x.shape[0]
+    g_plus = phi_param_grads(net, phases.plus.state, x)
+    if variant == "centered":
+        g_ref, scale = phi_param_grads(net, phases.minus.state, x), 2 * beta * batch
+    else:
+        g_ref, scale = phi_param_grads(net, phases.free.state, x), beta * batch
+    grads = {k: (g_plus[k] - g_ref[k]) / scale for k in g_plus}
+    target_t = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    y = phases.free.state[OUTPUT]
+    loss = float(cost(net.spec, y, target_t).mean())
+    correct = int((y.argmax(1) == target_t).sum())
     return EPResult(grads, phases, loss, correct)
 
 

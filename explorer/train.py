@@ -88,7 +88,7 @@ from .baseline import BN_PREFIX, FeedForward
 from .checkpoint import FORMAT, CheckpointError, _atomic_write, describe, load_checkpoint, stem_of
 from .dynamics import SCHEDULES
 from .dynamics import cost
-from .ep import VARIANTS, EPResult, ep_gradient, phi_param_grads, run_phases
+from .ep import VARIANTS, ep_gradient, estimate, run_phases
 from .evaluate import (autocast, check_dataset_fits, evaluate, load_split, model_for_checkpoint,
                        one_line, summarise, test_batches)
 from .network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, build_spec
@@ -613,16 +613,7 @@ def _ep_gradient_amp(net, x, target, *, beta, t_free, t_nudge, schedule, tol, va
         as32 = lambda st: {k: v.to(net.dtype) for k, v in st.items()}
         for p in phases.phases:
             p.state = as32(p.state)
-        g_plus = phi_param_grads(net, phases.plus.state, x)
-        ref = phases.minus.state if variant == "centered" else phases.free.state
-        scale = (2 * beta if variant == "centered" else beta) * x.shape[0]
-        g_ref = phi_param_grads(net, ref, x)
-        grads = {k: (g_plus[k] - g_ref[k]) / scale for k in g_plus}
-        target_t = torch.as_tensor(target, device=x.device).long().reshape(-1)
-        y = phases.free.state[OUTPUT]
-        loss = float(cost(net.spec, y, target_t).mean())
-        correct = int((y.argmax(1) == target_t).sum())
-    return EPResult(grads, phases, loss, correct)
+        return estimate(net, x, target, phases, beta=beta, variant=variant)
 
 
 def _arch(spec: NetworkSpec) -> str:
