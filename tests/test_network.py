@@ -62,7 +62,7 @@ def test_init_is_uniform_within_gain_over_sqrt_fan_in():
     spec = hopfield_family(4, width=4, gains={"s1_s2": 0.6, "s0_s1": 0.8})
     net = HopfieldNetwork(spec, seed=3)
     for e in net.edges:
-        w = net.weight(e)
+        w = net.weight(e).detach()
         bound = e.spec.gain / math.sqrt(e.fan_in)
         assert float(w.abs().max()) <= bound + 1e-7
         assert float(w.abs().max()) > 0.8 * bound  # spread over the whole interval
