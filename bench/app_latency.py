@@ -28,11 +28,8 @@ The machine's whole-CPU use by other processes is printed too: on a shared
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,8 +37,8 @@ import psutil
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+sys.path.insert(0, str(ROOT))
+from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ServedApp  # noqa: E402
 
 JS_HELPERS = """() => {
   const models = () => Array.from(Bokeh.documents[0]._all_models.values());
@@ -98,33 +95,13 @@ JS_HELPERS = """() => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(ServedApp):
+    """The served app, started and waited for, with its process measured by psutil."""
 
-
-class Server:
     def __init__(self):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}/app"
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1", "--port",
-             str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
-             "--check-unused-sessions", "1000", "--unused-session-lifetime", "10000"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=lambda: [self.lines.append(l) for l in self.proc.stdout], daemon=True).start()
+        super().__init__()
+        self.wait_ready()
         self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("panel serve did not start:\n" + "".join(self.lines))
-                time.sleep(0.2)
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
@@ -135,12 +112,6 @@ class Server:
         psutil.cpu_percent(None)
         return lambda: (self.ps.cpu_percent(None), psutil.cpu_percent(None) * psutil.cpu_count())
 
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def browser_cpu_seconds() -> float:
@@ -186,9 +157,9 @@ def main(argv=None) -> int:
     rows = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             # -- latency: default settings (100 steps/s playback) ------------------------------------
-            page, errors = open_page(browser, server.base)
+            page, errors = open_page(browser, server.url)
             time.sleep(3)  # the first run ends; the page is idle
             cpu = server.cpu_window()
             time.sleep(3)
@@ -212,7 +183,7 @@ def main(argv=None) -> int:
             page.close()
 
             # -- frames per second: a long run played at 200 steps/s ----------------------------------
-            page, errs = open_page(browser, server.base + "?t_free=1000&t_nudge=500&speed=200")
+            page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=200")
             errors += errs
             page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.16; }")
             page.wait_for_timeout(500)
@@ -231,7 +202,7 @@ def main(argv=None) -> int:
             page.close()
 
             # -- steps per second: a long run at full speed -----------------------------------------
-            page, errs = open_page(browser, server.base + "?t_free=1000&t_nudge=500&speed=max")
+            page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
             errors += errs
             page.wait_for_timeout(1000)
             cpu = server.cpu_window()
@@ -247,7 +218,7 @@ def main(argv=None) -> int:
             page.close()
 
             # -- memory: RSS after 10 and after N slider changes ---------------------------------------
-            page, errs = open_page(browser, server.base)
+            page, errs = open_page(browser, server.url)
             errors += errs
             rss = {}
             for i in range(args.memory_changes):
@@ -264,7 +235,7 @@ def main(argv=None) -> int:
             page.close()
 
             if args.screenshot:
-                page, errs = open_page(browser, server.base, height=2700)
+                page, errs = open_page(browser, server.url, height=2700)
                 errors += errs
                 # The default run (about 2.2 s) completes and its last frames are drawn.
                 page.wait_for_function("""() => { const b = window.__bench;
