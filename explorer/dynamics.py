@@ -284,12 +284,13 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     zeros_b = x.new_zeros(batch)
     layout = _StatsLayout(net, x, beta) if scalars else None
 
+    state_idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long,
+                                device=x.device) if record is not None else None
+
     def emit(t, stats, energy):
         states = {}
         if record.state_layers and (t % max(1, record.state_every) == 0 or t == steps):
-            idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long,
-                                  device=x.device)
-            states = {n: s[n].detach().index_select(0, idx).to("cpu", copy=True)
+            states = {n: s[n].detach().index_select(0, state_idx).to("cpu", copy=True)
                       for n in record.state_layers if n in s}
         units = None
         if units_idx is not None:
@@ -426,7 +427,7 @@ def _layer_raw(net, name, v, old, outs, alpha, owner, zeros, ref):
     def part_norm(ts):
         if not ts:
             return zeros
-        return _norm(ts[0] if len(ts) == 1 else torch.stack(ts).sum(0))
+        return _norm(ts[0] if len(ts) == 1 else sum(ts[1:], ts[0]))
     flat = _flat(v)
     per_channel = v.sum((2, 3)) if v.dim() == 4 else v
     hidden = name != OUTPUT
