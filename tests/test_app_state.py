@@ -515,3 +515,28 @@ def test_step_stats_order_is_what_the_views_expect():
         assert name in LAYER_STATS
     assert set(UNTRAINED) == {"untrained resnet", "untrained plain"}
     json.dumps(ExplorerState(zoo=[]).run_settings())
+
+
+def test_legends_never_follow_a_streaming_source(app):
+    """A Bokeh legend re-renders on any change reachable from its items: they must
+    point at static proxies, and those must not reach the real (streaming) renderers."""
+    from bokeh.models import CustomJS, GlyphRenderer, Legend
+    from bokeh.plotting import figure
+    app.restart()
+    run(app)
+    figs = [f for view in app.views.values() for v in vars(view).values()
+            for f in (v.values() if isinstance(v, dict) else [v]) if isinstance(f, figure)]
+    legends = 0
+    for fig in figs:
+        if True:
+            for legend in fig.select(type=Legend):
+                legends += 1
+                for item in legend.items:
+                    assert item.renderers, item.label
+                    for r in item.renderers:
+                        assert all(len(v) == 0 for v in r.data_source.data.values()), item.label
+                        for cbs in r.js_property_callbacks.values():
+                            for cb in cbs:
+                                assert isinstance(cb, CustomJS)
+                                assert not any(isinstance(a, GlyphRenderer) for a in cb.args.values())
+    assert legends >= 4

@@ -16,7 +16,7 @@ from bokeh.models import ColumnDataSource, HoverTool
 
 from ..worker import PHASES
 from .base import (PHASE_COLORS, PHASE_LABELS, ROSE_COLOR, Batch, PhaseBands, Run, StableRange, View,
-                   bokeh_pane, make_figure, set_time_range, style_legend, time_range)
+                   bokeh_pane, make_figure, set_time_range, static_legend, style_legend, time_range)
 
 ZOOM_SKIP = 3     # the y axis ignores the first free steps: the start from zero is far above
 DELTA_EVERY = 0.25  # seconds between draws of the change-per-step plot
@@ -52,6 +52,7 @@ class EnergyView(View):
                                                ("cost C", "@cost{0.0000}"), ("F", "@F{0.0000}")],
                                      renderers=lines))
         style_legend(self.fig, "top_right")
+        static_legend(self.fig)
         self.bands = [PhaseBands(self.fig)]
         self.dfig = make_figure("Energy change per step |ΔE| (log)", height=200, y_label="|ΔE|",
                                 y_axis_type="log", x_range=self.x_range, y_range=self.dy.range)

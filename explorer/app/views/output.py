@@ -13,7 +13,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool
 from ...network import OUTPUT
 from ..state import class_name
 from ..worker import PhaseEnded
-from .base import PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure
+from .base import PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure, static_legend
 
 LABEL_COLOR = "#009E73"
 WRONG_COLOR = "#C00000"
@@ -57,6 +57,7 @@ class OutputView(View):
         leg.orientation = "horizontal"
         leg.ncols = 2
         self.fig.add_layout(leg, "below")
+        static_legend(self.fig, {"y (free phase)": OTHER_COLOR})
         self.img_fig = make_figure("Input", height=230, x_label="", y_label="", sizing_mode="fixed",
                                    width=220, tools="save", match_aspect=True, min_border_left=10)
         self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, palette="Greys256")

@@ -14,7 +14,7 @@ from bokeh.models import ColorBar, ColumnDataSource, FactorRange, LinearColorMap
 from bokeh.palettes import Viridis256
 
 from .base import (Batch, HeatImage, PhaseBands, Run, View, bokeh_pane, layer_axis, make_figure,
-                   set_time_range, style_legend, time_range)
+                   set_time_range, static_legend, style_legend, time_range)
 
 PARTS = ("direct", "skip", "feedback")
 PART_COLORS = {"direct": "#0072B2", "skip": "#E69F00", "feedback": "#999999"}
@@ -56,6 +56,7 @@ class ResidualView(View):
         style_legend(self.bfig, "bottom_right")
         self.bfig.legend[0].orientation = "horizontal"
         self.bfig.add_layout(self.bfig.legend[0], "below")
+        static_legend(self.bfig)
         self.bfig.ygrid.grid_line_color = None
         self.plain = False
         self._layers: list[str] = []

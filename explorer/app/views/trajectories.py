@@ -12,7 +12,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, Legend, LegendItem
 
 from .base import (Batch, PhaseBands, Run, StableRange, View, bokeh_pane, layer_color, make_figure,
-                   set_time_range, style_legend, time_range, with_breaks)
+                   set_time_range, static_legend, style_legend, time_range, with_breaks)
 
 STATS = ("activity", "step_size", "frac_zero", "frac_alpha")
 UNITS = 4
@@ -85,6 +85,8 @@ class TrajectoriesView(View):
                                    line_dash=UNIT_DASH[j], color="#333333", legend_label=f"unit {j + 1}")
             self.unit_renderers.append(r)
         style_legend(figs["units"], "top_left")
+        static_legend(figs["activity"])
+        static_legend(figs["units"])
         for k, fig in figs.items():
             self.bands.append(PhaseBands(fig, labels=k == "activity"))
         self.figs = figs
