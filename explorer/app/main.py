@@ -42,6 +42,7 @@ from .gallery import Gallery
 from .state import RUN_SETTINGS, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
 from .views.base import Batch, Run
+from .views.train import TrainView
 from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
 
 log = logging.getLogger("explorer.app")
@@ -171,6 +172,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self.gallery = Gallery(self.state)
         self.messages: list[tuple[str, str]] = []   # (level, text) of every notification
         self.css = app_css()
+        # Training has its own worker; its events reach the page through the same periodic drain.
+        self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
+                               threads=threads, css=self.css)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -320,6 +324,11 @@ class ExplorerApp(pn.viewable.Viewer):
         self.notify(f"loaded {choice[len('upload: '):]}", level="success")
         self.state.model = choice
 
+    def _on_trained_saved(self, choice: str) -> None:
+        """The Train view saved ``choice``; if the picker shows it, relax the new weights."""
+        if self.state.model == choice:
+            self.restart()
+
     # ------------------------------------------------------------------------------------
     # Messages
     # ------------------------------------------------------------------------------------
@@ -462,7 +471,8 @@ class ExplorerApp(pn.viewable.Viewer):
             if self.worker.pending_events:
                 self._backlog.extend(self.worker.drain())
             return
-        if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty):
+        if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
+                or self.train.has_news()):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
@@ -491,7 +501,8 @@ class ExplorerApp(pn.viewable.Viewer):
         with pn.io.hold(self._doc):
             dirty = self._display_dirty
             self.drain()
-            if self._drained_events or dirty:
+            trained = self.train.drain() if self.train.has_news() else 0
+            if self._drained_events or dirty or trained:
                 self._sent += 1
                 self._sent_at = now
                 self.tick_source.data = {"seq": [self._sent]}
@@ -525,11 +536,14 @@ class ExplorerApp(pn.viewable.Viewer):
         self.shutdown("session destroyed")
 
     def shutdown(self, reason: str = "", wait: float = 2.0) -> None:
+        sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
         if not self.worker.closed:
             self.worker.stop(timeout=wait)
-            sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
             log.info("session %s: worker stopped (%s)", sid, reason)
             print(f"explorer: session {sid}: worker stopped ({reason})", flush=True)
+        if self.train.shutdown(reason, wait=wait):
+            log.info("session %s: training worker stopped (%s)", sid, reason)
+            print(f"explorer: session {sid}: training worker stopped ({reason})", flush=True)
 
     # ------------------------------------------------------------------------------------
     # Layout
@@ -577,8 +591,9 @@ class ExplorerApp(pn.viewable.Viewer):
             sizing_mode="stretch_width")
 
     def tabs(self) -> pn.Tabs:
-        """The main area. A later view (e.g. training) is one more ``tabs.append((title, view))``."""
-        return pn.Tabs(("Relaxation", self.relaxation_tab()), dynamic=False, sizing_mode="stretch_width")
+        """The main area: the live relaxation, and training with EP."""
+        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=False,
+                       sizing_mode="stretch_width")
 
     def __panel__(self):
         if self._layout is None:
