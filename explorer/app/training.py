@@ -96,11 +96,14 @@ class TrainSettings(param.Parameterized):
                         log_every=0, progress=False)
         try:
             spec = c.resolved().build_spec()
-            check_beta(spec, c.beta)
         except SpecError as exc:
             raise SettingError(f"cannot build that network: {exc}") from exc
         except ValueError as exc:
             raise SettingError(f"invalid training setting: {exc}") from exc
+        try:
+            check_beta(spec, c.beta)
+        except ValueError as exc:
+            raise SettingError(f"beta = {c.beta:g} is not allowed: {exc}") from exc
         if c.batch_size > c.limit:
             raise SettingError(f"batch size {c.batch_size} is larger than the {c.limit} training images; "
                                "lower the batch size or train on more images")
@@ -142,6 +145,7 @@ class TrainWorker:
         self.phase = "loading"      # loading, running, paused, stopping, stopped, done, failed
         self.batches = 0
         self.probes = 0
+        self._probed_at: int | None = None   # training step of the last probe
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     # -- control (any thread) --------------------------------------------------------
@@ -243,8 +247,11 @@ class TrainWorker:
             self._run_probe()
             gen = trainer.iterate(should_stop=self._should_stop)
             while True:
-                for stem in self._next_turn():
+                saves, go = self._next_turn()
+                for stem in saves:
                     self._save_now(stem)
+                if not go:
+                    continue          # still paused: the weights stay as saved
                 try:
                     event = next(gen)
                 except StopIteration:
@@ -262,13 +269,13 @@ class TrainWorker:
             for stem in saves:        # asked for while the last batch ran
                 self._save_now(stem)
 
-    def _next_turn(self) -> list[Path]:
-        """Wait while paused (serving saves); returns the saves to do before the next batch."""
+    def _next_turn(self) -> tuple[list[Path], bool]:
+        """Wait while paused and idle; returns (saves to do now, whether to train the next batch)."""
         with self._cond:
             while self._paused and not self._should_stop() and not self._saves:
                 self._cond.wait(0.5)
             saves, self._saves = self._saves, []
-        return saves
+            return saves, not self._paused or self._should_stop()
 
     def _handle(self, event: dict) -> None:
         kind = event["kind"]
@@ -289,12 +296,12 @@ class TrainWorker:
             self._put({k: v for k, v in event.items() if k != "time"})
         elif kind in ("stopped", "done"):
             card = event.get("card") or {}
-            with self._cond:
-                self.phase = "stopped" if kind == "stopped" else "done"
-            if not self._closed:
+            if not self._closed and self._probed_at != event["step"]:
                 self._run_probe()
-            self._put({"kind": kind, "step": event["step"], "test_accuracy": card.get("test_accuracy"),
-                       "test_images": card.get("test_images")})
+            with self._cond:   # the phase changes with its event, so a page never shows one without the other
+                self.phase = "stopped" if kind == "stopped" else "done"
+                self._events.append({"kind": kind, "step": event["step"], "test_accuracy": card.get("test_accuracy"),
+                                     "test_images": card.get("test_images")})
 
     def _run_probe(self) -> None:
         """Relax the probe image through the current weights (free phase, recorded) and queue it."""
@@ -315,6 +322,7 @@ class TrainWorker:
         phi = res.series("phi")[:, 0].to("cpu", torch.float64).numpy()
         y = res.state[OUTPUT][0].detach().to("cpu", torch.float64).numpy()
         self.probes += 1
+        self._probed_at = trainer.step
         self._put({"kind": "probe", "step": trainer.step, "epoch": trainer.epoch,
                    "layers": tuple(net.layer_names), "iteration": np.arange(len(phi)),
                    "step_size": step_size, "phi": phi, "output": y, "predicted": int(np.argmax(y)),
@@ -330,11 +338,11 @@ class TrainWorker:
             self._put({"kind": "save_failed", "name": stem.name, "message": f"{type(exc).__name__}: {exc}"})
 
     def _fail(self, exc: BaseException) -> None:
-        with self._cond:
-            self.phase = "failed"
         message = one_line(exc) if isinstance(exc, (ValueError, data_mod.DataError)) else \
             f"{type(exc).__name__}: {one_line(exc)}"
-        self._put({"kind": "failed", "message": message})
+        with self._cond:
+            self.phase = "failed"
+            self._events.append({"kind": "failed", "message": message})
 
 
 def save_stem(name: str) -> Path:

@@ -59,6 +59,7 @@ class TrainView(pn.viewable.Viewer):
         self.worker: TrainWorker | None = None
         self.saved: set[str] = set()      # names this page saved (it may replace its own, not others')
         self.events_drawn = 0
+        self.outcome: str | None = None   # how the last run ended, once the page has drawn it
         self._dirty = True                # the next drain redraws status and buttons
         self._reset = False
         self._drawn_at = 0.0
@@ -172,11 +173,11 @@ class TrainView(pn.viewable.Viewer):
                                    css_classes=css)
         self.probe_text = pn.pane.HTML("<div class='pred pending'>The probe image is relaxed through the "
                                        "current weights every few batches.</div>", width=180, margin=(0, 5))
-        self.buttons = {name: pn.widgets.Button.from_param(s.param[name], button_type=kind, width=62,
+        self.buttons = {name: pn.widgets.Button.from_param(s.param[name], color=kind, width=62,
                                                             margin=(5, 3))
                         for name, kind in (("start", "primary"), ("pause", "default"), ("resume", "default"),
                                            ("stop", "danger"))}
-        self.save_button = pn.widgets.Button.from_param(s.param.save, button_type="success", width=70,
+        self.save_button = pn.widgets.Button.from_param(s.param.save, color="success", width=70,
                                                         margin=(23, 5, 5, 3))
 
     # ------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class TrainView(pn.viewable.Viewer):
         self._reset = True
         self._dirty = True
         self._started, self._last_batch, self._last_eval = {}, {}, {}
+        self.outcome = None
         self.worker.start()
         return True
 
@@ -282,7 +284,9 @@ class TrainView(pn.viewable.Viewer):
                 self._saved(e)
             elif kind == "save_failed":
                 self.notify(f"saving {e['name']} failed: {e['message']}")
-            elif kind == "failed":
+            if kind in ("done", "stopped", "failed"):
+                self.outcome = kind
+            if kind == "failed":
                 self.notify(f"training failed: {e['message']}")
             elif kind == "done":
                 acc = e.get("test_accuracy")
