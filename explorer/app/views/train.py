@@ -37,6 +37,7 @@ TEST_COLOR = "#D55E00"
 TRAIN_COLOR = "#0072B2"
 BATCH_COLOR = "#9DB4C8"
 LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
+TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
 
@@ -150,7 +151,7 @@ class TrainView(pn.viewable.Viewer):
         style_legend(self.phi_fig, "top_right")
 
         names = [class_name(self.app_state.samples.class_names, k) for k in range(10)]
-        self.out_fig = make_figure("Probe output y", height=260, x_label="", y_label="y",
+        self.out_fig = make_figure("Probe output y", height=230, x_label="", y_label="y",
                                    x_range=FactorRange(factors=names), y_range=Range1d(-0.05, 1.1), tools="save")
         self.out_fig.vbar(x="name", top="y", width=0.75, source=self.probe_output, color="color")
         self.out_fig.scatter(x="name", y="target", source=self.probe_output, marker="dash", size=22,
@@ -355,7 +356,7 @@ class TrainView(pn.viewable.Viewer):
             f"<div class='pred {'ok' if ok else 'bad'}'>at step <b>{p['step']}</b>: predicts "
             f"<b>{html.escape(guess)}</b> {'✓' if ok else '✗'}<br>free phase {p['status'].replace('_', ' ')} "
             f"in {p['steps']} steps</div>")
-        self.step_fig.title.text = f"Probe: step size per layer (log), at training step {p['step']}"
+        self.step_fig.title.text = f"Probe: step size per layer (log) · training step {p['step']}"
 
     def _saved(self, e: dict) -> None:
         try:
@@ -421,6 +422,8 @@ class TrainView(pn.viewable.Viewer):
                                           margin=(8, 10, 0, 10)), *items, sizing_mode="stretch_width")
 
         def params(*names, **widgets):
+            # Counts spanning orders of magnitude (images, batches) are typed, not slid.
+            widgets = {n: {"type": pn.widgets.IntInput} for n in names if n in TYPED} | widgets
             return pn.Param(s, parameters=list(names), show_name=False, sizing_mode="stretch_width",
                             widgets=widgets)
         slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
@@ -430,7 +433,7 @@ class TrainView(pn.viewable.Viewer):
             section("EP", params("beta", "t_free", "t_nudge", beta=slider)),
             section("Optimisation", params("epochs", "batch_size", "lr", "probe_every",
                                            lr={"type": pn.widgets.FloatInput, "step": 0.005})),
-            width=300)
+            sizing_mode="stretch_width")
 
     def __panel__(self):
         if self._layout is None:
@@ -442,12 +445,12 @@ class TrainView(pn.viewable.Viewer):
         for pane in (self.status, self.probe_text):
             pane.stylesheets = [css]
         run_row = pn.Row(*self.buttons.values(), sizing_mode="stretch_width", margin=(0, 5))
-        name = pn.widgets.TextInput.from_param(self.settings.param.save_name, width=200, margin=(5, 3, 5, 10))
+        name = pn.widgets.TextInput.from_param(self.settings.param.save_name, width=185, margin=(5, 3, 5, 10))
         save_row = pn.Row(name, self.save_button, margin=(0, 5))
         hint = pn.pane.HTML("<div class='hint'>The probe is the Relaxation tab's input image at Start. A saved "
                             "checkpoint appears in the model picker as <b>trained: NAME</b>.</div>",
                             stylesheets=[css], margin=(0, 10))
-        left = pn.Column(run_row, save_row, hint, self.controls(css), width=310)
+        left = pn.Column(run_row, save_row, hint, self.controls(css), width=290)
         probe = pn.Card(
             pn.Row(pn.Column(bokeh_pane(self.img_fig, sizing_mode="fixed"), self.probe_text),
                    bokeh_pane(self.step_fig), bokeh_pane(self.phi_fig), sizing_mode="stretch_width"),
