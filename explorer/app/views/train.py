@@ -356,7 +356,6 @@ class TrainView(pn.viewable.Viewer):
             f"<div class='pred {'ok' if ok else 'bad'}'>at step <b>{p['step']}</b>: predicts "
             f"<b>{html.escape(guess)}</b> {'✓' if ok else '✗'}<br>free phase {p['status'].replace('_', ' ')} "
             f"in {p['steps']} steps</div>")
-        self.step_fig.title.text = f"Probe: step size per layer (log) · training step {p['step']}"
 
     def _saved(self, e: dict) -> None:
         try:
@@ -423,7 +422,10 @@ class TrainView(pn.viewable.Viewer):
 
         def params(*names, **widgets):
             # Counts spanning orders of magnitude (images, batches) are typed, not slid.
-            widgets = {n: {"type": pn.widgets.IntInput} for n in names if n in TYPED} | widgets
+            # Panel widgets default to 300 px; these fit the column they sit in.
+            fit = {"sizing_mode": "stretch_width"}
+            widgets = {n: {**fit, **({"type": pn.widgets.IntInput} if n in TYPED else {}), **widgets.get(n, {})}
+                       for n in names}
             return pn.Param(s, parameters=list(names), show_name=False, sizing_mode="stretch_width",
                             widgets=widgets)
         slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
