@@ -189,9 +189,12 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
 
 
 # The Train tab's widgets whose titles are unique on the page (the relaxation has its own T free, beta).
+# Returns how many it set: the tab's widgets exist only once the tab has been opened.
 JS_SET_BY_TITLE = """(values) => {
+  let n = 0;
   for (const m of Bokeh.documents[0]._all_models.values())
-    if (m.title in values && 'value' in m) m.value = values[m.title];
+    if (m.title in values && 'value' in m) { m.value = values[m.title]; n += 1; }
+  return n;
 }"""
 
 
@@ -199,8 +202,8 @@ def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browse
     w = Watched(browser, server.url, height=1300)
     try:
         w.page.get_by_text("Train", exact=True).first.click()
-        w.page.evaluate(JS_SET_BY_TITLE, {"Training images": 256, "Test images": 64, "Width": 4,
-                                          "Batch size": 32, "Epochs": 2})
+        tiny = {"Training images": 256, "Test images": 64, "Width": 4, "Batch size": 32, "Epochs": 2}
+        w.wait_for(lambda: w.page.evaluate(JS_SET_BY_TITLE, tiny) == len(tiny), what="the Train tab's widgets")
         w.page.wait_for_timeout(300)
         w.page.get_by_role("button", name="Start").click()
         w.wait_for(lambda: w.sources().get("explorer.train.batches", {}).get("rows", 0) >= 4,
@@ -212,7 +215,8 @@ def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browse
                    what="a test accuracy after each of the two epochs")
         w.wait_for(lambda: w.page.locator(".train-status .badge.train-done").count() == 1,
                    what="the status line to say the run finished")
-        assert "test accuracy" in w.page.locator(".train-status").inner_text()
+        status = w.page.locator(".train-status").inner_text()
+        assert "test accuracy" in status and "256 images" in status and "x4" in status, status
         assert w.errors() == [], w.console
         assert w.failed == [] and w.outside == [], (w.failed, w.outside)
 

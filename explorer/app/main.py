@@ -53,6 +53,9 @@ IN_FLIGHT = 1           # updates sent but not yet painted, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
 ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
 READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
+LOST_AFTER = 3.0        # an update the page has not confirmed this long was lost: resend the data
+# What the drain changes: plot data, texts (titles, verdicts, status), axis ranges, enabled states.
+RESEND_PROPERTIES = ("data", "text", "start", "end", "bounds", "factors", "disabled", "visible")
 # The page's confirmation of update ``seq``: Bokeh schedules its repaint in an animation frame when
 # the data arrive; this callback's frame is requested after that, so it runs once they are painted.
 ACK_JS = """
@@ -190,6 +193,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
         self._sent = 0
         self._sent_at = 0.0
+        self._resent = 0
         self._backlog: list = []
         self._drained_events = 0
         self._tick_scheduled = False
@@ -472,10 +476,15 @@ class ExplorerApp(pn.viewable.Viewer):
                 self._backlog.extend(self.worker.drain())
             return
         if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
-                or self.train.has_news()):
+                or self.train.has_news() or self._unconfirmed()):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
+
+    def _unconfirmed(self) -> bool:
+        """The last update has waited too long for the page's confirmation (once per update)."""
+        return (self._sent > self.ack_source.data["seq"][0] and self._resent != self._sent
+                and time.monotonic() - self._sent_at > LOST_AFTER)
 
     def _locked_tick(self) -> None:
         """Runs as a Bokeh next-tick callback, with the document locked."""
@@ -488,6 +497,9 @@ class ExplorerApp(pn.viewable.Viewer):
         if now - self._sent_at < SEND_EVERY:
             return
         acked = self.ack_source.data["seq"][0]
+        if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
+            self._resend(now)
+            return
         if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
             # The browser is still painting earlier updates: keep what arrives for the next one
             # (and let the worker's queue empty, so it never waits on the page) -- unless a new run
@@ -506,6 +518,27 @@ class ExplorerApp(pn.viewable.Viewer):
                 self._sent += 1
                 self._sent_at = now
                 self.tick_source.data = {"seq": [self._sent]}
+
+    def _resend(self, now: float) -> None:
+        """Send what the drain changes again, whole (an update was lost in transit, see LOST_AFTER).
+
+        Seen when one page's update goes out while another page's session is being created:
+        the page never receives it and, with its run finished, nothing else would follow.
+        """
+        own = {self.tick_source.id, self.ack_source.id, self.visible_source.id}
+        with pn.io.hold(self._doc):
+            for model in list(self._doc.models):
+                if model.id in own:
+                    continue
+                for attr in RESEND_PROPERTIES:
+                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)):
+                        value = getattr(model, attr)
+                        model.trigger(attr, value, value)
+            self._sent += 1
+            self._resent = self._sent
+            self._sent_at = now
+            self.tick_source.data = {"seq": [self._sent]}
+        log.info("resent the page's state: update %d was not confirmed", self._sent - 1)
 
     def _orphaned(self) -> bool:
         """True while the page has lost its connection; stops the worker after ORPHAN_SECONDS."""
@@ -592,7 +625,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
-        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=False,
+        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=True,
                        sizing_mode="stretch_width")
 
     def __panel__(self):
