@@ -4,7 +4,8 @@ Starts ``panel serve app.py`` on a free port, opens it headless, and checks
 through the page's Bokeh document that every view has drawn data, that
 moving the beta slider with the keyboard starts a new run the nudged-versus-
 free view shows, that the console stays clean and nothing is fetched from
-outside the server, and that a closed tab's worker stops.
+outside the server, and that a closed tab's worker stops; and that the Train
+tab trains, streams its loss and probe plots, and stops with its tab.
 """
 from __future__ import annotations
 
@@ -185,3 +186,52 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
         for w in (a, b):
             if not w.page.is_closed():
                 w.page.close()
+
+
+# The Train tab's widgets whose titles are unique on the page (the relaxation has its own T free, beta).
+# Returns how many it set: the tab's widgets exist only once the tab has been opened.
+JS_SET_BY_TITLE = """(values) => {
+  let n = 0;
+  for (const m of Bokeh.documents[0]._all_models.values())
+    if (m.title in values && 'value' in m) { m.value = values[m.title]; n += 1; }
+  return n;
+}"""
+
+
+def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browser):
+    w = Watched(browser, server.url, height=1300)
+    try:
+        w.page.get_by_text("Train", exact=True).first.click()
+        tiny = {"Training images": 256, "Test images": 64, "Width": 4, "Batch size": 32, "Epochs": 2}
+        w.wait_for(lambda: w.page.evaluate(JS_SET_BY_TITLE, tiny) == len(tiny), what="the Train tab's widgets")
+        w.page.wait_for_timeout(300)
+        w.page.get_by_role("button", name="Start").click()
+        w.wait_for(lambda: w.sources().get("explorer.train.batches", {}).get("rows", 0) >= 4,
+                   what="the loss plot to show batches")
+        w.wait_for(lambda: w.sources().get("explorer.train.probe_steps", {}).get("rows", 0) > 0
+                   and w.sources().get("explorer.train.probe_phi", {}).get("rows", 0) > 0,
+                   what="the probe dynamics")
+        w.wait_for(lambda: w.sources()["explorer.train.evals"]["rows"] == 2, timeout=90,
+                   what="a test accuracy after each of the two epochs")
+        w.wait_for(lambda: w.page.locator(".train-status .badge.train-done").count() == 1,
+                   what="the status line to say the run finished")
+        status = w.page.locator(".train-status").inner_text()
+        assert "test accuracy" in status and "256 images" in status and "x4" in status, status
+        assert w.errors() == [], w.console
+        assert w.failed == [] and w.outside == [], (w.failed, w.outside)
+
+        # A long run: closing the tab stops its training worker within seconds.
+        w.page.evaluate(JS_SET_BY_TITLE, {"Epochs": 50})
+        w.page.wait_for_timeout(300)
+        w.page.get_by_role("button", name="Start").click()
+        w.wait_for(lambda: w.page.locator(".train-status .badge.train-running").count() == 1
+                   and w.sources()["explorer.train.batches"]["rows"] > 0, what="the long run to train")
+        stopped_before = server.count("training worker stopped")
+        w.page.close()
+        deadline = time.monotonic() + 10
+        while server.count("training worker stopped") <= stopped_before:
+            assert time.monotonic() < deadline, "the closed tab's training worker did not stop within 10 s"
+            time.sleep(0.2)
+    finally:
+        if not w.page.is_closed():
+            w.page.close()

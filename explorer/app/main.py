@@ -42,6 +42,7 @@ from .gallery import Gallery
 from .state import RUN_SETTINGS, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
 from .views.base import Batch, Run
+from .views.train import TrainView
 from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
 
 log = logging.getLogger("explorer.app")
@@ -52,6 +53,9 @@ IN_FLIGHT = 1           # updates sent but not yet painted, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
 ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
 READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
+LOST_AFTER = 3.0        # an update the page has not confirmed this long was lost: resend the data
+# What the drain changes: plot data, texts (titles, verdicts, status), axis ranges, enabled states.
+RESEND_PROPERTIES = ("data", "text", "start", "end", "bounds", "factors", "disabled", "visible")
 # The page's confirmation of update ``seq``: Bokeh schedules its repaint in an animation frame when
 # the data arrive; this callback's frame is requested after that, so it runs once they are painted.
 ACK_JS = """
@@ -171,6 +175,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self.gallery = Gallery(self.state)
         self.messages: list[tuple[str, str]] = []   # (level, text) of every notification
         self.css = app_css()
+        # Training has its own worker; its events reach the page through the same periodic drain.
+        self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
+                               threads=threads, css=self.css)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -186,6 +193,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
         self._sent = 0
         self._sent_at = 0.0
+        self._resent = 0
         self._backlog: list = []
         self._drained_events = 0
         self._tick_scheduled = False
@@ -319,6 +327,11 @@ class ExplorerApp(pn.viewable.Viewer):
             return
         self.notify(f"loaded {choice[len('upload: '):]}", level="success")
         self.state.model = choice
+
+    def _on_trained_saved(self, choice: str) -> None:
+        """The Train view saved ``choice``; if the picker shows it, relax the new weights."""
+        if self.state.model == choice:
+            self.restart()
 
     # ------------------------------------------------------------------------------------
     # Messages
@@ -462,10 +475,16 @@ class ExplorerApp(pn.viewable.Viewer):
             if self.worker.pending_events:
                 self._backlog.extend(self.worker.drain())
             return
-        if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty):
+        if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
+                or self.train.has_news() or self._unconfirmed()):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
+
+    def _unconfirmed(self) -> bool:
+        """The last update has waited too long for the page's confirmation (once per update)."""
+        return (self._sent > self.ack_source.data["seq"][0] and self._resent != self._sent
+                and time.monotonic() - self._sent_at > LOST_AFTER)
 
     def _locked_tick(self) -> None:
         """Runs as a Bokeh next-tick callback, with the document locked."""
@@ -478,6 +497,9 @@ class ExplorerApp(pn.viewable.Viewer):
         if now - self._sent_at < SEND_EVERY:
             return
         acked = self.ack_source.data["seq"][0]
+        if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
+            self._resend(now)
+            return
         if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
             # The browser is still painting earlier updates: keep what arrives for the next one
             # (and let the worker's queue empty, so it never waits on the page) -- unless a new run
@@ -491,10 +513,32 @@ class ExplorerApp(pn.viewable.Viewer):
         with pn.io.hold(self._doc):
             dirty = self._display_dirty
             self.drain()
-            if self._drained_events or dirty:
+            trained = self.train.drain() if self.train.has_news() else 0
+            if self._drained_events or dirty or trained:
                 self._sent += 1
                 self._sent_at = now
                 self.tick_source.data = {"seq": [self._sent]}
+
+    def _resend(self, now: float) -> None:
+        """Send what the drain changes again, whole (an update was lost in transit, see LOST_AFTER).
+
+        Seen when one page's update goes out while another page's session is being created:
+        the page never receives it and, with its run finished, nothing else would follow.
+        """
+        own = {self.tick_source.id, self.ack_source.id, self.visible_source.id}
+        with pn.io.hold(self._doc):
+            for model in list(self._doc.models):
+                if model.id in own:
+                    continue
+                for attr in RESEND_PROPERTIES:
+                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)):
+                        value = getattr(model, attr)
+                        model.trigger(attr, value, value)
+            self._sent += 1
+            self._resent = self._sent
+            self._sent_at = now
+            self.tick_source.data = {"seq": [self._sent]}
+        log.info("resent the page's state: update %d was not confirmed", self._sent - 1)
 
     def _orphaned(self) -> bool:
         """True while the page has lost its connection; stops the worker after ORPHAN_SECONDS."""
@@ -525,11 +569,14 @@ class ExplorerApp(pn.viewable.Viewer):
         self.shutdown("session destroyed")
 
     def shutdown(self, reason: str = "", wait: float = 2.0) -> None:
+        sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
         if not self.worker.closed:
             self.worker.stop(timeout=wait)
-            sid = getattr(getattr(self._doc, "session_context", None), "id", "?")
             log.info("session %s: worker stopped (%s)", sid, reason)
             print(f"explorer: session {sid}: worker stopped ({reason})", flush=True)
+        if self.train.shutdown(reason, wait=wait):
+            log.info("session %s: training worker stopped (%s)", sid, reason)
+            print(f"explorer: session {sid}: training worker stopped ({reason})", flush=True)
 
     # ------------------------------------------------------------------------------------
     # Layout
@@ -577,8 +624,9 @@ class ExplorerApp(pn.viewable.Viewer):
             sizing_mode="stretch_width")
 
     def tabs(self) -> pn.Tabs:
-        """The main area. A later view (e.g. training) is one more ``tabs.append((title, view))``."""
-        return pn.Tabs(("Relaxation", self.relaxation_tab()), dynamic=False, sizing_mode="stretch_width")
+        """The main area: the live relaxation, and training with EP."""
+        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=True,
+                       sizing_mode="stretch_width")
 
     def __panel__(self):
         if self._layout is None:

@@ -9,8 +9,12 @@ and raises :class:`SettingError` with a sentence a person can act on.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import param
 import torch
@@ -27,6 +31,11 @@ DEFAULT_WIDTH = 8
 UNTRAINED = {"untrained resnet": True, "untrained plain": False}  # choice -> residual
 UPLOAD_PREFIX = "upload: "
 ZOO_PREFIX = "zoo: "
+TRAINED_PREFIX = "trained: "
+# Checkpoints saved from the Train view: a server-side folder, never a path a page names.
+TRAINED_DIR_ENV = "EXPLORER_TRAINED_DIR"
+DEFAULT_TRAINED_DIR = Path(__file__).resolve().parents[2] / "runs" / "app-trained"
+SAVE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SPEEDS = [2, 5, 10, 20, 50, 100, 200, 500, 1000, "max"]  # relaxation steps per second
 # Settings whose change starts a new relaxation (the rest only change playback or display).
 RUN_SETTINGS = ("model", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule",
@@ -123,6 +132,33 @@ def preferred_zoo_entry(entries: dict):
     return max(entries.items(), key=rank)[0] if entries else None
 
 
+def trained_dir() -> Path:
+    """Where the Train view saves checkpoints (``$EXPLORER_TRAINED_DIR`` or runs/app-trained)."""
+    env = os.environ.get(TRAINED_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_TRAINED_DIR
+
+
+def trained_entries(folder: Path | None = None):
+    """Checkpoints saved from the Train view (by any page of this server)."""
+    folder = Path(folder) if folder is not None else trained_dir()
+    if not folder.is_dir():
+        return []
+    try:
+        from ..zoo import list_entries
+        return list_entries(folder)
+    except OSError:
+        return []
+
+
+def check_save_name(name: str) -> str:
+    """A checkpoint name a person typed: letters, digits, '-' and '_' only (it becomes a file name)."""
+    name = (name or "").strip()
+    if not SAVE_NAME.fullmatch(name):
+        raise SettingError(f"cannot save as {name!r}: a name is 1 to 64 letters, digits, '-' or '_' "
+                           "(no spaces, dots or slashes), e.g. resnet5-run1")
+    return name
+
+
 def load_upload(files: dict[str, bytes]) -> tuple[str, LoadedModel]:
     """A checkpoint from uploaded files: exactly NAME.json + NAME.safetensors."""
     jsons = [n for n in files if n.lower().endswith(".json")]
@@ -200,7 +236,7 @@ class ExplorerState(param.Parameterized):
 
     model = param.Selector(default="untrained resnet", objects=list(UNTRAINED), precedence=0.10,
                            doc="Network: a zoo checkpoint, an untrained network from the builder, "
-                               "or an uploaded checkpoint.")
+                               "an uploaded checkpoint, or one saved from the Train view.")
     depth = param.Integer(default=5, bounds=(1, 12), precedence=0.11,
                           doc="Hidden convolutional layers on the main path (untrained builders only; "
                               "a checkpoint's depth is fixed).")
@@ -238,9 +274,11 @@ class ExplorerState(param.Parameterized):
     map_phase = param.Selector(default="nudged+", objects=["nudged+", "nudged-"], precedence=0.53,
                                label="Nudged phase shown", doc="Compare s* with s_(+beta) or s_(-beta).")
 
-    def __init__(self, samples: Samples | None = None, zoo=None, **params):
+    def __init__(self, samples: Samples | None = None, zoo=None, trained=None, **params):
         self.samples = samples or load_app_samples()
         self.zoo = {f"{ZOO_PREFIX}{e.title}": e for e in (zoo_entries() if zoo is None else zoo)}
+        self.trained = {f"{TRAINED_PREFIX}{e.name}": e
+                        for e in (trained_entries() if trained is None else trained)}
         self.loaded: dict[str, LoadedModel] = {}   # zoo/upload choices already read
         self._base_cache: dict[tuple, HopfieldNetwork] = {}
         self.startup_error: str | None = None
@@ -248,7 +286,7 @@ class ExplorerState(param.Parameterized):
         self.param.sample.objects = self.samples.options()
         if self.sample not in self.param.sample.objects.values():
             self.sample = 0
-        self.param.model.objects = list(self.zoo) + list(UNTRAINED)
+        self.param.model.objects = list(self.zoo) + list(UNTRAINED) + list(self.trained)
         if "model" not in params:
             self.model = preferred_zoo_entry(self.zoo) or "untrained resnet"
         try:
@@ -274,6 +312,24 @@ class ExplorerState(param.Parameterized):
             self.param.model.objects = [*self.param.model.objects, choice]
         return choice
 
+    def add_trained(self, stem) -> str:
+        """List a checkpoint the Train view saved (``stem``.json + .safetensors); returns the choice.
+
+        Saving again under the same name replaces the weights, so a cached copy is dropped.
+        """
+        stem = Path(stem)
+        try:
+            desc = json.loads(stem.with_suffix(".json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SettingError(f"cannot read the saved checkpoint {stem}.json: {exc}") from exc
+        from ..zoo import ZooEntry
+        choice = f"{TRAINED_PREFIX}{stem.name}"
+        self.trained[choice] = ZooEntry(stem.name, stem, desc)
+        self.loaded.pop(choice, None)
+        if choice not in self.param.model.objects:
+            self.param.model.objects = [*self.param.model.objects, choice]
+        return choice
+
     def base_network(self, choice: str | None = None) -> HopfieldNetwork:
         """The network of a model choice (cached; never mutated)."""
         choice = choice or self.model
@@ -289,15 +345,16 @@ class ExplorerState(param.Parameterized):
                 self._base_cache = {key: HopfieldNetwork(spec, seed=0).to(pick_device())}
             return self._base_cache[key]
         if choice not in self.loaded:
-            if choice not in self.zoo:
+            entry = self.zoo.get(choice) or self.trained.get(choice)
+            if entry is None:
                 raise SettingError(f"unknown model {choice!r}")
-            entry = self.zoo[choice]
+            kind = "zoo model" if choice in self.zoo else "trained model"
             try:
                 net, meta = entry.load()
             except (CheckpointError, SpecError, OSError) as exc:
-                raise SettingError(f"cannot load zoo model {entry.name}: {exc}") from exc
+                raise SettingError(f"cannot load {kind} {entry.name}: {exc}") from exc
             check_fits_samples(net.spec, entry.name)
-            self.loaded[choice] = LoadedModel(net.to(pick_device()), meta, f"zoo model {entry.name}")
+            self.loaded[choice] = LoadedModel(net.to(pick_device()), meta, f"{kind} {entry.name}")
         loaded = self.loaded[choice]
         if loaded.net.device != pick_device():
             loaded.net = loaded.net.to(pick_device())
@@ -422,4 +479,5 @@ class ExplorerState(param.Parameterized):
 
 
 __all__ = ["ExplorerState", "RunRequest", "SettingError", "Samples", "load_app_samples",
-           "pick_device", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS"]
+           "pick_device", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS", "TRAINED_PREFIX", "trained_dir",
+           "check_save_name"]

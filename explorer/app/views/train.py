@@ -1,0 +1,469 @@
+"""The Train tab: train a network on Fashion-MNIST with EP while watching it learn.
+
+Controls (``TrainSettings``) start a :class:`TrainWorker` for this page; the
+page's periodic callback calls :meth:`TrainView.drain`, which streams the
+worker's events into the plots:
+
+- loss and accuracy per batch (this batch, and the running mean over the
+  epoch), the test accuracy and loss after every epoch;
+- the probe image's free phase through the current weights, every few
+  batches: each layer's relative step size ||s_t - s_(t-1)|| / ||s_t|| and
+  the energy Phi per iteration (earlier probes stay, fainter, so the change
+  of the dynamics over training shows), and its output y against the label.
+
+Only :meth:`drain` touches Bokeh models; the button callbacks only talk to
+the worker and mark what the next drain must redraw.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import time
+
+import numpy as np
+import panel as pn
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
+from bokeh.palettes import Blues9
+
+from ..state import SettingError, class_name
+from ..training import Probe, TrainSettings, TrainWorker, save_stem
+from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, style_legend
+
+log = logging.getLogger("explorer.app")
+
+DRAW_EVERY = 0.25         # seconds between draws: a few repaints a second are plenty for training curves
+PROBE_HISTORY = 12        # earlier probes kept (faint) in the Phi plot
+TEST_COLOR = "#D55E00"
+TRAIN_COLOR = "#0072B2"
+BATCH_COLOR = "#9DB4C8"
+LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
+TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
+PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
+              "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
+
+
+class TrainView(pn.viewable.Viewer):
+    """One page's Train tab: its settings, its worker, its plots."""
+
+    key = "train"
+
+    def __init__(self, app_state, notify=None, on_saved=None, threads: int | None = 1, css: str = "",
+                 **params):
+        super().__init__(**params)
+        self.app_state = app_state
+        self.css = css
+        self._layout = None
+        self.settings = TrainSettings(depth=app_state.depth, residual=app_state.residual)
+        self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
+        self.on_saved = on_saved
+        self.threads = threads
+        self.worker: TrainWorker | None = None
+        self.saved: set[str] = set()      # names this page saved (it may replace its own, not others')
+        self.events_drawn = 0
+        self.outcome: str | None = None   # how the last run ended, once the page has drawn it
+        self._dirty = True                # the next drain redraws status and buttons
+        self._reset = False
+        self._drawn_at = 0.0
+        self._started: dict = {}
+        self._last_batch: dict = {}
+        self._last_eval: dict = {}
+        self._layers: tuple = ()
+        self._probe: Probe | None = None
+        self._build_figures()
+        self._build_widgets()
+        s = self.settings.param
+        s.watch(lambda *_: self.start(), "start")
+        s.watch(lambda *_: self.pause(), "pause")
+        s.watch(lambda *_: self.resume(), "resume")
+        s.watch(lambda *_: self.stop(), "stop")
+        s.watch(lambda *_: self.save(), "save")
+
+    # ------------------------------------------------------------------------------------
+    # Figures
+    # ------------------------------------------------------------------------------------
+    def _build_figures(self) -> None:
+        self.batches = ColumnDataSource(data={k: [] for k in (
+            "step", "epoch", "batch", "loss", "accuracy", "train_loss", "train_accuracy", "rate", "free_steps")},
+            name="explorer.train.batches")
+        self.evals = ColumnDataSource(data={"step": [], "epoch": [], "test_accuracy": [], "test_loss": [], "n": []},
+                                      name="explorer.train.evals")
+        self.probe_steps = ColumnDataSource(data={"xs": [], "ys": [], "layer": [], "color": []},
+                                            name="explorer.train.probe_steps")
+        self.probe_phi = ColumnDataSource(data={"iteration": [], "phi": []}, name="explorer.train.probe_phi")
+        self.probe_history = ColumnDataSource(data={"xs": [], "ys": [], "step": [], "color": []},
+                                              name="explorer.train.probe_history")
+        self.probe_output = ColumnDataSource(data={"name": [], "y": [], "color": [], "target": []},
+                                             name="explorer.train.probe_output")
+        self.probe_image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
+                                            name="explorer.train.probe_image")
+
+        self.loss_y = StableRange(floor=(0.0, 0.1), headroom=0.08)
+        self.loss_fig = make_figure("Loss (MSE cost)", height=280, x_label="training step (batch)",
+                                    y_label="loss", y_range=self.loss_y.range,
+                                    tools="xpan,xwheel_zoom,box_zoom,reset,save")
+        self.loss_fig.line("step", "loss", source=self.batches, color=BATCH_COLOR, line_width=1,
+                           legend_label="this batch")
+        train = self.loss_fig.line("step", "train_loss", source=self.batches, color=TRAIN_COLOR, line_width=2.5,
+                                   legend_label="epoch mean (train)")
+        self.loss_fig.line("step", "test_loss", source=self.evals, color=TEST_COLOR, line_width=2,
+                           line_dash="dashed")
+        self.loss_fig.scatter("step", "test_loss", source=self.evals, color=TEST_COLOR, size=9,
+                              legend_label="test, after each epoch")
+        self.loss_fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
+            ("step", "@step"), ("epoch", "@epoch"), ("batch loss", "@loss{0.0000}"),
+            ("epoch mean", "@train_loss{0.0000}"), ("images/s", "@rate{0}")]))
+        style_legend(self.loss_fig, "top_right")
+
+        self.acc_fig = make_figure("Accuracy", height=280, x_label="training step (batch)", y_label="accuracy",
+                                   y_range=Range1d(0, 1.02), tools="xpan,xwheel_zoom,box_zoom,reset,save")
+        self.acc_fig.line("step", "accuracy", source=self.batches, color=BATCH_COLOR, line_width=1,
+                          legend_label="this batch")
+        train = self.acc_fig.line("step", "train_accuracy", source=self.batches, color=TRAIN_COLOR,
+                                  line_width=2.5, legend_label="epoch mean (train)")
+        self.acc_fig.line("step", "test_accuracy", source=self.evals, color=TEST_COLOR, line_width=2,
+                          line_dash="dashed")
+        test = self.acc_fig.scatter("step", "test_accuracy", source=self.evals, color=TEST_COLOR, size=9,
+                                    legend_label="test, after each epoch")
+        self.acc_fig.yaxis.formatter = NumeralTickFormatter(format="0%")
+        self.acc_fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
+            ("step", "@step"), ("batch accuracy", "@accuracy{0.0%}"), ("epoch mean", "@train_accuracy{0.0%}"),
+            ("free-phase steps", "@free_steps")]))
+        self.acc_fig.add_tools(HoverTool(renderers=[test], tooltips=[
+            ("after epoch", "@epoch"), ("test accuracy", "@test_accuracy{0.0%}"), ("test images", "@n")]))
+        style_legend(self.acc_fig, "bottom_right")
+
+        self.step_y = StableRange(log=True)
+        self.step_fig = make_figure("Probe: step size per layer (log)", height=300, x_label="free-phase iteration",
+                                    y_label="‖Δs‖ / ‖s‖", y_axis_type="log", y_range=self.step_y.range)
+        self.step_fig.multi_line("xs", "ys", source=self.probe_steps, line_color="color", line_width=2,
+                                 legend_field="layer")
+        style_legend(self.step_fig, "top_right")
+
+        self.phi_y = StableRange(headroom=0.08)
+        self.phi_fig = make_figure("Probe: energy Φ over the free phase", height=300,
+                                   x_label="free-phase iteration", y_label="Φ", y_range=self.phi_y.range)
+        self.phi_fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5,
+                                line_alpha=0.7, legend_label="earlier probes (darker: later)")
+        now = self.phi_fig.line("iteration", "phi", source=self.probe_phi, color=ROSE_COLOR, line_width=2.5,
+                                legend_label="latest probe")
+        self.phi_fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"),
+                                                                    ("Φ", "@phi{0.0000}")]))
+        style_legend(self.phi_fig, "top_right")
+
+        names = [class_name(self.app_state.samples.class_names, k) for k in range(10)]
+        self.out_fig = make_figure("Probe output y", height=230, x_label="", y_label="y",
+                                   x_range=FactorRange(factors=names), y_range=Range1d(-0.05, 1.1), tools="save")
+        self.out_fig.vbar(x="name", top="y", width=0.75, source=self.probe_output, color="color")
+        self.out_fig.scatter(x="name", y="target", source=self.probe_output, marker="dash", size=22,
+                             line_width=3, color="#333333")
+        self.out_fig.xaxis.major_label_orientation = 0.9
+        self.out_fig.xgrid.grid_line_color = None
+
+        self.img_fig = make_figure("Probe image", height=200, width=180, x_label="", y_label="",
+                                   sizing_mode="fixed", tools="", toolbar_location=None, match_aspect=True,
+                                   min_border_left=5)
+        self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.probe_image,
+                           palette="Greys256")
+        self.img_fig.axis.visible = False
+        self.img_fig.grid.visible = False
+
+    def _build_widgets(self) -> None:
+        s = self.settings
+        css = ["explorer-train"]
+        self.status = pn.pane.HTML(self._status_html(), sizing_mode="stretch_width", margin=(4, 10),
+                                   css_classes=css)
+        self.probe_text = pn.pane.HTML("<div class='pred pending'>The probe image is relaxed through the "
+                                       "current weights every few batches.</div>", width=180, margin=(0, 5))
+        self.buttons = {name: pn.widgets.Button.from_param(s.param[name], color=kind, width=62,
+                                                            margin=(5, 3))
+                        for name, kind in (("start", "primary"), ("pause", "default"), ("resume", "default"),
+                                           ("stop", "danger"))}
+        self.save_button = pn.widgets.Button.from_param(s.param.save, color="success", width=70,
+                                                        margin=(23, 5, 5, 3))
+
+    # ------------------------------------------------------------------------------------
+    # Actions (page thread; widget callbacks)
+    # ------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Train from scratch with the current settings; False (and a message) if they cannot run."""
+        if self.worker is not None and self.worker.active:
+            self.notify("a training run is in progress: stop it before starting another", "warning")
+            return False
+        try:
+            config = self.settings.config()
+        except SettingError as exc:
+            self.notify(str(exc))
+            return False
+        samples = self.app_state.samples
+        index = int(self.app_state.sample)    # the relaxation tab's input image is the probe
+        self._probe = Probe(samples.normalised(index), int(samples.labels[index]), index,
+                            samples.images[index, 0].numpy(), samples.class_names)
+        self.worker = TrainWorker(config, self._probe, probe_every=self.settings.probe_every,
+                                  threads=self.threads or 0)
+        self._reset = True
+        self._dirty = True
+        self._started, self._last_batch, self._last_eval = {}, {}, {}
+        self.outcome = None
+        self.worker.start()
+        return True
+
+    def pause(self) -> None:
+        if self.worker is None or self.worker.phase not in ("loading", "running"):
+            self.notify("nothing to pause: no run is training", "warning")
+            return
+        self.worker.pause()
+        self._dirty = True
+
+    def resume(self) -> None:
+        if self.worker is None or self.worker.phase != "paused":
+            self.notify("nothing to resume: no run is paused", "warning")
+            return
+        self.worker.resume()
+        self._dirty = True
+
+    def stop(self) -> None:
+        if self.worker is None or not self.worker.active:
+            self.notify("nothing to stop: no run is training", "warning")
+            return
+        self.worker.stop()
+        self._dirty = True
+
+    def save(self) -> bool:
+        """Save the current weights under the typed name (on the worker, between batches)."""
+        if self.worker is None:
+            self.notify("nothing to save: start a training run first")
+            return False
+        try:
+            stem = save_stem(self.settings.save_name)
+            if stem.with_suffix(".json").exists() and stem.name not in self.saved:
+                raise SettingError(f"a trained model named {stem.name!r} already exists; choose another name")
+            self.worker.save(stem)
+        except SettingError as exc:
+            self.notify(str(exc))
+            return False
+        self.saved.add(stem.name)
+        return True
+
+    def shutdown(self, reason: str = "", wait: float = 2.0) -> bool:
+        """Stop this page's training (the session closed); True if a running worker was stopped."""
+        worker = self.worker
+        if worker is None or worker.closed or not worker.alive:
+            return False
+        worker.stop(timeout=wait, closed=True)
+        return True
+
+    # ------------------------------------------------------------------------------------
+    # The drain (the page's periodic callback only)
+    # ------------------------------------------------------------------------------------
+    def has_news(self) -> bool:
+        """Anything to draw now (attribute reads only: the page's timer asks every tick)."""
+        if self._dirty:
+            return True
+        w = self.worker
+        return w is not None and w.pending and time.monotonic() - self._drawn_at >= DRAW_EVERY
+
+    def drain(self) -> int:
+        """Stream the worker's events into the plots; returns how many events were drawn."""
+        if not (self._dirty or (self.worker is not None and self.worker.pending)):
+            return 0
+        if self._reset:
+            self._reset = False
+            self._clear()
+        events = self.worker.drain() if self.worker is not None else []
+        batches = [e for e in events if e["kind"] == "batch"]
+        probes = [e for e in events if e["kind"] == "probe"]
+        for e in events:
+            kind = e["kind"]
+            if kind == "start":
+                self._started = e
+            elif kind == "eval":
+                self._last_eval = e
+                self.evals.stream({"step": [e["step"]], "epoch": [e["epoch"]], "test_accuracy": [e["test_accuracy"]],
+                                   "test_loss": [e["test_loss"]], "n": [e["n"]]})
+                self.loss_y.include([e["test_loss"]])
+            elif kind == "saved":
+                self._saved(e)
+            elif kind == "save_failed":
+                self.notify(f"saving {e['name']} failed: {e['message']}")
+            if kind in ("done", "stopped", "failed"):
+                self.outcome = kind
+            if kind == "failed":
+                self.notify(f"training failed: {e['message']}")
+            elif kind == "done":
+                acc = e.get("test_accuracy")
+                self.notify("training finished" + (f": test accuracy {100 * acc:.1f} % on {e['test_images']} "
+                                                   "images" if acc is not None else ""), "success")
+            elif kind == "stopped":
+                self.notify(f"training stopped at step {e['step']}", "info")
+        if batches:
+            self._last_batch = batches[-1]
+            cols = {k: [b[k] for b in batches] for k in self.batches.data}
+            self.batches.stream(cols)
+            self.loss_y.include(cols["loss"])
+        for p in probes[-PROBE_HISTORY:]:
+            self._history(p)
+        if probes:
+            self._show_probe(probes[-1])
+        self._update_status()
+        self._dirty = False
+        self._drawn_at = time.monotonic()
+        self.events_drawn += len(events)
+        return len(events)
+
+    def _clear(self) -> None:
+        for s in (self.batches, self.evals, self.probe_steps, self.probe_phi, self.probe_history,
+                  self.probe_output):
+            s.data = {k: [] for k in s.data}
+        for r in (self.loss_y, self.step_y, self.phi_y):
+            r.reset()
+        p = self._probe
+        img = p.image.astype(np.float32)
+        h, w = img.shape
+        self.probe_image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
+        label = class_name(p.class_names, p.label)
+        self.img_fig.title.text = f"Probe #{p.index}: {label}"
+        self.probe_text.object = "<div class='pred pending'>waiting for the first probe …</div>"
+
+    def _history(self, p: dict) -> None:
+        """Each probe's Phi curve joins the faint history, shaded darker as training goes on."""
+        shades = Blues9[::-1][2:]          # light to dark
+        k = min(len(self.probe_history.data["step"]), len(shades) - 1)
+        self.probe_history.stream({"xs": [p["iteration"].tolist()], "ys": [p["phi"].tolist()], "step": [p["step"]],
+                                   "color": [shades[k]]}, rollover=PROBE_HISTORY)
+        self.phi_y.include(p["phi"][min(3, len(p["phi"]) - 1):])   # the start from zero lies far above
+
+    def _show_probe(self, p: dict) -> None:
+        layers = list(p["layers"])
+        steps = p["step_size"]
+        it = p["iteration"][1:].tolist()
+        ys = [steps[1:, j] for j in range(len(layers))]
+        self.probe_steps.data = {"xs": [it] * len(layers), "ys": [y.tolist() for y in ys], "layer": layers,
+                                 "color": [layer_color(layers, n) for n in layers]}
+        self.step_y.include(steps[1:])
+        self.probe_phi.data = {"iteration": p["iteration"].tolist(), "phi": p["phi"].tolist()}
+        y = p["output"]
+        names = [class_name(self._probe.class_names, k) for k in range(len(y))]
+        if list(self.out_fig.x_range.factors) != names:
+            self.out_fig.x_range.factors = names
+        k, label = p["predicted"], p["label"]
+        self.probe_output.data = {"name": names, "y": y.tolist(),
+                                  "color": [LABEL_COLOR if j == label else (WRONG_COLOR if j == k else OTHER_COLOR)
+                                            for j in range(len(y))],
+                                  "target": [1.0 if j == label else 0.0 for j in range(len(y))]}
+        ok = k == label
+        guess = class_name(self._probe.class_names, k)
+        self.probe_text.object = (
+            f"<div class='pred {'ok' if ok else 'bad'}'>at step <b>{p['step']}</b>: predicts "
+            f"<b>{html.escape(guess)}</b> {'✓' if ok else '✗'}<br>free phase {p['status'].replace('_', ' ')} "
+            f"in {p['steps']} steps</div>")
+
+    def _saved(self, e: dict) -> None:
+        try:
+            choice = self.app_state.add_trained(e["path"])
+        except SettingError as exc:
+            self.notify(str(exc))
+            return
+        self.notify(f"saved {e['name']} at step {e['step']}: choose '{choice}' in the model picker", "success")
+        if self.on_saved is not None:
+            self.on_saved(choice)
+
+    # ------------------------------------------------------------------------------------
+    # Status and buttons
+    # ------------------------------------------------------------------------------------
+    @property
+    def phase(self) -> str:
+        return self.worker.phase if self.worker is not None else "idle"
+
+    def _status_html(self) -> str:
+        phase = self.phase
+        parts = [f"<span class='badge train-{phase}'>{PHASE_TEXT[phase]}</span>"]
+        st, b, ev = self._started, self._last_batch, self._last_eval
+        if st:
+            parts.append(f"<b>{html.escape(st['network'])}</b> · {st['parameters']:,} parameters · "
+                         f"{st['train_images']:,} images on {html.escape(st['device'])}")
+        if b:
+            parts.append(f"epoch {b['epoch']}/{st.get('epochs', '?')} · batch {b['batch']}/"
+                         f"{st.get('batches_per_epoch', '?')} · {b['rate']:.0f} images/s")
+            parts.append(f"train loss {b['train_loss']:.4f} · train accuracy {100 * b['train_accuracy']:.1f} %")
+        if ev:
+            parts.append(f"test accuracy <b>{100 * ev['test_accuracy']:.1f} %</b> ({ev['n']} images, "
+                         f"after epoch {ev['epoch']})")
+        return "<div class='status train-status'>" + " &nbsp;·&nbsp; ".join(parts) + "</div>"
+
+    def _update_status(self) -> None:
+        text = self._status_html()
+        if self.status.object != text:
+            self.status.object = text
+        phase = self.phase
+        enabled = {"start": phase not in ("loading", "running", "paused", "stopping"),
+                   "pause": phase in ("loading", "running"), "resume": phase == "paused",
+                   "stop": phase in ("loading", "running", "paused")}
+        for name, button in self.buttons.items():
+            if button.disabled == enabled[name]:
+                button.disabled = not enabled[name]
+        can_save = self.worker is not None and self.worker.trainer is not None
+        if self.save_button.disabled == can_save:
+            self.save_button.disabled = not can_save
+
+    def counts(self) -> dict[str, int]:
+        return {"batches": len(self.batches.data["step"]), "evals": len(self.evals.data["step"]),
+                "probe_layers": len(self.probe_steps.data["xs"]), "probe_phi": len(self.probe_phi.data["phi"]),
+                "probe_history": len(self.probe_history.data["step"])}
+
+    # ------------------------------------------------------------------------------------
+    # Layout
+    # ------------------------------------------------------------------------------------
+    def controls(self, css: str = ""):
+        s = self.settings
+
+        def section(title, *items):
+            return pn.Column(pn.pane.HTML(f"<div class='section'>{title}</div>", stylesheets=[css],
+                                          margin=(8, 10, 0, 10)), *items, sizing_mode="stretch_width")
+
+        def params(*names, **widgets):
+            # Counts spanning orders of magnitude (images, batches) are typed, not slid.
+            # Panel widgets default to 300 px; these fit the column they sit in.
+            fit = {"sizing_mode": "stretch_width"}
+            widgets = {n: {**fit, **({"type": pn.widgets.IntInput} if n in TYPED else {}), **widgets.get(n, {})}
+                       for n in names}
+            return pn.Param(s, parameters=list(names), show_name=False, sizing_mode="stretch_width",
+                            widgets=widgets)
+        slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
+        return pn.Column(
+            section("Network", params("depth", "width", "residual")),
+            section("Data", params("limit", "eval_limit")),
+            section("EP", params("beta", "t_free", "t_nudge", beta=slider)),
+            section("Optimisation", params("epochs", "batch_size", "lr", "probe_every",
+                                           lr={"type": pn.widgets.FloatInput, "step": 0.005})),
+            sizing_mode="stretch_width")
+
+    def __panel__(self):
+        if self._layout is None:
+            self._layout = self._build_layout()
+        return self._layout
+
+    def _build_layout(self):
+        css = self.css
+        for pane in (self.status, self.probe_text):
+            pane.stylesheets = [css]
+        run_row = pn.Row(*self.buttons.values(), sizing_mode="stretch_width", margin=(0, 5))
+        name = pn.widgets.TextInput.from_param(self.settings.param.save_name, width=185, margin=(5, 3, 5, 10))
+        save_row = pn.Row(name, self.save_button, margin=(0, 5))
+        hint = pn.pane.HTML("<div class='hint'>The probe is the Relaxation tab's input image at Start. A saved "
+                            "checkpoint appears in the model picker as <b>trained: NAME</b>.</div>",
+                            stylesheets=[css], margin=(0, 10))
+        left = pn.Column(run_row, save_row, hint, self.controls(css), width=290)
+        probe = pn.Card(
+            pn.Row(pn.Column(bokeh_pane(self.img_fig, sizing_mode="fixed"), self.probe_text),
+                   bokeh_pane(self.step_fig), bokeh_pane(self.phi_fig), sizing_mode="stretch_width"),
+            bokeh_pane(self.out_fig),
+            title="Probe image: its free phase through the current weights", collapsible=True,
+            margin=(6, 6), sizing_mode="stretch_width", css_classes=["explorer-view", "view-train-probe"])
+        curves = pn.Card(pn.Row(bokeh_pane(self.loss_fig), bokeh_pane(self.acc_fig), sizing_mode="stretch_width"),
+                         title="Loss and accuracy", collapsible=True, margin=(6, 6), sizing_mode="stretch_width",
+                         css_classes=["explorer-view", "view-train-curves"])
+        right = pn.Column(self.status, curves, probe, sizing_mode="stretch_width")
+        return pn.Row(left, right, sizing_mode="stretch_width")
+
+
+__all__ = ["TrainView"]

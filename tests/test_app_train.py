@@ -1,0 +1,274 @@
+"""The Train tab in-process (no browser): worker, pause/resume/stop, probe dynamics, save, errors.
+
+Each test builds an ExplorerApp, sets the Train view's settings as its widgets
+would, presses its buttons (the settings' events), drains the view as the
+page's periodic callback does, and checks its ColumnDataSources, its messages
+and the checkpoints written. A tiny network (depth 3, width 4) on 256 images
+keeps every run to a second or two.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from explorer import data as data_mod
+from explorer.app import ExplorerApp, ExplorerState
+from explorer.app.state import trained_entries
+from explorer.app.training import Probe, TrainWorker
+from explorer.train import TrainConfig
+
+TINY = dict(depth=3, width=4, limit=256, eval_limit=64, batch_size=32, t_free=10, t_nudge=4, epochs=2,
+            probe_every=2)
+LAYERS = ["s1", "s2", "s3", "y"]
+
+
+@pytest.fixture
+def trained_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "trained"
+    monkeypatch.setenv("EXPLORER_TRAINED_DIR", str(folder))
+    return folder
+
+
+def make_app(**train) -> ExplorerApp:
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=20, t_nudge=8, speed="max"), autostart=False)
+    app.train.settings.param.update(**{**TINY, **train})
+    return app
+
+
+@pytest.fixture
+def app(trained_dir):
+    a = make_app()
+    yield a
+    a.shutdown("test over")
+
+
+def press(app, button: str) -> None:
+    app.train.settings.param.trigger(button)
+
+
+def drain_until(app, predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        app.train.drain()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; counts {app.train.counts()}, "
+                                 f"phase {app.train.phase}, messages {app.messages}")
+        time.sleep(0.05)
+
+
+def rows(app) -> int:
+    return app.train.counts()["batches"]
+
+
+def errors(app):
+    return [text for level, text in app.messages if level == "error"]
+
+
+def test_training_streams_loss_accuracy_and_the_probe_dynamics(app):
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the run to finish")
+    view = app.train
+    b = view.batches.data
+    assert len(b["step"]) == 16                              # 2 epochs of 256 / 32
+    assert list(b["step"]) == list(range(1, 17))
+    assert all(0 <= a <= 1 for a in b["accuracy"]) and all(math.isfinite(x) and x > 0 for x in b["loss"])
+    # EP lowers the cost: the second epoch's running mean is below the first batch's loss.
+    assert b["train_loss"][-1] < b["loss"][0]
+    ev = view.evals.data
+    assert list(ev["epoch"]) == [1, 2] and list(ev["step"]) == [8, 16] and list(ev["n"]) == [64, 64]
+    # The probe: one step-size line per layer over T_free iterations, Phi at every iteration.
+    p = view.probe_steps.data
+    assert list(p["layer"]) == LAYERS and all(len(xs) == 10 for xs in p["xs"])
+    assert all(np.all(np.isfinite(ys)) and min(ys) >= 0 for ys in p["ys"])
+    assert len(view.probe_phi.data["phi"]) == 11
+    # Probed before training, every 2nd of 16 batches and at the end (the last one only once).
+    assert view.worker.probes == 1 + 8 and len(view.probe_history.data["step"]) == 9
+    assert view.probe_history.data["step"][0] == 0 and view.probe_history.data["step"][-1] == 16
+    out = view.probe_output.data
+    label = int(app.state.samples.labels[app.state.sample])
+    assert len(out["y"]) == 10 and out["target"][label] == 1.0
+    assert "test accuracy" in view.status.object and "finished" in view.status.object
+    assert any(level == "success" and "training finished" in text for level, text in app.messages)
+    assert errors(app) == []
+    # Nothing was written: saving is the person's choice.
+    assert trained_entries() == []
+
+
+def test_pause_holds_training_and_resume_continues(app):
+    app.train.settings.epochs = 50
+    press(app, "start")
+    drain_until(app, lambda: rows(app) >= 3, what="three batches")
+    press(app, "pause")
+    assert app.train.phase == "paused"
+    time.sleep(0.4)                      # the batch in progress finishes
+    held = drain_until(app, lambda: rows(app))
+    time.sleep(1.0)
+    app.train.drain()
+    assert rows(app) == held and app.train.worker.batches == held
+    buttons = app.train.buttons
+    assert buttons["resume"].disabled is False and buttons["pause"].disabled is True
+    press(app, "resume")
+    drain_until(app, lambda: rows(app) >= held + 3, what="training to go on after resume")
+    press(app, "stop")
+    assert app.train.worker.wait(10)
+    drain_until(app, lambda: app.train.outcome == "stopped", what="the stop")
+    assert any("training stopped at step" in text for _, text in app.messages)
+    assert buttons["start"].disabled is False and buttons["stop"].disabled is True
+
+
+def test_save_lists_the_model_in_the_picker_and_selecting_it_relaxes_the_trained_weights(app, trained_dir):
+    app.train.settings.param.update(epochs=50, save_name="tiny-run_1")
+    press(app, "start")
+    drain_until(app, lambda: rows(app) >= 4, what="four batches")
+    press(app, "pause")
+    press(app, "save")
+    drain_until(app, lambda: "trained: tiny-run_1" in app.state.param.model.objects, what="the save")
+    assert (trained_dir / "tiny-run_1.json").is_file() and (trained_dir / "tiny-run_1.safetensors").is_file()
+    assert json.loads((trained_dir / "tiny-run_1.json").read_text())["settings"]["depth"] == 3
+    # Paused: the weights the trainer holds now are the ones saved.
+    trained = {k: v.detach().cpu().clone() for k, v in app.train.worker.trainer.net.named_parameters()}
+    app.state.model = "trained: tiny-run_1"
+    app.run_until_idle()
+    net = app.run.request.net
+    assert app.run.request.model_name == "trained: tiny-run_1" and net.spec.depth == 3
+    got = {k: v.detach().cpu() for k, v in net.named_parameters()}
+    assert got.keys() == trained.keys() and all(torch.equal(got[k], trained[k]) for k in trained)
+    assert app.views["energy"].data_count() > 0 and errors(app) == []
+    # Another page opened later lists it too (the folder is the server's).
+    assert "trained: tiny-run_1" in ExplorerState(zoo=[]).param.model.objects
+
+
+def test_saving_again_replaces_this_pages_own_checkpoint_and_reloads_it(app, trained_dir):
+    app.train.settings.param.update(epochs=50, save_name="again")
+    press(app, "start")
+    drain_until(app, lambda: rows(app) >= 2, what="two batches")
+    press(app, "pause")
+    press(app, "save")
+    drain_until(app, lambda: "trained: again" in app.state.param.model.objects, what="the first save")
+    app.state.model = "trained: again"
+    app.run_until_idle()
+    first = {k: v.detach().cpu().clone() for k, v in app.run.request.net.named_parameters()}
+    press(app, "resume")
+    drain_until(app, lambda: rows(app) >= 5, what="more batches")
+    press(app, "pause")
+    saves = sum("saved again" in text for _, text in app.messages)
+    press(app, "save")
+    drain_until(app, lambda: sum("saved again" in text for _, text in app.messages) > saves, what="the second save")
+    app.run_until_idle()          # the picker showed it: the page relaxes the new weights
+    second = dict(app.run.request.net.named_parameters())
+    trained = dict(app.train.worker.trainer.net.named_parameters())
+    assert all(torch.equal(second[k].detach().cpu(), trained[k].detach().cpu()) for k in trained)
+    assert not all(torch.equal(second[k].detach().cpu(), first[k]) for k in first)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a b", "", "x.json", "ü"])
+def test_a_bad_checkpoint_name_is_refused_with_a_message(app, trained_dir, name):
+    press(app, "start")
+    drain_until(app, lambda: app.train.worker.trainer is not None, what="the trainer")
+    app.train.settings.save_name = name
+    press(app, "save")
+    assert any("cannot save as" in text and "letters, digits" in text for text in errors(app))
+    app.train.drain()
+    assert not trained_dir.exists() or list(trained_dir.iterdir()) == []
+    assert not any(p.suffix == ".json" for p in trained_dir.parent.iterdir() if p.is_file())
+
+
+def test_a_name_another_page_saved_is_not_replaced(app, trained_dir):
+    other = make_app(save_name="taken")
+    try:
+        press(other, "start")
+        drain_until(other, lambda: other.train.outcome == "done", what="the other page's run")
+        press(other, "save")
+        drain_until(other, lambda: "trained: taken" in other.state.param.model.objects, what="its save")
+        before = (trained_dir / "taken.safetensors").read_bytes()
+        app.train.settings.save_name = "taken"
+        press(app, "start")
+        drain_until(app, lambda: app.train.outcome == "done", what="this page's run")
+        press(app, "save")
+        assert any("already exists" in text for text in errors(app))
+        assert (trained_dir / "taken.safetensors").read_bytes() == before
+    finally:
+        other.shutdown("test over")
+
+
+def test_save_before_start_and_buttons_without_a_run_say_why(app):
+    press(app, "save")
+    press(app, "pause")
+    press(app, "stop")
+    assert any("start a training run first" in t for t in errors(app))
+    assert sum("nothing to" in t for _, t in app.messages) >= 2
+
+
+def test_a_missing_data_set_is_reported_with_where_it_looked_and_the_page_keeps_serving(app, tmp_path,
+                                                                                       monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("EXPLORER_DATA", str(empty))
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(data_mod, "CACHE_DIR", tmp_path / "no-cache")
+    press(app, "start")
+    text = errors(app)[-1]
+    assert "Fashion-MNIST not found" in text and str(empty) in text and "EXPLORER_DATA" in text
+    assert app.train.worker is None and app.train.phase == "idle"
+    app.restart()                       # the relaxation still works
+    app.run_until_idle()
+    assert app.views["energy"].data_count() > 0
+
+
+def test_a_worker_that_cannot_read_its_data_reports_it_as_an_event(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = TrainConfig(data_path=str(empty), depth=2, width=2, limit=32, progress=False)
+    probe = Probe(torch.zeros(1, 1, 28, 28), 0, 0, np.zeros((28, 28), np.uint8), ("a",) * 10)
+    worker = TrainWorker(config, probe)
+    worker.start()
+    assert worker.wait(10) and worker.phase == "failed"
+    events = worker.drain()
+    assert [e["kind"] for e in events] == ["failed"] and str(empty) in events[0]["message"]
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(beta=1.2), "beta = 1.2 is not allowed: |beta| must be below 1"),
+    (dict(batch_size=512), "larger than the 256 training images"),
+])
+def test_invalid_settings_are_refused_with_a_message(app, settings, words):
+    app.train.settings.param.update(**settings)
+    press(app, "start")
+    assert any(words in t for t in errors(app)), app.messages
+    assert app.train.worker is None
+
+
+def test_start_while_training_is_refused(app):
+    app.train.settings.epochs = 50
+    press(app, "start")
+    worker = app.train.worker
+    press(app, "start")
+    assert app.train.worker is worker
+    assert any("in progress" in t for _, t in app.messages)
+
+
+def test_pages_train_independently_and_shutdown_stops_the_worker_within_seconds(trained_dir):
+    a, b = make_app(epochs=50), make_app()
+    try:
+        press(a, "start")
+        drain_until(a, lambda: rows(a) >= 1, what="page a's first batch")
+        assert b.train.worker is None and rows(b) == 0
+        worker = a.train.worker
+        t0 = time.monotonic()
+        a.shutdown("page closed")
+        assert not worker.alive and time.monotonic() - t0 < 3.0
+        a.train.drain()
+        n = worker.batches
+        time.sleep(0.3)
+        assert worker.batches == n
+    finally:
+        a.shutdown("test over")
+        b.shutdown("test over")
