@@ -190,7 +190,9 @@ def static_legend(fig: figure, colors: dict[str, str] | None = None) -> None:
     colors = colors or {}
     for legend in fig.legend:
         for item in legend.items:
-            label = getattr(item.label, "value", None) or (item.label or {}).get("value", "")
+            label = getattr(item.label, "value", None)
+            if label is None:
+                continue   # a label per data row (legend_field) needs the real source
             proxies = []
             for r in item.renderers:
                 props = dict(r.glyph.properties_with_values(include_defaults=False))

@@ -27,7 +27,7 @@ from bokeh.palettes import Blues9
 
 from ..state import SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, save_stem
-from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, style_legend
+from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, static_legend, style_legend
 
 log = logging.getLogger("explorer.app")
 
@@ -113,6 +113,7 @@ class TrainView(pn.viewable.Viewer):
             ("step", "@step"), ("epoch", "@epoch"), ("batch loss", "@loss{0.0000}"),
             ("epoch mean", "@train_loss{0.0000}"), ("images/s", "@rate{0}")]))
         style_legend(self.loss_fig, "top_right")
+        static_legend(self.loss_fig)
 
         self.acc_fig = make_figure("Accuracy", height=280, x_label="training step (batch)", y_label="accuracy",
                                    y_range=Range1d(0, 1.02), tools="xpan,xwheel_zoom,box_zoom,reset,save")
@@ -131,6 +132,7 @@ class TrainView(pn.viewable.Viewer):
         self.acc_fig.add_tools(HoverTool(renderers=[test], tooltips=[
             ("after epoch", "@epoch"), ("test accuracy", "@test_accuracy{0.0%}"), ("test images", "@n")]))
         style_legend(self.acc_fig, "bottom_right")
+        static_legend(self.acc_fig)
 
         self.step_y = StableRange(log=True)
         self.step_fig = make_figure("Probe: step size per layer (log)", height=300, x_label="free-phase iteration",
