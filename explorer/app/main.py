@@ -80,6 +80,49 @@ OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {
 PAGE_JS = """
 if (!window.__explorer_page) {
   window.__explorer_page = true;
+  // Bokeh looks up a CSS variable (getComputedStyle, a style recalculation when anything changed)
+  // for every visual of every axis, grid and title at every repaint: measured in Chromium, the
+  // largest cost of a frame once legends were static. The page sets no such variables, so the
+  // look-up always falls back to the model's value: answer "" at once.
+  // Likewise a plot reads its font size from the computed style at every repaint (it never changes
+  // here), and a legend re-positions itself and measures its box (a forced layout) at every
+  // repaint although neither it nor its frame moved. Each patch is listed in __explorer_patched
+  // (the browser test checks them all, so a Bokeh upgrade that moves these internals is noticed).
+  window.__explorer_patched = [];
+  const patch = (name, fn) => {
+    try { if (fn()) window.__explorer_patched.push(name); }
+    catch (e) { console.warn("explorer: Bokeh internals moved, " + name + " left as it is", e); }
+  };
+  patch("css_lookup", () => {
+    const proto = Bokeh.require("core/visuals/visual").VisualProperties.prototype;
+    if (typeof proto._get_css_value !== "function") return false;
+    proto._get_css_value = function () { return ""; };
+    return true;
+  });
+  patch("font_size", () => {
+    const proto = Bokeh.require("models/plots/plot_canvas").PlotView.prototype;
+    const own = Object.getOwnPropertyDescriptor(proto, "base_font_size");
+    if (own == null || own.get == null) return false;
+    Object.defineProperty(proto, "base_font_size", {configurable: true, get() {
+      if (this.__explorer_font_size == null) this.__explorer_font_size = own.get.call(this);
+      return this.__explorer_font_size;
+    }});
+    return true;
+  });
+  patch("legend_position", () => {
+    const proto = Bokeh.require("models/annotations/legend").LegendView.prototype;
+    const own = proto.update_position;
+    if (typeof own !== "function") return false;
+    proto.update_position = function () {
+      const f = this.plot_view.frame.bbox, l = this.layout != null ? this.layout.bbox : null;
+      const key = [this.is_visible, f.x, f.y, f.width, f.height,
+                   l != null ? [l.x, l.y, l.width, l.height].join() : ""].join();
+      if (key === this.__explorer_key && this._bbox != null && this._bbox.width > 0) return;
+      own.call(this);
+      this.__explorer_key = key;
+    };
+    return true;
+  });
   const seen = new WeakSet();
   const plots = [];
   // The view a plot belongs to, from its data sources' names ("explorer.<view>.<what>").
@@ -186,11 +229,14 @@ class ExplorerApp(pn.viewable.Viewer):
         self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
         self.ack_source = ColumnDataSource(data={"seq": [0], "ready": [0]}, name="explorer.ack")
         self.tick_source.js_on_change("data", CustomJS(args={"ack": self.ack_source}, code=ACK_JS))
-        # Referencing both from a callback puts them into the page's document.
-        self.views["energy"].fig.js_on_change("tags", CustomJS(
-            args={"tick": self.tick_source, "ack": self.ack_source}, code=""))
         # Which views the page shows ("*": not reported yet, so all).
         self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
+        self._visible_applied: list | None = None
+        self._revealed = False
+        # Referencing them from a callback puts them into the page's document (the document_ready
+        # callback's arguments do not: the page's visibility reports never reached the server).
+        self.views["energy"].fig.js_on_change("tags", CustomJS(
+            args={"tick": self.tick_source, "ack": self.ack_source, "visible": self.visible_source}, code=""))
         self._sent = 0
         self._sent_at = 0.0
         self._resent = 0
@@ -356,14 +402,19 @@ class ExplorerApp(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------------
     # The drain: the only code that touches Bokeh models
     # ------------------------------------------------------------------------------------
+    def _visibility_changed(self) -> bool:
+        return list(self.visible_source.data["keys"]) != self._visible_applied
+
     def _apply_visibility(self) -> None:
-        keys = self.visible_source.data["keys"]
+        keys = list(self.visible_source.data["keys"])
+        self._visible_applied = keys
         shown = None if "*" in keys else set(keys)
         for view in self.views.values():
             hidden = shown is not None and view.key not in shown and view.key != "verdict"
             if view.hidden and not hidden:
                 view.hidden = False
                 view.reveal()          # caught up as it comes into view
+                self._revealed = True
             view.hidden = hidden
 
     def drain(self) -> int:
@@ -476,7 +527,7 @@ class ExplorerApp(pn.viewable.Viewer):
                 self._backlog.extend(self.worker.drain())
             return
         if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
-                or self.train.has_news() or self._unconfirmed()):
+                or self.train.has_news() or self._unconfirmed() or self._visibility_changed()):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
@@ -514,7 +565,8 @@ class ExplorerApp(pn.viewable.Viewer):
             dirty = self._display_dirty
             self.drain()
             trained = self.train.drain() if self.train.has_news() else 0
-            if self._drained_events or dirty or trained:
+            revealed, self._revealed = self._revealed, False
+            if self._drained_events or dirty or trained or revealed:
                 self._sent += 1
                 self._sent_at = now
                 self.tick_source.data = {"seq": [self._sent]}
