@@ -102,6 +102,23 @@ def test_the_page_opens_on_an_ep_trained_zoo_model_before_a_better_scoring_bp_on
     assert state.param.model.objects[:2] == ["zoo: a-bp, 90.0 % test", "zoo: b-ep, 80.0 % test"]
 
 
+def test_the_page_opens_on_a_model_that_relaxes_live_before_a_more_accurate_heavy_one(tmp_path):
+    from explorer.app.state import DEFAULT_STEP_FLOPS, step_flops
+    from explorer.zoo import list_entries
+    for name, width, acc in (("heavy", 64, 0.93), ("light", 4, 0.85)):
+        spec = hopfield_family(depth=3, input_shape=SAMPLE_SHAPE, width=width)
+        stem = save_checkpoint(HopfieldNetwork(spec, seed=1), tmp_path / name)
+        desc = json.loads(stem.with_suffix(".json").read_text())
+        desc["card"] = {"trainer": "ep", "test_accuracy": acc}
+        stem.with_suffix(".json").write_text(json.dumps(desc))
+    entries = list_entries(tmp_path)
+    cost = {e.name: step_flops(e.description) for e in entries}
+    assert cost["light"] <= DEFAULT_STEP_FLOPS < cost["heavy"]
+    state = ExplorerState(zoo=entries)
+    assert state.model == "zoo: light, 85.0 % test"
+    assert "zoo: heavy, 93.0 % test" in state.param.model.objects
+
+
 def test_a_zoo_entry_for_other_images_falls_back_to_the_builder_and_says_why(tmp_path):
     from explorer.zoo import list_entries
     save_checkpoint(HopfieldNetwork(hopfield_family(depth=2, input_shape=(3, 32, 32), width=4)),

@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint_bytes
 from ..dynamics import SCHEDULES, check_beta
+from ..edges import EDGE_KINDS
 from ..network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, hopfield_family
 from ..record import RecordConfig
 
@@ -119,16 +120,34 @@ def zoo_entries():
         return []
 
 
+# The page opens on a model whose relaxation step for one image costs at most this many FLOPs
+# (about 1 ms on one core here), so that it relaxes faster than the page can show. Measured with
+# bench/app_latency.py: the 92.6 % fmnist-resnet3w64-ep (90 MFLOP) added about 45 ms to the
+# slider-to-frame latency against fmnist-resnet3w16-ep (6 MFLOP). Larger ones stay in the picker.
+DEFAULT_STEP_FLOPS = 20e6
+
+
+def step_flops(description: dict) -> float:
+    """FLOPs of one relaxation step for one image (every edge forward, and back unless from x)."""
+    try:
+        spec = NetworkSpec.from_dict(description["network"])
+        return float(sum(EDGE_KINDS[e.kind](e, spec.shape_of(e.src), spec.shape_of(e.dst)).flops()
+                         * (1 if e.src == INPUT else 2) for e in spec.edges))
+    except Exception:  # an odd description: rank it last on cost, it is still listed
+        return float("inf")
+
+
 def preferred_zoo_entry(entries: dict):
     """The zoo choice a page opens on: EP-trained first (the dynamics are EP's), residual next
-    (the paper's subject), then the best test accuracy; None for an empty zoo."""
+    (the paper's subject), then fast enough to relax live on a CPU (``DEFAULT_STEP_FLOPS``),
+    then the best test accuracy; None for an empty zoo."""
     def rank(item):
         desc = item[1].description
         card = desc.get("card") or {}
         edges = (desc.get("network") or {}).get("edges") or []
         acc = card.get("test_accuracy")
         return (card.get("trainer") == "ep", any(e.get("kind") == "skip" for e in edges if isinstance(e, dict)),
-                acc if isinstance(acc, (int, float)) else -1.0)
+                step_flops(desc) <= DEFAULT_STEP_FLOPS, acc if isinstance(acc, (int, float)) else -1.0)
     return max(entries.items(), key=rank)[0] if entries else None
 
 
