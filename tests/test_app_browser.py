@@ -178,16 +178,18 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
                     and src["explorer.output.bars"]["rows"] > 0 and w.verdicts_shown() == 3)
         for w in (a, b):
             w.wait_for(lambda: in_sight_drawn(w), what="both tabs to draw what is in sight")
-        # A 1000-pixel page does not show the nudged-versus-free view: the server holds its data
-        # back until the page scrolls to it, and then it catches up.
-        assert a.sources()["explorer.nudge.nudged+"]["rows"] == 0
-        a.page.locator(".view-nudge").first.scroll_into_view_if_needed()
-        a.wait_for(lambda: a.sources()["explorer.nudge.nudged+"]["rows"] > 0,
-                   what="the nudged-versus-free view to catch up once in sight")
         run_a = a.sources()["explorer.energy.free"]["run"][0]
         b.move_slider("0.15", 2)   # beta 0.17 in tab b only
         b.wait_for(lambda: all(x == pytest.approx(0.17) for x in (b.sources()["explorer.energy.free"]["run_beta"] or [0])),
                    what="tab b to run with beta 0.17")
+        # A 1000-pixel page does not show the nudged-versus-free view: the server holds the new
+        # run back from it (it still shows beta 0.15) until the page scrolls to it.
+        def nudge_title(w):
+            return next(t for t in w.page.evaluate(JS_TITLES) if "per layer and step" in t)
+        b.wait_for(lambda: b.verdicts_shown() == 3, what="tab b's run with beta 0.17 to end")
+        assert "(β = 0.15)" in nudge_title(b)
+        b.page.locator(".view-nudge").first.scroll_into_view_if_needed()
+        b.wait_for(lambda: "(β = 0.17)" in nudge_title(b), what="the nudged-versus-free view to catch up once in sight")
         time.sleep(0.5)
         src_a = a.sources()
         assert src_a["explorer.energy.free"]["run"][0] == run_a
