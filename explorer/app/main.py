@@ -47,7 +47,7 @@ from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorke
 
 log = logging.getLogger("explorer.app")
 
-TICK_MS = 20            # how often the page looks for news (a few attribute reads when idle) ...
+TICK_MS = 10            # how often the page looks for news (a few attribute reads when idle) ...
 SEND_EVERY = 0.04       # ... and sends at most 25 updates per second (>= 20 frames/s with room)
 IN_FLIGHT = 1           # updates sent but not yet painted, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
@@ -545,7 +545,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._sent_at < SEND_EVERY:
+        # A new run goes out at once (the latency a person feels after moving a control); the
+        # frames of a running one at most every SEND_EVERY.
+        new_run = self.worker.latest_run != (self.run.run_id if self.run is not None else None)
+        if now - self._sent_at < SEND_EVERY and not (new_run and self.worker.pending_events):
             return
         acked = self.ack_source.data["seq"][0]
         if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
