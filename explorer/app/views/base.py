@@ -178,7 +178,7 @@ if (m != null) m.visible = cb_obj.visible;
 
 
 def static_legend(fig: figure, colors: dict[str, str] | None = None) -> None:
-    """Point each legend item at a proxy renderer on an empty source that never changes.
+    """Point each legend item at a proxy renderer on a one-row source that never changes.
 
     A Bokeh legend re-renders its items (new canvases, CSS look-ups) whenever the
     source of one of its renderers changes, i.e. at every streamed tick; measured
@@ -205,8 +205,15 @@ def static_legend(fig: figure, colors: dict[str, str] | None = None) -> None:
                         props[k] = colors.get(label, "#888888")
                     else:
                         fields.append(field)
-                proxy = GlyphRenderer(data_source=ColumnDataSource(data={f: [] for f in fields}),
-                                      glyph=type(r.glyph)(**props))
+                # One row that draws nothing in the plot (NaN numbers), so the legend has the row 0
+                # it draws its swatch from (text columns, e.g. categorical positions, keep a value).
+                row = {}
+                for k, v in r.data_source.data.items():
+                    first = v[0] if len(v) else None
+                    row[k] = [first if isinstance(first, str) else float("nan")]
+                for f in fields:
+                    row.setdefault(f, [float("nan")])
+                proxy = GlyphRenderer(data_source=ColumnDataSource(data=row), glyph=type(r.glyph)(**props))
                 # by id, not by reference: the legend re-renders on any change reachable from its
                 # items, and a reference would reach the real renderer's streaming source again
                 proxy.js_on_change("visible", CustomJS(args={"target": r.id}, code=SHOW_TARGET_JS))
