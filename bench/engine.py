@@ -30,8 +30,8 @@ from explorer.dynamics import OUTPUT, SCHEDULES, phi, relax, schedule_groups  # 
 
 
 def iteration_flops(net: HopfieldNetwork) -> int:
-    """FLOPs of one iteration for one sample: every edge forward, and backward unless it leaves the input."""
-    return sum(e.flops() * (1 if e.spec.src == "s0" else 2) for e in net.edges)
+    """FLOPs of one iteration for one sample (the network's own count)."""
+    return net.spec.step_flops()
 
 
 def _sync():

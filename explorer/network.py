@@ -139,6 +139,11 @@ class NetworkSpec:
         except (KeyError, TypeError) as exc:
             raise SpecError(f"network description is missing or has a malformed field: {exc}") from exc
 
+    def step_flops(self) -> int:
+        """FLOPs of one relaxation step for one image: every edge forward, and back unless from x."""
+        return sum(EDGE_KINDS[e.kind](e, self.shape_of(e.src), self.shape_of(e.dst)).flops()
+                   * (1 if e.src == INPUT else 2) for e in self.edges)
+
     # -- checks ----------------------------------------------------------------
     def validate(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):

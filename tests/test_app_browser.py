@@ -125,6 +125,16 @@ def all_views_drawn(src: dict, run: int | None = None) -> bool:
     return run is None or set(src["explorer.energy.free"]["run"]) == {run}
 
 
+def close_and_expect_log(server, page, text: str, within: float = 10.0) -> None:
+    """Close a tab; the server must log ``text`` once more within ``within`` seconds."""
+    before = server.count(text)
+    page.close()
+    deadline = time.monotonic() + within
+    while server.count(text) <= before:
+        assert time.monotonic() < deadline, f"no new '{text}' within {within:.0f} s of closing the tab"
+        time.sleep(0.2)
+
+
 def test_served_app_draws_every_view_and_follows_the_beta_slider(server, browser):
     w = Watched(browser, server.url)
     try:
@@ -194,12 +204,7 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
         src_a = a.sources()
         assert src_a["explorer.energy.free"]["run"][0] == run_a
         assert all(x == pytest.approx(0.15) for x in src_a["explorer.energy.free"]["run_beta"])
-        stopped_before = server.count("worker stopped")
-        b.page.close()
-        deadline = time.monotonic() + 10
-        while server.count("worker stopped") <= stopped_before:
-            assert time.monotonic() < deadline, "the closed tab's worker did not stop within 10 s"
-            time.sleep(0.2)
+        close_and_expect_log(server, b.page, "worker stopped")
         assert a.errors() == [], a.console
     finally:
         for w in (a, b):
@@ -245,12 +250,7 @@ def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browse
         w.page.get_by_role("button", name="Start").click()
         w.wait_for(lambda: w.page.locator(".train-status .badge.train-running").count() == 1
                    and w.sources()["explorer.train.batches"]["rows"] > 0, what="the long run to train")
-        stopped_before = server.count("training worker stopped")
-        w.page.close()
-        deadline = time.monotonic() + 10
-        while server.count("training worker stopped") <= stopped_before:
-            assert time.monotonic() < deadline, "the closed tab's training worker did not stop within 10 s"
-            time.sleep(0.2)
+        close_and_expect_log(server, w.page, "training worker stopped")
     finally:
         if not w.page.is_closed():
             w.page.close()

@@ -124,13 +124,18 @@ def test_pause_holds_training_and_resume_continues(app):
     assert buttons["start"].disabled is False and buttons["stop"].disabled is True
 
 
-def test_save_lists_the_model_in_the_picker_and_selecting_it_relaxes_the_trained_weights(app, trained_dir):
-    app.train.settings.param.update(epochs=50, save_name="tiny-run_1")
+def train_pause_and_save(app, name: str, batches: int) -> None:
+    """Start a long run, pause it after ``batches`` batches and save it as ``name``."""
+    app.train.settings.param.update(epochs=50, save_name=name)
     press(app, "start")
-    drain_until(app, lambda: rows(app) >= 4, what="four batches")
+    drain_until(app, lambda: rows(app) >= batches, what=f"{batches} batches")
     press(app, "pause")
     press(app, "save")
-    drain_until(app, lambda: "trained: tiny-run_1" in app.state.param.model.objects, what="the save")
+    drain_until(app, lambda: f"trained: {name}" in app.state.param.model.objects, what=f"the save of {name}")
+
+
+def test_save_lists_the_model_in_the_picker_and_selecting_it_relaxes_the_trained_weights(app, trained_dir):
+    train_pause_and_save(app, "tiny-run_1", batches=4)
     assert (trained_dir / "tiny-run_1.json").is_file() and (trained_dir / "tiny-run_1.safetensors").is_file()
     assert json.loads((trained_dir / "tiny-run_1.json").read_text())["settings"]["depth"] == 3
     # Paused: the weights the trainer holds now are the ones saved.
@@ -147,12 +152,7 @@ def test_save_lists_the_model_in_the_picker_and_selecting_it_relaxes_the_trained
 
 
 def test_saving_again_replaces_this_pages_own_checkpoint_and_reloads_it(app, trained_dir):
-    app.train.settings.param.update(epochs=50, save_name="again")
-    press(app, "start")
-    drain_until(app, lambda: rows(app) >= 2, what="two batches")
-    press(app, "pause")
-    press(app, "save")
-    drain_until(app, lambda: "trained: again" in app.state.param.model.objects, what="the first save")
+    train_pause_and_save(app, "again", batches=2)
     app.state.model = "trained: again"
     app.run_until_idle()
     first = {k: v.detach().cpu().clone() for k, v in app.run.request.net.named_parameters()}
