@@ -120,9 +120,10 @@ def zoo_entries():
 
 
 # The page opens on a model whose relaxation step for one image costs at most this many FLOPs
-# (about 1 ms on one core here), so that it relaxes faster than the page can show. Measured with
-# bench/app_latency.py: the 92.6 % fmnist-resnet3w64-ep (90 MFLOP) added about 45 ms to the
-# slider-to-frame latency against fmnist-resnet3w16-ep (6 MFLOP). Larger ones stay in the picker.
+# (about 1 ms on one core here), so that it relaxes faster than the page can show. Measured in
+# headless Chromium over 15 beta changes: the 92.6 % fmnist-resnet3w64-ep (89 MFLOP) as the default
+# gave a median slider-to-frame latency of 229 ms, fmnist-resnet3w16-ep (6 MFLOP) 177-194 ms.
+# Larger ones stay in the picker.
 DEFAULT_STEP_FLOPS = 20e6
 
 
