@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec, _layout
 from .record import (ENERGY_STATS, LAYER_STATS, Finding, PhaseResult, RecordConfig, StepRecord,
                      Verdict)
@@ -122,12 +123,19 @@ def phi(net: HopfieldNetwork, state: dict[str, torch.Tensor], x: torch.Tensor) -
 # Relaxation
 # ---------------------------------------------------------------------------
 
-def _edge_outputs(net: HopfieldNetwork, s: dict, name: str):
-    """Each edge's contribution to the drive of ``name``: (edge, role, tensor)."""
-    outs = [(e, "skip" if e.kind == "skip" else "direct", e.forward(net.weight(e), s[e.spec.src]))
+def _edge_outputs(net: HopfieldNetwork, s: dict, name: str, weights: dict | None = None):
+    """Each edge's contribution to the drive of ``name``: (edge, role, tensor).
+    ``weights`` (edge -> tensor, from :func:`_weight_map`) saves the module look-ups in a loop."""
+    w = weights if weights is not None else {e: net.weight(e) for e in net.incoming[name] + net.outgoing[name]}
+    outs = [(e, "skip" if e.kind == "skip" else "direct", e.forward(w[e], s[e.spec.src]))
             for e in net.incoming[name]]
-    outs += [(e, "feedback", e.feedback(net.weight(e), s[e.spec.dst])) for e in net.outgoing[name]]
+    outs += [(e, "feedback", e.feedback(w[e], s[e.spec.dst])) for e in net.outgoing[name]]
     return outs
+
+
+def _weight_map(net: HopfieldNetwork) -> dict:
+    """edge -> weight tensor, looked up once per run (a ParameterDict look-up costs microseconds)."""
+    return {e: net.weight(e) for e in net.edges}
 
 
 def _pre_activation(net: HopfieldNetwork, name: str, outs, keep: bool) -> torch.Tensor:
@@ -216,7 +224,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
           tol: float | None = None, free_state: dict | None = None,
           record: RecordConfig | None = None, on_step: Callable[[StepRecord], None] | None = None,
           phase: str | None = None, should_stop: Callable[[], bool] | None = None,
-          state_phi: torch.Tensor | None = None, omega: float = 1.0) -> PhaseResult:
+          state_phi: torch.Tensor | None = None, omega: float = 1.0,
+          fused: bool | None = None) -> PhaseResult:
     """Relax the network on input ``x`` for up to ``steps`` iterations.
 
     beta = 0 is the free phase; beta != 0 a nudged phase towards ``target``
@@ -230,6 +239,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     ``state_phi`` (Phi of ``state``, e.g. the free phase's last record) saves
     recomputing it for the step-0 record. ``omega`` in (0, 2) over-relaxes each
     update (projected SOR): same fixed points, often fewer iterations.
+    ``fused``: on the CPU, do each group's update and statistics in the compiled kernels of
+    :mod:`explorer.native` (None: when they are built; False: the eager tensor code).
     """
     spec = net.spec
     x = net.check_input(x)
@@ -281,19 +292,25 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     alpha = net.alpha
     nudge_ref = free_state if (free_state is not None and beta != 0) else None
     zeros_b = x.new_zeros(batch)
-    layout = _StatsLayout(net, x, beta) if scalars else None
+    weights = _weight_map(net)
+    kernels = _fused_kernels(x) if fused is not False else None
+    if fused and kernels is None:
+        raise ValueError("fused kernels requested, but they are unavailable here: "
+                         f"{native.status()} (device {x.device}, dtype {x.dtype})")
+    stepper = _FusedStep(kernels, net, weights, s, groups, owner, jacobi_edges, beta, omega, target, target_1h,
+                         nudge_ref, record) if kernels is not None else None
+    layout = _StatsLayout(net, x, beta) if scalars and stepper is None else None
     scratch: dict[str, torch.Tensor] = {}   # per-layer buffers of the recorded statistics
 
     state_idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long,
                                 device=x.device) if record is not None else None
 
-    def emit(t, stats, energy):
+    def emit(t, stats, energy, units=None):
         states = {}
         if record.state_layers and (t % max(1, record.state_every) == 0 or t == steps):
             states = {n: s[n].detach().index_select(0, state_idx).to("cpu", copy=True)
                       for n in record.state_layers if n in s}
-        units = None
-        if units_idx is not None:
+        if units is None and units_idx is not None:
             units = torch.stack([s[n][(slice(None), *units_idx[n])].t() for n in names])
         if stats is None:
             stats = x.new_zeros(len(names), len(LAYER_STATS), batch)
@@ -329,12 +346,39 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 findings.append(Finding("cancelled", f"cancelled at step {t - 1}", t - 1))
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
+            if stepper is not None:
+                out = stepper.step(s, 2 if scalars else (1 if need_delta else 0))
+                if need_delta:
+                    pairs = out.pairs
+                    rels = [d / (m + 1e-12) for d, m in pairs]
+                    last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
+                    if not math.isfinite(last_rel):
+                        bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
+                        findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
+                                                t, bad_layer))
+                        if record is not None:
+                            emit(t, out.stats, out.energy if scalars else x.new_full((3, batch), float("nan")),
+                                 out.units)
+                        return finish(findings, t)
+                if record is not None:
+                    emit(t, out.stats, out.energy if scalars else x.new_zeros(3, batch), out.units)
+                    if scalars:
+                        last_phi[0] = out.energy[0]
+                        f_t = out.f_sum
+                        if f_t - prev_f > 1e-5 * (abs(prev_f) + 1.0):
+                            rose.append(t)
+                        prev_f = f_t
+                        _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
+                if tol is not None and last_rel is not None and last_rel < tol:
+                    findings.append(Finding("converged", f"converged at step {t} (relative step {last_rel:.1e})", t))
+                    break
+                continue
             raw = {}              # layer -> RAW rows [len(RAW), batch] (when recording)
             norms = {}            # layer -> (||s_t - s_(t-1)||, ||s_t||) per sample
             for group in groups:
                 new = {}
                 for n in group:
-                    outs = _edge_outputs(net, s, n)
+                    outs = _edge_outputs(net, s, n, weights)
                     v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h,
                                 omega)
                     new[n] = (v, outs)
@@ -350,7 +394,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 stacked = torch.stack([raw[n] for n in names])          # [L, RAW, B]
                 stats, phi_t = layout.derive(stacked)
                 for e in jacobi_edges:  # both ends moved in one step: one extra (small) product
-                    phi_t = phi_t - e.energy(net.weight(e), s[e.spec.src], s[e.spec.dst])
+                    phi_t = phi_t - e.energy(weights[e], s[e.spec.src], s[e.spec.dst])
                 energy = energies(phi_t)
                 last_phi[0] = phi_t
                 pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
@@ -398,6 +442,135 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         for n, (kind, at) in sat_onset.items():
             findings.append(Finding(kind, f"layer {n} {kind} at step {at}", at, n))
     return finish(findings, t)
+
+
+def _fused_kernels(x: torch.Tensor):
+    """The compiled kernels when they apply: CPU, float32 or float64, no autocast, and built."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) \
+            or torch.is_autocast_enabled("cpu"):
+        return None
+    return native.get()
+
+
+class _StepOut:
+    __slots__ = ("stats", "energy", "units", "pairs", "f_sum", "fractions")
+
+
+class _FusedStep:
+    """One relaxation step through :mod:`explorer.native`: per schedule group one call that
+    updates every hidden layer and sums its raw statistics in one pass, then one call that
+    turns the raw rows into the step's record. Same arithmetic as the eager path below
+    (which the tests compare it with); sums are accumulated in float64."""
+
+    ROLE = {"direct": 0, "skip": 1, "feedback": 2}
+
+    def __init__(self, kernels, net, weights, s, groups, owner, jacobi_edges, beta, omega, target, target_1h,
+                 nudge_ref, record):
+        self.k, self.net, self.weights, self.groups = kernels, net, weights, groups
+        self.names = net.layer_names
+        self.owner, self.jacobi_edges = owner, jacobi_edges
+        self.beta, self.omega, self.alpha = beta, omega, float(net.alpha)
+        self.target, self.target_1h = target, target_1h
+        self.nudge_ref = nudge_ref
+        batch = s[self.names[0]].shape[0]
+        like = s[self.names[0]]
+        self.empty = like.new_empty(0)
+        with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
+            self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
+                             for n in self.names}
+        dt = torch.float64
+        sizes = [math.prod(net.spec.shape_of(n)) for n in self.names]
+        self.size = torch.tensor(sizes, dtype=dt)
+        self.hidden = torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long)
+        with torch.no_grad():
+            self.bias_norm = torch.stack([
+                torch.linalg.vector_norm(net.biases[n].double()) * math.sqrt(size / net.biases[n].shape[0])
+                for n, size in zip(self.names, sizes)]).cpu()
+        self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
+        order = [n for g in groups for n in g]
+        self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
+        self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
+        self.onehot = target_1h if target_1h is not None else self.empty
+        self.batch = batch
+        self.units_idx = _unit_indices(net, record.units) if record is not None and record.scalars \
+            and record.units else None
+        self.offsets = None
+        self.offset_strides = None
+
+    @staticmethod
+    def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``t`` (one sample) laid out like ``like``, flattened in memory order."""
+        if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+            return t.permute(0, 2, 3, 1).reshape(-1).contiguous()
+        return t.reshape(-1).contiguous()
+
+    def _unit_offsets(self, s):
+        strides = tuple(s[n].stride() for n in self.names)
+        if strides != self.offset_strides:   # memory offsets of the chosen units within one sample
+            self.offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(self.units_idx[n]))
+                            for n in self.names]
+            self.offset_strides = strides
+        return self.offsets
+
+    def step(self, s: dict, level: int) -> _StepOut:
+        net, raws = self.net, []
+        for group in self.groups:
+            parts, p_layer, p_role, p_owned = [], [], [], []
+            olds, refs, bmaps, given, hidden = [], [], [], [], []
+            y_new = None
+            for n in group:
+                outs = _edge_outputs(net, s, n, self.weights)
+                if n == OUTPUT:
+                    pre = _pre_activation(net, n, outs, keep=level > 0)
+                    y_new = _update(net, n, pre, s[n], self.beta, self.target_1h, self.omega)
+                    if level == 0:
+                        continue
+                j = len(olds)
+                for e, role, out in outs:
+                    parts.append(out)
+                    p_layer.append(j)
+                    p_role.append(self.ROLE[role])
+                    p_owned.append(int(self.owner[id(e)] == n))
+                olds.append(s[n])
+                refs.append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
+                bmaps.append(self.bias_map[n])
+                given.append(y_new if n == OUTPUT else self.empty)
+                hidden.append(int(n != OUTPUT))
+            members = [n for n in group if level > 0 or n != OUTPUT]
+            if members:
+                res = self.k.group_step(parts, p_layer, p_role, p_owned, olds, refs, bmaps, given, hidden,
+                                        self.alpha, self.omega, level)
+                for n, v in zip(members, res):
+                    s[n] = v
+                raws.append(res[-1])
+            if y_new is not None and level == 0:
+                s[OUTPUT] = y_new
+        out = _StepOut()
+        out.stats = out.energy = out.units = None
+        out.pairs = out.fractions = None
+        out.f_sum = 0.0
+        if level == 0:
+            return out
+        raw = raws[0] if len(raws) == 1 else torch.cat(raws)
+        jacobi_out, jacobi_dst = [], []
+        if level == 2:  # edges whose ends moved together: <W s_src, s_dst> at the new states, summed in finalize
+            for e in self.jacobi_edges:
+                jacobi_out.append(e.forward(self.weights[e], s[e.spec.src]))
+                jacobi_dst.append(s[e.spec.dst])
+        units = self.units_idx is not None and level == 2
+        stats, energy, unit_rows, summary = self.k.finalize(
+            raw, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, jacobi_out, jacobi_dst,
+            s[OUTPUT],
+            self.onehot, self.cost_kind, self.beta, [s[n] for n in self.names] if units else [],
+            self._unit_offsets(s) if units else [], self.nudge_ref is not None, level == 2)
+        summary = summary.tolist()
+        L = len(self.names)
+        out.pairs = [(summary[1 + 2 * i], summary[2 + 2 * i]) for i in range(L)]
+        if level == 2:
+            out.stats, out.energy, out.units = stats, energy, unit_rows if units else None
+            out.f_sum = summary[0]
+            out.fractions = [(summary[1 + 2 * L + 2 * i], summary[2 + 2 * L + 2 * i]) for i in range(L)]
+        return out
 
 
 def _first_non_finite_parameter(net: HopfieldNetwork) -> str | None:
@@ -499,7 +672,11 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
 
 def _track_saturation(stats, names, hidden, t, onset):
     idx_zero, idx_alpha = LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")
-    means = stats[:, [idx_zero, idx_alpha]].mean(-1).tolist()
+    _track_fractions(stats[:, [idx_zero, idx_alpha]].mean(-1).tolist(), names, hidden, t, onset)
+
+
+def _track_fractions(means, names, hidden, t, onset):
+    """``means``: per layer the batch means (frac_zero, frac_alpha)."""
     for n, (fz, fa) in zip(names, means):
         if n not in hidden:
             continue

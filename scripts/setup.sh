@@ -17,6 +17,10 @@ if [ "$want_system" = 1 ]; then
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+  # the engine's fused CPU kernels are compiled on first use (explorer/native)
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  "${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || missing+=(python3-dev)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]} (Debian packages)"
     apt_install "${missing[@]}"

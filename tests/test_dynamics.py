@@ -17,11 +17,13 @@ def strong_skips(depth=6, seed=0, alpha=6.0, residual=True):
     return HopfieldNetwork(spec, seed=seed, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("seed,residual,alpha", list(itertools.product([0, 1, 5], [True, False], [1.0, 3.0, 6.0])))
-def test_phi_never_rises_under_descent_safe_schedule(seed, residual, alpha):
+@pytest.mark.parametrize("seed,residual,alpha,fused",
+                         list(itertools.product([0, 1, 5], [True, False], [1.0, 3.0, 6.0], [True, False])))
+def test_phi_never_rises_under_descent_safe_schedule(seed, residual, alpha, fused):
+    # fused: the compiled CPU kernels; False: the eager tensor code (the GPU's path)
     net = strong_skips(seed=seed, alpha=alpha, residual=residual)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    result = relax(net, x, steps=60, schedule="descent_safe", record=RecordConfig())
+    result = relax(net, x, steps=60, schedule="descent_safe", record=RecordConfig(), fused=fused)
     phis = result.series("phi").sum(-1)
     rises = phis[1:] - phis[:-1]
     assert float(rises.max()) <= 1e-9 * float(phis.abs().max())
@@ -115,12 +117,13 @@ def test_stops_when_the_relative_step_falls_under_tol(small_net, batch):
     assert short.verdict.status == "not_converged" and "not converged after 2 steps" in short.verdict.message
 
 
-def test_recording_nothing_keeps_nothing_and_gives_the_same_state(small_net, batch):
+@pytest.mark.parametrize("fused", [False, True])
+def test_recording_nothing_keeps_nothing_and_gives_the_same_state(small_net, batch, fused):
     net = small_net()
     x, _ = batch(net)
     calls = []
-    bare = relax(net, x, steps=20, on_step=calls.append)
-    full = relax(net, x, steps=20, record=RecordConfig())
+    bare = relax(net, x, steps=20, on_step=calls.append, fused=fused)
+    full = relax(net, x, steps=20, record=RecordConfig(), fused=fused)
     assert bare.records == [] and calls == []
     for n in net.layer_names:
         torch.testing.assert_close(bare.state[n], full.state[n], rtol=0, atol=0)

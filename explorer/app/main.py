@@ -38,6 +38,7 @@ from panel.io.state import set_curdoc
 from tornado.ioloop import PeriodicCallback
 from panel.theme.fast import Fast
 
+from .. import native
 from .gallery import Gallery
 from .state import RUN_SETTINGS, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
@@ -707,4 +708,18 @@ class ExplorerApp(pn.viewable.Viewer):
 
 
 def create_app(**kwargs) -> ExplorerApp:
+    _build_kernels_in_background()
     return ExplorerApp(**kwargs)
+
+
+_kernels_started = False
+
+
+def _build_kernels_in_background() -> None:
+    """A page never waits for the fused kernels' first build (about 30 s on 2 cores): runs use
+    the eager tensor code until the background build is done, then the kernels."""
+    global _kernels_started
+    if not _kernels_started:
+        _kernels_started = True
+        native.set_blocking(False)
+        native.warm_up()

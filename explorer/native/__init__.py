@@ -1,0 +1,99 @@
+"""Fused CPU kernels for the relaxation step, compiled on first use (relax_kernels.cpp).
+
+Eager PyTorch computes the record of one step in about 20 tensor ops per layer; at batch 1
+their dispatch costs more than the step. The kernel does the update and every statistic
+of a schedule group in one pass and one call. It needs a C++ compiler (g++) and Python's
+headers, and is built once per machine into torch's extension cache (about 30 s on 2 cores;
+``TORCH_EXTENSIONS_DIR`` moves it). Where it cannot be built, or on a GPU, the engine uses
+its eager tensor code, which the tests check it against. ``EXPLORER_NATIVE=0`` turns it off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger("explorer.native")
+
+SOURCE = Path(__file__).with_name("relax_kernels.cpp")
+_lock = threading.Lock()
+_module = None
+_error: str | None = None
+_tried = False
+_blocking = True
+
+
+def enabled() -> bool:
+    return os.environ.get("EXPLORER_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _build():
+    import shutil
+    import sys
+    import warnings
+
+    venv_bin = os.path.dirname(sys.executable)   # pip's ninja lives next to python in a venv
+    if shutil.which("ninja") is None and os.path.exists(os.path.join(venv_bin, "ninja")):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
+    from torch.utils import cpp_extension
+    # Reassociation lets the compiler vectorise the sums (not finite-math: NaN must survive).
+    # OpenMP for at::parallel_for; libgomp.so.1 resolves to the copy torch has already loaded.
+    flags = ["-O3", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math", "-fno-math-errno",
+             "-fopenmp"]
+    if os.environ.get("EXPLORER_NATIVE_ARCH", "native") == "native":
+        flags.append("-march=native")   # built on, and for, the machine it runs on
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cpp_extension.load(name="explorer_relax_kernels", sources=[str(SOURCE)],
+                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def set_blocking(block: bool) -> None:
+    """False: ``get()`` never waits for a build (a server builds with :func:`warm_up` meanwhile)."""
+    global _blocking
+    _blocking = bool(block)
+
+
+def get(block: bool | None = None):
+    """The compiled module, or None: disabled, failed to build, or not built yet and not blocking
+    (``block`` None follows :func:`set_blocking`)."""
+    global _module, _error, _tried
+    if _module is not None or _tried or not enabled():
+        return _module
+    if not (_blocking if block is None else block):
+        return None
+    with _lock:
+        return _build_once()
+
+
+def _build_once():
+    global _module, _error, _tried
+    if not _tried:
+        try:
+            _module = _build()
+        except Exception as exc:  # no compiler, no headers, a failed build: eager code instead
+            lines = str(exc).strip().splitlines()
+            _error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+            log.warning("fused relaxation kernels unavailable (%s); using eager tensor code", _error)
+        _tried = True
+    return _module
+
+
+def warm_up() -> threading.Thread:
+    """Build (or load) the kernels in a background thread; ``get(block=False)`` answers None meanwhile."""
+    thread = threading.Thread(target=lambda: get(block=True), name="explorer-native-build", daemon=True)
+    thread.start()
+    return thread
+
+
+def status() -> str:
+    if not enabled():
+        return "off (EXPLORER_NATIVE=0)"
+    if _module is not None:
+        return "fused CPU kernels"
+    if _error is not None:
+        return f"eager tensor code ({_error})"
+    return "not built yet"

@@ -1,0 +1,399 @@
+// Fused CPU kernels for one relaxation step (explorer/native/__init__.py builds and loads them).
+//
+// group_step: for every layer of one schedule group, in one pass over its units,
+//   - the update s = clip_[0, alpha](b + sum of the edge outputs) (with over-relaxation omega),
+//     written in place into the first edge output (a fresh conv output the caller owns);
+//   - and, as asked by `level`, the per-sample raw statistics of the record (RAW below).
+// finalize: the per-step record (LAYER_STATS rows, Phi / C / F, a few units, and a summary
+//   for the loop's decisions) from the raw rows of all layers, in one call.
+// Eager PyTorch does the same in about 20 tensor ops per layer; at batch 1 the dispatch of
+// those ops costs more than the step itself (bench/RESULTS-engine.md), here it is one call.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// Raw columns; sums of squares where the record wants a norm (finalize takes the root).
+enum Raw { DELTA2, NORM2, TOTAL, NONZERO, AT_ALPHA, DIRECT2, SKIP2, FEEDBACK2, NUDGE2, BIAS_DOT, EDGE_ENERGY, NRAW };
+enum Role { DIRECT = 0, SKIP = 1, FEEDBACK = 2 };
+constexpr int64_t BLOCK = 512;        // units summed per edge before the fused pass (stays in L1)
+constexpr int64_t CHUNK = 16384;      // units per parallel work item
+constexpr int64_t SERIAL_BELOW = 65536;  // total units under which threads cost more than they save
+constexpr int MAX_PARTS = 8;
+
+template <typename T>
+struct Layer {
+  const T* part[MAX_PARTS];
+  int role[MAX_PARTS];
+  bool owned[MAX_PARTS];
+  int nparts = 0;
+  const T* old = nullptr;
+  const T* ref = nullptr;       // free state (nudged phases) or null
+  const T* bias_map = nullptr;  // the bias broadcast over one sample, in memory order
+  const T* given = nullptr;     // the new state when the caller computed it (the output y)
+  T* out = nullptr;             // where the update goes (update mode)
+  int64_t n = 0;                // units per sample
+  bool hidden = true;
+};
+
+struct Item { int layer; int64_t sample, lo, hi; };
+
+// The fused pass over one block: `sum` holds the edge outputs added in their order, d, s, f
+// the direct, skip and feedback ones, o those whose energy term this layer owns. Every pointer
+// is distinct memory (`out` is the first edge output, already read into the sums), so the
+// compiler vectorises it, reductions included.
+template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
+void fused_block(int64_t m, const T* __restrict__ sum, const T* __restrict__ d, const T* __restrict__ s,
+                 const T* __restrict__ f,
+                 const T* __restrict__ o, const T* __restrict__ old, const T* __restrict__ ref,
+                 const T* __restrict__ bm, const T* __restrict__ giv, T* __restrict__ out, T alpha, T omega,
+                 double* __restrict__ a) {
+  T dd = 0, nn = 0, tot = 0, nz = 0, aa = 0, rr = 0, bd = 0, ee = 0, sd = 0, ss = 0, sf = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const T oi = old[i];
+    T v;
+    if constexpr (UPDATE) {
+      T pre = sum[i] + bm[i];   // the same sum at every level: recording never changes the dynamics
+      if constexpr (OMEGA) pre = oi + omega * (pre - oi);
+      v = std::min(std::max(pre, T(0)), alpha);  // NaN stays NaN, as with torch.clamp
+      out[i] = v;
+    } else {
+      v = giv[i];
+    }
+    if constexpr (LEVEL >= 1) {
+      const T dv = v - oi;
+      dd += dv * dv;
+      nn += v * v;
+      if constexpr (REF) { const T dr = v - ref[i]; rr += dr * dr; }
+    }
+    if constexpr (LEVEL >= 2) {
+      const T di = d[i], si = s[i], fi = f[i];
+      tot += v;
+      nz += v > T(0) ? T(1) : T(0);
+      aa += v >= alpha ? T(1) : T(0);
+      bd += v * bm[i];
+      ee += o[i] * v;
+      sd += di * di;
+      ss += si * si;
+      sf += fi * fi;
+    }
+  }
+  a[DELTA2] += dd; a[NORM2] += nn; a[NUDGE2] += rr;
+  a[TOTAL] += tot; a[NONZERO] += nz; a[AT_ALPHA] += aa; a[BIAS_DOT] += bd; a[EDGE_ENERGY] += ee;
+  a[DIRECT2] += sd; a[SKIP2] += ss; a[FEEDBACK2] += sf;
+}
+
+template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
+void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
+  alignas(64) T t[BLOCK], d[BLOCK], s[BLOCK], f[BLOCK], o[BLOCK];
+  const int64_t off = it.sample * L.n;
+  double a[NRAW] = {0};
+  for (int64_t base = it.lo; base < it.hi; base += BLOCK) {
+    const int64_t m = std::min(BLOCK, it.hi - base);
+    std::fill(t, t + m, T(0));
+    if constexpr (LEVEL >= 2) {
+      std::fill(d, d + m, T(0));
+      std::fill(s, s + m, T(0));
+      std::fill(f, f + m, T(0));
+      std::fill(o, o + m, T(0));
+    }
+    for (int p = 0; p < L.nparts; ++p) {
+      const T* __restrict__ src = L.part[p] + off + base;
+      for (int64_t i = 0; i < m; ++i) t[i] += src[i];
+      if constexpr (LEVEL >= 2) {
+        T* __restrict__ dst = L.role[p] == DIRECT ? d : (L.role[p] == SKIP ? s : f);
+        for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+        if (L.owned[p])
+          for (int64_t i = 0; i < m; ++i) o[i] += src[i];
+      }
+    }
+    fused_block<T, LEVEL, UPDATE, OMEGA, REF>(
+        m, t, d, s, f, o, L.old + off + base, REF ? L.ref + off + base : nullptr, L.bias_map + base,
+        UPDATE ? nullptr : L.given + off + base, UPDATE ? L.out + off + base : nullptr, alpha, omega, a);
+  }
+  for (int k = 0; k < NRAW; ++k) acc[k] = a[k];
+}
+
+template <typename T, int LEVEL>
+void dispatch_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
+  const bool update = L.given == nullptr, om = omega != T(1), ref = L.ref != nullptr;
+#define EXPLORER_CASE(U, O, R) \
+  if (update == U && om == O && ref == R) return run_item<T, LEVEL, U, O, R>(L, it, alpha, omega, acc);
+  EXPLORER_CASE(true, false, false) EXPLORER_CASE(true, false, true)
+  EXPLORER_CASE(true, true, false) EXPLORER_CASE(true, true, true)
+  EXPLORER_CASE(false, false, false) EXPLORER_CASE(false, false, true)
+  EXPLORER_CASE(false, true, false) EXPLORER_CASE(false, true, true)
+#undef EXPLORER_CASE
+}
+
+bool per_sample_blocks(const at::Tensor& t) {
+  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void same_layout(const at::Tensor& t, const at::Tensor& like, const char* what, int64_t layer) {
+  TORCH_CHECK(t.sizes() == like.sizes(), what, " of layer ", layer, " has shape ", t.sizes(),
+              ", expected ", like.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), what, " of layer ", layer, " has another dtype");
+  TORCH_CHECK(per_sample_blocks(t), what, " of layer ", layer, " is not dense");
+  for (int64_t k = 1; k < t.dim(); ++k)
+    TORCH_CHECK(t.size(k) == 1 || t.stride(k) == like.stride(k), what, " of layer ", layer,
+                " has another memory layout than the layer's state");
+}
+
+template <typename T>
+void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T alpha, T omega,
+               double* raw) {
+  std::vector<Item> items;
+  int64_t total = 0;
+  for (int l = 0; l < (int)layers.size(); ++l) {
+    const int64_t n = layers[l].n;
+    total += n * batch;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t lo = 0; lo < n; lo += CHUNK) items.push_back({l, b, lo, std::min(n, lo + CHUNK)});
+  }
+  std::vector<double> partial(items.size() * NRAW, 0.0);
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const Item& it = items[k];
+      double* acc = partial.data() + k * NRAW;
+      if (level == 0) dispatch_item<T, 0>(layers[it.layer], it, alpha, omega, acc);
+      else if (level == 1) dispatch_item<T, 1>(layers[it.layer], it, alpha, omega, acc);
+      else dispatch_item<T, 2>(layers[it.layer], it, alpha, omega, acc);
+    }
+  };
+  if (total < SERIAL_BELOW) work(0, (int64_t)items.size());
+  else at::parallel_for(0, (int64_t)items.size(), 1, work);
+  // raw is [layers, NRAW, batch]
+  for (size_t k = 0; k < items.size(); ++k) {
+    const Item& it = items[k];
+    for (int r = 0; r < NRAW; ++r) raw[(it.layer * NRAW + r) * batch + it.sample] += partial[k * NRAW + r];
+  }
+}
+
+}  // namespace
+
+// One schedule group. Per layer l: parts with part_layer == l (the first is the direct edge's
+// output, which receives the new state in update mode), old state, ref (numel 0: none),
+// bias map (numel = units per sample), given (numel 0: update mode, else the new state).
+// level 0: update only; 1: also ||s_t - s_(t-1)||^2, ||s_t||^2, ||s_t - s*||^2; 2: every RAW column.
+// Returns the new states (update mode: the first part; given mode: given) and raw [L, NRAW, B] (float64).
+std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
+                                   std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
+                                   std::vector<at::Tensor> olds, std::vector<at::Tensor> refs,
+                                   std::vector<at::Tensor> bias_maps, std::vector<at::Tensor> given,
+                                   std::vector<int64_t> hidden, double alpha, double omega, int64_t level) {
+  const int64_t nl = (int64_t)olds.size();
+  TORCH_CHECK(nl > 0, "group_step needs at least one layer");
+  TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl &&
+              hidden.size() == (size_t)nl, "group_step: per-layer lists differ in length");
+  TORCH_CHECK(parts.size() == part_layer.size() && parts.size() == part_role.size() &&
+              parts.size() == part_owned.size(), "group_step: per-part lists differ in length");
+  const at::Tensor& first = olds[0];
+  const int64_t batch = first.size(0);
+  at::Tensor raw = at::zeros({nl, NRAW, batch}, at::TensorOptions().dtype(at::kDouble));
+  std::vector<at::Tensor> out(nl);
+  std::vector<at::Tensor> keep;  // converted copies must outlive the pointers
+  AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "group_step", [&] {
+    std::vector<Layer<scalar_t>> layers(nl);
+    // The old state fixes each layer's memory layout; anything else is brought to it (a copy,
+    // e.g. the dense readout's feedback, NCHW, into a channels-last map), so states keep theirs.
+    auto conform = [&](const at::Tensor& t, const at::Tensor& like) {
+      if (t.sizes() != like.sizes() || t.is_same(like)) return t;
+      bool match = per_sample_blocks(t);
+      for (int64_t k = 1; match && k < t.dim(); ++k) match = t.size(k) == 1 || t.stride(k) == like.stride(k);
+      if (match) return t;
+      at::Tensor c = at::empty_like(like);
+      c.copy_(t);
+      keep.push_back(c);
+      return c;
+    };
+    for (int64_t l = 0; l < nl; ++l) {
+      const at::Tensor& like = olds[l];
+      TORCH_CHECK(like.device().is_cpu(), "group_step runs on the CPU");
+      TORCH_CHECK(like.size(0) == batch, "group_step: layer ", l, " has another batch size");
+      TORCH_CHECK(per_sample_blocks(like), "group_step: the state of layer ", l, " is not dense");
+      TORCH_CHECK(like.scalar_type() == first.scalar_type(), "group_step: layers differ in dtype");
+      Layer<scalar_t>& L = layers[l];
+      L.n = like.numel() / std::max<int64_t>(batch, 1);
+      L.hidden = hidden[l] != 0;
+      L.old = like.data_ptr<scalar_t>();
+      if (refs[l].numel()) {
+        at::Tensor r = conform(refs[l], like);
+        same_layout(r, like, "free state", l);
+        L.ref = r.data_ptr<scalar_t>();
+      }
+      TORCH_CHECK(bias_maps[l].numel() == L.n && bias_maps[l].is_contiguous() &&
+                  bias_maps[l].scalar_type() == like.scalar_type(), "group_step: bias map of layer ", l);
+      L.bias_map = bias_maps[l].data_ptr<scalar_t>();
+      if (given[l].numel()) {
+        at::Tensor g = conform(given[l], like);
+        same_layout(g, like, "given state", l);
+        L.given = g.data_ptr<scalar_t>();
+        out[l] = g;
+      }
+    }
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const int64_t l = part_layer[p];
+      TORCH_CHECK(l >= 0 && l < nl, "group_step: part layer index out of range");
+      Layer<scalar_t>& L = layers[l];
+      TORCH_CHECK(L.nparts < MAX_PARTS, "group_step: too many edges into layer ", l);
+      at::Tensor t = conform(parts[p], olds[l]);
+      same_layout(t, olds[l], "edge output", l);
+      if (L.nparts == 0 && !L.given) {  // the new state goes into the first edge output
+        L.out = t.data_ptr<scalar_t>();
+        out[l] = t;
+      }
+      L.part[L.nparts] = t.data_ptr<scalar_t>();
+      L.role[L.nparts] = (int)part_role[p];
+      L.owned[L.nparts] = part_owned[p] != 0;
+      ++L.nparts;
+    }
+    for (int64_t l = 0; l < nl; ++l)
+      TORCH_CHECK(layers[l].given || layers[l].nparts > 0, "group_step: layer ", l, " has no edge outputs");
+    run_group<scalar_t>(layers, batch, level, (scalar_t)alpha, (scalar_t)omega, raw.data_ptr<double>());
+  });
+  out.push_back(raw);
+  return out;
+}
+
+// The step's record from raw [L, NRAW, B] (float64; layer l's rows are raw[row_of[l]]).
+// size, bias_norm: [L] float64; hidden: [L] int64 (0/1).
+// jacobi_out[j], jacobi_dst[j]: W s_src and s_dst of an edge whose ends moved together (Phi -= their dot). y [B, K], onehot [B, K] or numel 0;
+// cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
+// Returns stats [L, S, B], energy [3, B] (in y's dtype), units [L, U, B] (numel 0 when none asked),
+// summary float64: [F summed over the batch, then per layer the batch norms (delta, scale),
+// then per layer the batch means (frac_zero, frac_alpha)]; scale is ||s - s*|| when use_nudge else ||s||.
+std::vector<at::Tensor> finalize(at::Tensor raw, at::Tensor row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm,
+                                 double inv_beta, std::vector<at::Tensor> jacobi_out,
+                                 std::vector<at::Tensor> jacobi_dst, at::Tensor y, at::Tensor onehot,
+                                 int64_t cost, double beta, std::vector<at::Tensor> states,
+                                 std::vector<at::Tensor> unit_offsets, bool use_nudge, bool stats_wanted) {
+  TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.is_contiguous() && raw.dim() == 3, "finalize: raw");
+  const int64_t nl = row_of.numel(), batch = raw.size(2);
+  TORCH_CHECK(raw.size(0) == nl && row_of.scalar_type() == at::kLong, "finalize: row_of");
+  constexpr int S = 11;  // len(LAYER_STATS)
+  const double* r = raw.data_ptr<double>();
+  const int64_t* row = row_of.data_ptr<int64_t>();
+  auto at_ = [&](int64_t l, int k, int64_t b) { return r[(row[l] * NRAW + k) * batch + b]; };
+  const double* sz = size.data_ptr<double>();
+  const int64_t* hid = hidden.data_ptr<int64_t>();
+  const double* bn = bias_norm.data_ptr<double>();
+  at::Tensor summary = at::zeros({1 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
+  double* sm = summary.data_ptr<double>();
+  for (int64_t l = 0; l < nl; ++l) {
+    double d2 = 0, s2 = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      d2 += at_(l, DELTA2, b);
+      s2 += at_(l, use_nudge ? NUDGE2 : NORM2, b);
+    }
+    sm[1 + 2 * l] = std::sqrt(d2);
+    sm[2 + 2 * l] = std::sqrt(s2);
+  }
+  auto opts = y.options().device(at::kCPU);
+  if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor(), summary};
+
+  at::Tensor stats = at::empty({nl, S, batch}, opts.dtype(at::kDouble));
+  at::Tensor energy = at::zeros({3, batch}, opts.dtype(at::kDouble));
+  double* st = stats.data_ptr<double>();
+  double* en = energy.data_ptr<double>();
+  for (int64_t l = 0; l < nl; ++l) {
+    double fz = 0, fa = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const double norm = std::sqrt(at_(l, NORM2, b)), direct = std::sqrt(at_(l, DIRECT2, b)),
+                   skip = std::sqrt(at_(l, SKIP2, b)), feedback = std::sqrt(at_(l, FEEDBACK2, b)),
+                   nudge = std::sqrt(at_(l, NUDGE2, b));
+      double* out = st + l * S * batch + b;
+      out[0 * batch] = std::sqrt(at_(l, DELTA2, b)) / (norm + 1e-12);
+      out[1 * batch] = at_(l, TOTAL, b) / sz[l];
+      out[2 * batch] = hid[l] ? 1.0 - at_(l, NONZERO, b) / sz[l] : 0.0;
+      out[3 * batch] = at_(l, AT_ALPHA, b) / sz[l];
+      out[4 * batch] = direct;
+      out[5 * batch] = skip;
+      out[6 * batch] = feedback;
+      out[7 * batch] = bn[l];
+      out[8 * batch] = skip / (direct + skip + feedback + 1e-12);
+      out[9 * batch] = nudge;
+      out[10 * batch] = nudge * inv_beta;
+      fz += out[2 * batch];
+      fa += out[3 * batch];
+      en[b] += 0.5 * at_(l, NORM2, b) - at_(l, BIAS_DOT, b) - at_(l, EDGE_ENERGY, b);
+    }
+    sm[1 + 2 * nl + 2 * l] = fz / batch;
+    sm[2 + 2 * nl + 2 * l] = fa / batch;
+  }
+  TORCH_CHECK(jacobi_out.size() == jacobi_dst.size(), "finalize: jacobi lists differ in length");
+  for (size_t j = 0; j < jacobi_out.size(); ++j) {  // Phi -= <W s_src, s_dst> per sample
+    at::Tensor a = jacobi_out[j], d = jacobi_dst[j];
+    TORCH_CHECK(a.sizes() == d.sizes() && a.scalar_type() == d.scalar_type(), "finalize: jacobi pair ", j);
+    if (a.strides() != d.strides()) a = a.contiguous(d.suggest_memory_format());
+    if (a.strides() != d.strides() || !per_sample_blocks(d)) { a = a.contiguous(); d = d.contiguous(); }
+    const int64_t n = d.numel() / std::max<int64_t>(batch, 1);
+    AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "jacobi", [&] {
+      const scalar_t* ap = a.data_ptr<scalar_t>();
+      const scalar_t* dp = d.data_ptr<scalar_t>();
+      for (int64_t b = 0; b < batch; ++b) {
+        double acc = 0;
+        for (int64_t base = 0; base < n; base += BLOCK) {  // vectorised within a block, float64 across
+          const int64_t m = std::min(BLOCK, n - base);
+          const scalar_t* __restrict__ x = ap + b * n + base;
+          const scalar_t* __restrict__ z = dp + b * n + base;
+          scalar_t part = 0;
+          for (int64_t i = 0; i < m; ++i) part += x[i] * z[i];
+          acc += part;
+        }
+        en[b] -= acc;
+      }
+    });
+  }
+  if (cost != 0) {
+    at::Tensor yd = y.to(at::kDouble).contiguous(), td = onehot.to(at::kDouble).contiguous();
+    const double* yp = yd.data_ptr<double>();
+    const double* tp = td.data_ptr<double>();
+    const int64_t k = yd.size(1);
+    for (int64_t b = 0; b < batch; ++b) {
+      double c = 0;
+      if (cost == 1) {
+        for (int64_t j = 0; j < k; ++j) { const double e = yp[b * k + j] - tp[b * k + j]; c += 0.5 * e * e; }
+      } else {
+        double mx = -INFINITY, se = 0, ty = 0;
+        for (int64_t j = 0; j < k; ++j) mx = std::max(mx, yp[b * k + j]);
+        for (int64_t j = 0; j < k; ++j) { se += std::exp(yp[b * k + j] - mx); ty += tp[b * k + j] * yp[b * k + j]; }
+        c = mx + std::log(se) - ty;
+      }
+      en[batch + b] = c;
+    }
+  }
+  double fsum = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    en[2 * batch + b] = en[b] + beta * en[batch + b];
+    fsum += en[2 * batch + b];
+  }
+  sm[0] = fsum;
+  at::Tensor units;
+  if (!unit_offsets.empty()) {
+    const int64_t nu = unit_offsets[0].numel();
+    units = at::empty({nl, nu, batch}, opts.dtype(at::kDouble));
+    double* up = units.data_ptr<double>();
+    for (int64_t l = 0; l < nl; ++l) {
+      at::Tensor s = states[l];
+      const int64_t n = s.numel() / std::max<int64_t>(batch, 1);
+      const int64_t* off = unit_offsets[l].data_ptr<int64_t>();
+      AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "units", [&] {
+        const scalar_t* sp = s.data_ptr<scalar_t>();
+        for (int64_t u = 0; u < nu; ++u)
+          for (int64_t b = 0; b < batch; ++b) up[(l * nu + u) * batch + b] = (double)sp[b * n + off[u]];
+      });
+    }
+    units = units.to(y.scalar_type());
+  }
+  return {stats.to(y.scalar_type()), energy.to(y.scalar_type()), units, summary};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("group_step", &group_step, "one schedule group: fused update and raw statistics");
+  m.def("finalize", &finalize, "one step's record from the raw statistics");
+}
