@@ -238,12 +238,41 @@ def test_a_worker_that_cannot_read_its_data_reports_it_as_an_event(tmp_path):
 @pytest.mark.parametrize("settings, words", [
     (dict(beta=1.2), "beta = 1.2 is not allowed: |beta| must be below 1"),
     (dict(batch_size=512), "larger than the 256 training images"),
+    (dict(alpha=0.0), "alpha = 0 is not allowed: the clipping threshold must be above 0"),
+    (dict(alpha=-1.0), "alpha = -1 is not allowed"),
+    (dict(alpha=80.0), "alpha = 80 is not allowed: the clipping threshold must be above 0 and at most 50"),
+    (dict(alpha=float("nan")), "alpha = nan is not allowed"),
+    (dict(tol=0.0), "tolerance = 0 is not allowed: it is a relative step size, above 0 and below 1"),
+    (dict(tol=-1e-3), "tolerance = -0.001 is not allowed"),
+    (dict(tol=1.0), "tolerance = 1 is not allowed"),
+    (dict(tol=float("inf")), "tolerance = inf is not allowed"),
 ])
 def test_invalid_settings_are_refused_with_a_message(app, settings, words):
     app.train.settings.param.update(**settings)
     press(app, "start")
     assert any(words in t for t in errors(app)), app.messages
     assert app.train.worker is None
+
+
+def test_alpha_and_the_tolerance_reach_the_trainer(app):
+    app.train.settings.param.update(alpha=2.5, tol=0.05, epochs=1)
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the run to finish")
+    trainer = app.train.worker.trainer
+    assert trainer.net.alpha == 2.5 and trainer.config.alpha == 2.5
+    assert trainer.config.tol == 0.05 and trainer.config.eval_tol is None     # evaluation uses tol too
+    # A loose tolerance ends the free phases early (the default 1e-3 runs all 10 here).
+    assert max(app.train.batches.data["free_steps"]) < TINY["t_free"]
+    assert errors(app) == []
+
+
+def test_the_default_tolerance_runs_the_free_phase_longer(app):
+    assert app.train.settings.tol == 1e-3
+    app.train.settings.epochs = 1
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the run to finish")
+    assert app.train.worker.trainer.config.tol == 1e-3 and app.train.worker.trainer.net.alpha == 6.0
+    assert max(app.train.batches.data["free_steps"]) == TINY["t_free"]
 
 
 def test_start_while_training_is_refused(app):

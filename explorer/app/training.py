@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -44,12 +45,17 @@ from .state import SettingError, check_save_name, trained_dir
 log = logging.getLogger("explorer.app")
 
 EVENT_LIMIT = 20_000    # events waiting for the page; the oldest go first (the page drains often)
-TOL = 1e-3              # free-phase tolerance while training and evaluating (interactive runs)
+TOL = 1e-3              # default phase tolerance while training and evaluating (interactive runs)
+ALPHA_MAX = 50.0        # as the Relaxation tab's alpha
 PROBE_PHASE_STEPS = None  # the probe runs the full T_free (no tolerance), so its curves are comparable
 
 
 class TrainSettings(param.Parameterized):
-    """The Train view's controls. The defaults train a small residual network in a few minutes on a CPU."""
+    """The Train view's controls. The defaults train a small residual network in a few minutes on a CPU.
+
+    alpha and tol have no hard bounds here: a value out of range reaches :meth:`config`, which
+    refuses it with a SettingError (a message on the page) instead of a widget silently snapping back.
+    """
 
     depth = param.Integer(default=5, bounds=(1, 12), precedence=0.10,
                           doc="Hidden convolutional layers on the main path.")
@@ -57,6 +63,9 @@ class TrainSettings(param.Parameterized):
                           doc="Channels of the first hidden layer (deeper layers double it after pooling).")
     residual = param.Boolean(default=True, precedence=0.12,
                              doc="Residual (skip) edges into every even layer (off: the plain network).")
+    alpha = param.Number(default=6.0, step=0.5, precedence=0.13, label="Clipping threshold α",
+                         doc="alpha of the activation min(max(u, 0), alpha), above 0 and at most 50 "
+                             "(6: the paper's ReLU6; 1: the hard sigmoid).")
     limit = param.Integer(default=6000, bounds=(1, 60_000), precedence=0.20, label="Training images",
                           doc="Train on the first N images of the Fashion-MNIST training split.")
     eval_limit = param.Integer(default=500, bounds=(1, 10_000), precedence=0.21, label="Test images",
@@ -70,6 +79,10 @@ class TrainSettings(param.Parameterized):
                            doc="Most iterations of each batch's free phase (it stops early when converged).")
     t_nudge = param.Integer(default=15, bounds=(1, 500), precedence=0.32, label="T nudge",
                             doc="Iterations of each nudged phase.")
+    tol = param.Number(default=TOL, step=1e-4, precedence=0.321, label="Tolerance",
+                       doc="Every phase (free and nudged, and the test evaluation) stops early once its "
+                           "largest relative step ||s_t - s_(t-1)|| / ||s_t|| falls below this; above 0 and "
+                           "below 1. Type e.g. 1e-4 for tighter fixed points (slower), 1e-2 for looser.")
     lr = param.Number(default=0.03, bounds=(0.0, 1.0), inclusive_bounds=(False, True), step=0.005,
                       precedence=0.33, label="Learning rate",
                       doc="SGD (Nesterov 0.9) learning rate, cosine-decayed per batch over the run.")
@@ -85,11 +98,18 @@ class TrainSettings(param.Parameterized):
 
     def config(self, check_data: bool = True) -> TrainConfig:
         """The run these settings describe, or SettingError saying why not."""
+        alpha, tol = float(self.alpha), float(self.tol)
+        if not (math.isfinite(alpha) and 0 < alpha <= ALPHA_MAX):
+            raise SettingError(f"alpha = {alpha:g} is not allowed: the clipping threshold must be above 0 and "
+                               f"at most {ALPHA_MAX:g} (6 is the paper's ReLU6, 1 the hard sigmoid)")
+        if not (math.isfinite(tol) and 0 < tol < 1):
+            raise SettingError(f"tolerance = {tol:g} is not allowed: it is a relative step size, above 0 and "
+                               f"below 1 (default {TOL:g}; smaller is stricter and slower)")
         c = TrainConfig(dataset="fashion_mnist", limit=int(self.limit), eval_limit=int(self.eval_limit),
                         final_eval_limit=int(self.eval_limit),
                         builder="resnet" if self.residual else "plain", depth=int(self.depth),
-                        width=int(self.width), beta=float(self.beta), t_free=int(self.t_free),
-                        t_nudge=int(self.t_nudge), tol=TOL, epochs=int(self.epochs),
+                        width=int(self.width), alpha=alpha, beta=float(self.beta), t_free=int(self.t_free),
+                        t_nudge=int(self.t_nudge), tol=tol, epochs=int(self.epochs),
                         batch_size=int(self.batch_size), lr=float(self.lr),
                         lr_step="batch",        # a short run: decay smoothly, not in epoch-sized steps
                         out=None,               # nothing written unless the person saves

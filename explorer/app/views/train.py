@@ -432,9 +432,11 @@ class TrainView(pn.viewable.Viewer):
                             widgets=widgets)
         slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
         return pn.Column(
-            section("Network", params("depth", "width", "residual")),
+            section("Network", params("depth", "width", "residual", "alpha",
+                                      alpha={"type": pn.widgets.FloatInput, "step": 0.5})),
             section("Data", params("limit", "eval_limit")),
-            section("EP", params("beta", "t_free", "t_nudge", beta=slider)),
+            section("EP", params("beta", "t_free", "t_nudge", "tol", beta=slider,
+                                 tol={"type": pn.widgets.FloatInput, "step": 1e-4})),
             section("Optimisation", params("epochs", "batch_size", "lr", "probe_every",
                                            lr={"type": pn.widgets.FloatInput, "step": 0.005})),
             sizing_mode="stretch_width")
