@@ -149,7 +149,7 @@ class TrainView(pn.viewable.Viewer):
         style_legend(self.step_fig, "top_right")
 
         self.phi_y = StableRange(headroom=0.08)
-        self.phi_fig = make_figure("Probe: energy Φ over the free phase", height=300,
+        self.phi_fig = make_figure("Probe: energy Φ", height=300,
                                    x_label="free-phase iteration", y_label="Φ", y_range=self.phi_y.range)
         self.phi_fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5,
                                 line_alpha=0.7, legend_label="earlier probes (darker: later)")
@@ -485,7 +485,8 @@ class TrainView(pn.viewable.Viewer):
         arch = self.arch_widgets
         return pn.Column(
             section("Start from", self.start_from, self.start_hint),
-            section("Network", pn.Column(arch["depth"], arch["width"], arch["residual"], sizing_mode="stretch_width"),
+            section("Network", pn.Column(arch["depth"], arch["width"], arch["residual"], margin=(5, 10),
+                                         sizing_mode="stretch_width"),
                     params("alpha", alpha={"type": pn.widgets.FloatInput, "step": 0.5})),
             section("Data", params("limit", "eval_limit")),
             section("EP", params("beta", "t_free", "t_nudge", "tol", beta=slider,
