@@ -23,10 +23,12 @@ API for other programs (the app trains in its own worker thread)::
     for event in trainer.iterate(should_stop=stop.is_set):
         ...                          # a dict, see below
     # or: trainer.run(callback=fn, should_stop=stop.is_set) -> the last event
+    # fine-tuning: Trainer(config, init_net=net, init_from={"model": "..."}) trains a copy of
+    # net (its architecture, the config's alpha) and records init_from in the checkpoints
 
 Events are plain dicts with a ``kind``:
 
-- ``start``: config, network name, parameters, resumed position;
+- ``start``: config, network name, parameters, resumed position, fine_tuned_from;
 - ``batch``: epoch, batch (1-based within the epoch), step (global), loss,
   accuracy (this batch), train_loss / train_accuracy (running over the
   epoch), lr, grad_norm, rate (samples/s), seconds, verdicts (phase -> status
@@ -65,6 +67,7 @@ and the progress bar.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -209,6 +212,14 @@ class TrainConfig:
     def from_file(cls, path) -> "TrainConfig":
         return cls.from_dict(read_config_file(path))
 
+    def describing(self, spec: NetworkSpec) -> "TrainConfig":
+        """This config with its architecture fields read from ``spec`` (a run starting from an existing
+        network): builder, depth, width (channels of s1), classes and cost; gains (an init setting) None."""
+        builder = "resnet13" if spec.name == "hopfield-resnet13" else ("resnet" if spec.residual else "plain")
+        width = spec.shape_of(spec.hidden[0].name)[0] if spec.hidden else self.width
+        return dataclasses.replace(self, builder=builder, depth=spec.depth, width=int(width),
+                                   classes=spec.n_classes, cost=spec.cost, gains=None)
+
     def build_spec(self) -> NetworkSpec:
         classes = self.classes or data_mod.n_classes(self.dataset)
         shape = tuple(data_mod.input_shape(self.dataset))
@@ -264,9 +275,19 @@ class _Skip(Sampler):
 class Trainer:
     """One training run; see the module doc string for the event API."""
 
-    def __init__(self, config: TrainConfig, resume: str | bool | None = None, command: str | None = None):
+    def __init__(self, config: TrainConfig, resume: str | bool | None = None, command: str | None = None,
+                 init_net: HopfieldNetwork | None = None, init_from: dict | str | None = None):
+        """``init_net``: start from a copy of this network's weights instead of building one (fine-tuning).
+        Its architecture (layers, edges, cost) replaces the config's builder / depth / width / classes /
+        gains / cost, which are rewritten to describe it; alpha stays the config's. The trainer never
+        modifies ``init_net`` (it trains a deep copy). ``init_from`` says what ``init_net`` is; saved
+        checkpoints record it as ``provenance.fine_tuned_from``."""
+        if init_net is not None:
+            config = config.describing(init_net.spec)
         self.config = config.resolved()
         self.command = command
+        self.init_from = None if init_net is None else \
+            (init_from if init_from is not None else {"network": init_net.spec.name})
         self.stop_event = threading.Event()
         self.pause_event = threading.Event()
         self._checkpoint_requested = threading.Event()
@@ -278,8 +299,12 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed + self.rank)
-        spec = c.build_spec()
-        self.net = HopfieldNetwork(spec, seed=c.seed).to(self.device)
+        if init_net is not None:
+            spec = init_net.spec.with_alpha(c.alpha)
+            self.net = _private_copy(init_net, spec).to(self.device)
+        else:
+            spec = c.build_spec()
+            self.net = HopfieldNetwork(spec, seed=c.seed).to(self.device)
         check_dataset_fits(self.net, c.dataset, f"the network ({spec.name})")
         self.model = FeedForward(self.net, batch_norm=c.batch_norm) if c.trainer == "bp" else None
         params = list(self.model.named_trainable() if self.model is not None else self.net.named_parameters())
@@ -396,6 +421,8 @@ class Trainer:
             tensors["extra.rng.cuda"] = torch.cuda.get_rng_state(self.device)
         prov = {"command": self.command, "host_threads": torch.get_num_threads(),
                 "device": str(self.device), "world_size": self.world}
+        if self.init_from is not None:
+            prov["fine_tuned_from"] = self.init_from
         meta = describe(self.net, self.settings(), prov)
         meta["training"] = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                             "batches_per_epoch": self.batches_per_epoch, "finished": self.finished,
@@ -496,8 +523,8 @@ class Trainer:
         emit = log.emit
         yield emit({"kind": "start", "step": self.step, "network": self.net.spec.name,
                     "parameters": self.net.parameter_count(), "config": self.settings(),
-                    "resumed_from": self.resumed_from, "rank": self.rank, "world_size": self.world,
-                    "batches_per_epoch": self.batches_per_epoch})
+                    "resumed_from": self.resumed_from, "fine_tuned_from": self.init_from, "rank": self.rank,
+                    "world_size": self.world, "batches_per_epoch": self.batches_per_epoch})
         warm = None
         while self.epoch < c.epochs:
             epoch = self.epoch
@@ -614,6 +641,15 @@ def _ep_gradient_amp(net, x, target, *, beta, t_free, t_nudge, schedule, tol, va
         for p in phases.phases:
             p.state = as32(p.state)
         return estimate(net, x, target, phases, beta=beta, variant=variant)
+
+
+def _private_copy(net: HopfieldNetwork, spec: NetworkSpec) -> HopfieldNetwork:
+    """A float32 deep copy of ``net`` with ``spec`` (same layers, maybe another alpha): nothing shared."""
+    copy_ = copy.deepcopy(net).to(torch.float32)
+    copy_.spec = spec
+    for p in copy_.parameters():
+        p.grad = None
+    return copy_
 
 
 def _arch(spec: NetworkSpec) -> str:

@@ -178,6 +178,9 @@ def test_a_run_fills_every_view(app):
     out = app.views["output"]
     assert len(out.bars.data["y"]) == 10 and out.predicted is not None
     assert out.bars.data["target"][app.run.request.label] == 1.0
+    # The plot is narrow (beside the input image): a short title, the prediction in a smaller subtitle.
+    guess = app.state.samples.class_names[out.predicted]
+    assert out.fig.title.text == "Output units y" and out.subtitle.text.startswith(f"predicted: {guess} ")
     # Verdict: one row per phase, in words.
     verdict = app.views["verdict"]
     assert verdict.source.data["phase"] == ["free", "nudged+", "nudged-"]

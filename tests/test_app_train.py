@@ -18,8 +18,12 @@ import torch
 
 from explorer import data as data_mod
 from explorer.app import ExplorerApp, ExplorerState
-from explorer.app.state import trained_entries
-from explorer.app.training import Probe, TrainWorker
+from explorer.app.state import SAMPLE_SHAPE, SettingError, trained_entries
+from explorer.app.training import Probe, StartModel, TrainWorker, relaxation_model
+from explorer.checkpoint import save_checkpoint
+from explorer.dynamics import relax
+from explorer.network import HopfieldNetwork, hopfield_family
+from explorer.record import RecordConfig
 from explorer.train import TrainConfig
 
 TINY = dict(depth=3, width=4, limit=256, eval_limit=64, batch_size=32, t_free=10, t_nudge=4, epochs=2,
@@ -238,12 +242,41 @@ def test_a_worker_that_cannot_read_its_data_reports_it_as_an_event(tmp_path):
 @pytest.mark.parametrize("settings, words", [
     (dict(beta=1.2), "beta = 1.2 is not allowed: |beta| must be below 1"),
     (dict(batch_size=512), "larger than the 256 training images"),
+    (dict(alpha=0.0), "alpha = 0 is not allowed: the clipping threshold must be above 0"),
+    (dict(alpha=-1.0), "alpha = -1 is not allowed"),
+    (dict(alpha=80.0), "alpha = 80 is not allowed: the clipping threshold must be above 0 and at most 50"),
+    (dict(alpha=float("nan")), "alpha = nan is not allowed"),
+    (dict(tol=0.0), "tolerance = 0 is not allowed: it is a relative step size, above 0 and below 1"),
+    (dict(tol=-1e-3), "tolerance = -0.001 is not allowed"),
+    (dict(tol=1.0), "tolerance = 1 is not allowed"),
+    (dict(tol=float("inf")), "tolerance = inf is not allowed"),
 ])
 def test_invalid_settings_are_refused_with_a_message(app, settings, words):
     app.train.settings.param.update(**settings)
     press(app, "start")
     assert any(words in t for t in errors(app)), app.messages
     assert app.train.worker is None
+
+
+def test_alpha_and_the_tolerance_reach_the_trainer(app):
+    app.train.settings.param.update(alpha=2.5, tol=0.05, epochs=1)
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the run to finish")
+    trainer = app.train.worker.trainer
+    assert trainer.net.alpha == 2.5 and trainer.config.alpha == 2.5
+    assert trainer.config.tol == 0.05 and trainer.config.eval_tol is None     # evaluation uses tol too
+    # A loose tolerance ends the free phases early (the default 1e-3 runs all 10 here).
+    assert max(app.train.batches.data["free_steps"]) < TINY["t_free"]
+    assert errors(app) == []
+
+
+def test_the_default_tolerance_runs_the_free_phase_longer(app):
+    assert app.train.settings.tol == 1e-3
+    app.train.settings.epochs = 1
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the run to finish")
+    assert app.train.worker.trainer.config.tol == 1e-3 and app.train.worker.trainer.net.alpha == 6.0
+    assert max(app.train.batches.data["free_steps"]) == TINY["t_free"]
 
 
 def test_start_while_training_is_refused(app):
@@ -272,3 +305,144 @@ def test_pages_train_independently_and_shutdown_stops_the_worker_within_seconds(
     finally:
         a.shutdown("test over")
         b.shutdown("test over")
+
+
+# ---------------------------------------------------------------------------
+# Starting from the Relaxation tab's model (fine-tuning)
+# ---------------------------------------------------------------------------
+
+def upload_model(app, tmp_path, spec, name="base", seed=7) -> str:
+    """Load a checkpoint of ``spec`` into the Relaxation tab as an upload; returns the picker choice."""
+    stem = save_checkpoint(HopfieldNetwork(spec, seed=seed), tmp_path / name)
+    choice = app.state.add_upload({f"{name}.json": stem.with_suffix(".json").read_bytes(),
+                                   f"{name}.safetensors": stem.with_suffix(".safetensors").read_bytes()})
+    app.state.model = choice
+    return choice
+
+
+def snapshot(net) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.named_parameters()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Not the Train view's architecture (depth 3, width 4), so taking the model's shows.
+BASE = hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=6, residual=True, alpha=6.0)
+
+
+def test_the_worker_starts_from_a_copy_of_the_models_weights(app, tmp_path):
+    upload_model(app, tmp_path, BASE)
+    start = relaxation_model(app.state)
+    before = snapshot(start.net)
+    settings = app.train.settings
+    settings.start_from = "relaxation"
+    config = settings.config(start=start)
+    assert (config.depth, config.width, config.builder, config.classes) == (2, 6, "resnet", 10)
+    probe = Probe(torch.zeros(1, 1, 28, 28), 0, 0, np.zeros((28, 28), np.uint8), ("a",) * 10)
+    worker = TrainWorker(config, probe, start=start)
+    worker.pause()                 # paused while loading: the trainer is built, no batch runs
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while worker.trainer is None and worker.phase != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        trainer = worker.trainer
+        assert trainer is not None, worker.drain()
+        assert trainer.step == 0 and worker.batches == 0
+        net = trainer.net
+        assert net is not start.net and net.spec.to_dict() == BASE.to_dict()
+        assert same(snapshot(net), before)          # the model's weights ...
+        shared = {p.data_ptr() for p in start.net.parameters()} & {p.data_ptr() for p in net.parameters()}
+        assert not shared                           # ... copied, not shared
+        assert trainer.init_from["model"] == "upload: base"
+        worker.resume()
+        deadline = time.monotonic() + 30
+        while worker.batches < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.batches >= 2
+    finally:
+        worker.stop(closed=True)
+        assert worker.wait(10)
+    assert not same(snapshot(worker.trainer.net), before)    # training moved the copy ...
+    assert same(snapshot(start.net), before)                 # ... never the model
+
+
+def test_fine_tuning_the_relaxation_models_weights_leaves_that_model_alone(app, tmp_path):
+    choice = upload_model(app, tmp_path, BASE)
+    base = app.state.base_network()
+    before = snapshot(base)
+    view = app.train
+    view.settings.param.update(start_from="relaxation", epochs=50)
+    view.drain()
+    assert all(w.disabled for w in view.arch_widgets.values())
+    assert "Continues from" in view.start_hint.object and "depth 2, width 6" in view.start_hint.object
+    press(app, "start")
+    drain_until(app, lambda: rows(app) >= 3, what="three batches")
+    # Relaxing in the Relaxation tab while the copy trains: the model's own weights, unchanged.
+    app.restart()
+    app.run_until_idle()
+    assert app.run.request.model_name == choice and rows(app) >= 3
+    assert same(snapshot(app.run.request.net), before)
+    press(app, "pause")
+    assert view.worker.trainer.net.spec.depth == 2 and view.settings.depth == 3   # the setting is ignored
+    assert not same(snapshot(view.worker.trainer.net), before) and same(snapshot(base), before)
+    # The first probe ran before any step: its Phi curve is the loaded model's own.
+    drain_until(app, lambda: view.probe_history.data["step"], what="the first probe")
+    assert view.probe_history.data["step"][0] == 0
+    x = app.state.samples.normalised(app.state.sample)
+    with torch.no_grad():
+        res = relax(base, x, steps=TINY["t_free"], beta=0.0, schedule="paper", record=RecordConfig(scalars=True))
+    assert np.allclose(view.probe_history.data["ys"][0], res.series("phi")[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    assert "fine-tuning" in view.status.object and choice in view.status.object
+    assert errors(app) == [], app.messages
+
+
+def test_a_fine_tuned_checkpoint_says_what_it_came_from(app, tmp_path, trained_dir):
+    choice = upload_model(app, tmp_path, BASE)
+    app.train.settings.param.update(start_from="relaxation", alpha=3.0)
+    train_pause_and_save(app, "fine", batches=2)
+    meta = json.loads((trained_dir / "fine.json").read_text())
+    src = meta["provenance"]["fine_tuned_from"]
+    assert src["model"] == choice and src["network"] == BASE.name and src["source"] == "uploaded checkpoint base"
+    assert src["alpha"] == 6.0 and meta["alpha"] == 3.0            # its own alpha, and the one trained with
+    assert meta["network"]["layers"] == BASE.to_dict()["layers"]
+    assert (meta["settings"]["depth"], meta["settings"]["width"]) == (2, 6)
+
+
+def test_a_scratch_run_records_no_origin(app, trained_dir):
+    train_pause_and_save(app, "scratch", batches=1)
+    meta = json.loads((trained_dir / "scratch.json").read_text())
+    assert "fine_tuned_from" not in meta["provenance"] and meta["settings"]["depth"] == 3
+
+
+def test_a_model_not_shaped_for_fashion_mnist_is_refused_with_a_message(app, tmp_path):
+    spec = hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4, n_classes=5)
+    choice = upload_model(app, tmp_path, spec, name="five")   # the Relaxation tab takes it: 1x28x28 input
+    app.run_until_idle()
+    assert app.state.model == choice
+    app.train.settings.start_from = "relaxation"
+    app.train.drain()
+    assert "cannot fine-tune" in app.train.start_hint.object
+    press(app, "start")
+    words = (f"cannot fine-tune {choice} on Fashion-MNIST: it takes 1x28x28 inputs with 5 output units, "
+             "but Fashion-MNIST has 1x28x28 images in 10 classes")
+    assert any(words in t for t in errors(app)), app.messages
+    assert app.train.worker is None
+    # Training from scratch still works.
+    app.train.settings.param.update(start_from="scratch", epochs=1)
+    app.train.drain()
+    assert not any(w.disabled for w in app.train.arch_widgets.values())
+    press(app, "start")
+    drain_until(app, lambda: app.train.outcome == "done", what="the scratch run")
+
+
+def test_a_model_for_other_images_is_refused_by_the_settings(app):
+    # The Relaxation tab refuses such models; the settings check anyway, whatever hands them one.
+    net = HopfieldNetwork(hopfield_family(depth=2, input_shape=(3, 32, 32), width=4))
+    app.train.settings.start_from = "relaxation"
+    with pytest.raises(SettingError, match="cannot fine-tune cifar on Fashion-MNIST: it takes 3x32x32 inputs"):
+        app.train.settings.config(start=StartModel(net, "cifar", {}))
+    with pytest.raises(SettingError, match="continuing needs the model loaded in the Relaxation tab"):
+        app.train.settings.config()

@@ -15,6 +15,11 @@ Bokeh models.
 - Saves run on the worker thread between batches (the weights are consistent
   there); once the thread has ended nothing else changes them, and a save runs
   on the caller's thread.
+- A run starts from scratch (a network built from the settings) or continues
+  from the Relaxation tab's model (:func:`relaxation_model`): the trainer
+  trains a private deep copy of that network, so the Relaxation tab never sees
+  half-updated weights, and saved checkpoints name it under
+  ``provenance.fine_tuned_from``.
 - Every ``probe_every`` batches (and before the first and after the last) the
   worker relaxes one fixed probe image, a shipped sample, through the current
   weights with recording on and queues its free-phase dynamics: the step size
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -36,27 +42,98 @@ import torch
 from .. import data as data_mod
 from ..dynamics import check_beta, relax
 from ..evaluate import one_line
-from ..network import OUTPUT, SpecError
+from ..network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError
 from ..record import RecordConfig
 from ..train import Trainer, TrainConfig
-from .state import SettingError, check_save_name, trained_dir
+from .state import UNTRAINED, SettingError, check_save_name, trained_dir
 
 log = logging.getLogger("explorer.app")
 
 EVENT_LIMIT = 20_000    # events waiting for the page; the oldest go first (the page drains often)
-TOL = 1e-3              # free-phase tolerance while training and evaluating (interactive runs)
+TOL = 1e-3              # default phase tolerance while training and evaluating (interactive runs)
+ALPHA_MAX = 50.0        # as the Relaxation tab's alpha
+DATASET = "fashion_mnist"
+SCRATCH, RELAXATION = "scratch", "relaxation"
+START_FROM = {"New network (Network settings)": SCRATCH, "Relaxation tab's model (fine-tune)": RELAXATION}
 PROBE_PHASE_STEPS = None  # the probe runs the full T_free (no tolerance), so its curves are comparable
 
 
-class TrainSettings(param.Parameterized):
-    """The Train view's controls. The defaults train a small residual network in a few minutes on a CPU."""
+@dataclasses.dataclass(frozen=True)
+class StartModel:
+    """The network a run continues from: the Relaxation tab's model when Start was pressed."""
+    net: HopfieldNetwork      # the Relaxation tab's network: only read (the trainer trains a deep copy)
+    choice: str               # its model-picker choice
+    provenance: dict          # what saved checkpoints record as provenance.fine_tuned_from
 
+    @property
+    def spec(self) -> NetworkSpec:
+        return self.net.spec
+
+
+def architecture_text(spec: NetworkSpec) -> str:
+    """Depth, width, residual, classes and alpha of a network, in words (for hints and messages)."""
+    width = spec.shape_of(spec.hidden[0].name)[0] if spec.hidden else 0
+    return (f"depth {spec.depth}, width {width}, {'residual' if spec.residual else 'plain'}, "
+            f"{spec.n_classes} classes, its own α {spec.alpha:g}")
+
+
+def check_fits_fashion_mnist(spec: NetworkSpec, name: str) -> None:
+    """SettingError unless the network takes Fashion-MNIST's 1x28x28 images and has its 10 classes."""
+    shape, classes = tuple(data_mod.input_shape(DATASET)), data_mod.n_classes(DATASET)
+    if tuple(spec.input_shape) != shape or spec.n_classes != classes:
+        got = "x".join(map(str, spec.input_shape))
+        raise SettingError(f"cannot fine-tune {name} on Fashion-MNIST: it takes {got} inputs with "
+                           f"{spec.n_classes} output units, but Fashion-MNIST has {'x'.join(map(str, shape))} "
+                           f"images in {classes} classes; load such a model in the Relaxation tab, or "
+                           "start from scratch")
+
+
+def relaxation_model(app_state) -> StartModel:
+    """The model the Relaxation tab has loaded (an ``ExplorerState``), to continue training from."""
+    choice = app_state.model
+    try:
+        net = app_state.base_network(choice)
+    except SettingError as exc:
+        raise SettingError(f"cannot continue from {choice}: {exc}") from exc
+    check_fits_fashion_mnist(net.spec, choice)
+    prov = {"model": choice, "network": net.spec.name, "alpha": float(net.spec.alpha)}
+    loaded = app_state.loaded.get(choice)
+    if loaded is not None:
+        prov["source"] = loaded.source
+        meta = loaded.description or {}
+        created = (meta.get("provenance") or {}).get("created")
+        acc = (meta.get("card") or {}).get("test_accuracy")
+        if created:
+            prov["created"] = created
+        if isinstance(acc, (int, float)):
+            prov["test_accuracy"] = float(acc)
+    elif choice in UNTRAINED:
+        prov["source"] = "the untrained builder (seed 0)"
+    return StartModel(net, choice, prov)
+
+
+class TrainSettings(param.Parameterized):
+    """The Train view's controls. The defaults train a small residual network in a few minutes on a CPU.
+
+    alpha and tol have no hard bounds here: a value out of range reaches :meth:`config`, which
+    refuses it with a SettingError (a message on the page) instead of a widget silently snapping back.
+    """
+
+    start_from = param.Selector(default=SCRATCH, objects=START_FROM, precedence=0.05, label="Start from",
+                                doc="Train a new network built from the Network settings, or continue from "
+                                    "the weights of the model loaded in the Relaxation tab (a zoo, trained or "
+                                    "uploaded checkpoint for 1x28x28 images in 10 classes): its architecture "
+                                    "replaces depth, width and residual, and its weights are copied at Start.")
     depth = param.Integer(default=5, bounds=(1, 12), precedence=0.10,
                           doc="Hidden convolutional layers on the main path.")
     width = param.Integer(default=8, bounds=(1, 64), precedence=0.11,
                           doc="Channels of the first hidden layer (deeper layers double it after pooling).")
     residual = param.Boolean(default=True, precedence=0.12,
                              doc="Residual (skip) edges into every even layer (off: the plain network).")
+    alpha = param.Number(default=6.0, step=0.5, precedence=0.13, label="Clipping threshold α",
+                         doc="alpha of the activation min(max(u, 0), alpha), above 0 and at most 50 "
+                             "(6: the paper's ReLU6; 1: the hard sigmoid). Also used when continuing "
+                             "from a model trained with another alpha.")
     limit = param.Integer(default=6000, bounds=(1, 60_000), precedence=0.20, label="Training images",
                           doc="Train on the first N images of the Fashion-MNIST training split.")
     eval_limit = param.Integer(default=500, bounds=(1, 10_000), precedence=0.21, label="Test images",
@@ -70,6 +147,10 @@ class TrainSettings(param.Parameterized):
                            doc="Most iterations of each batch's free phase (it stops early when converged).")
     t_nudge = param.Integer(default=15, bounds=(1, 500), precedence=0.32, label="T nudge",
                             doc="Iterations of each nudged phase.")
+    tol = param.Number(default=TOL, step=1e-4, precedence=0.321, label="Tolerance",
+                       doc="Every phase (free and nudged, and the test evaluation) stops early once its "
+                           "largest relative step ||s_t - s_(t-1)|| / ||s_t|| falls below this; above 0 and "
+                           "below 1. Type e.g. 1e-4 for tighter fixed points (slower), 1e-2 for looser.")
     lr = param.Number(default=0.03, bounds=(0.0, 1.0), inclusive_bounds=(False, True), step=0.005,
                       precedence=0.33, label="Learning rate",
                       doc="SGD (Nesterov 0.9) learning rate, cosine-decayed per batch over the run.")
@@ -77,25 +158,48 @@ class TrainSettings(param.Parameterized):
                                 doc="How often the probe image is relaxed through the current weights.")
     save_name = param.String(default="my-run", precedence=0.50, label="Checkpoint name",
                              doc="Letters, digits, '-' and '_'; the model picker lists it as 'trained: NAME'.")
-    start = param.Event(precedence=0.60, label="Start", doc="Train from scratch with these settings.")
+    start = param.Event(precedence=0.60, label="Start",
+                        doc="Train with these settings, from scratch or from the Relaxation tab's model.")
     pause = param.Event(precedence=0.61, label="Pause", doc="Hold training after the current batch.")
     resume = param.Event(precedence=0.62, label="Resume", doc="Continue a paused run.")
     stop = param.Event(precedence=0.63, label="Stop", doc="End the run after the current batch.")
     save = param.Event(precedence=0.64, label="Save", doc="Save the current weights as a checkpoint.")
 
-    def config(self, check_data: bool = True) -> TrainConfig:
-        """The run these settings describe, or SettingError saying why not."""
-        c = TrainConfig(dataset="fashion_mnist", limit=int(self.limit), eval_limit=int(self.eval_limit),
+    @property
+    def continuing(self) -> bool:
+        return self.start_from == RELAXATION
+
+    def config(self, check_data: bool = True, start: StartModel | None = None) -> TrainConfig:
+        """The run these settings describe, or SettingError saying why not.
+
+        ``start``: the model to continue from (:func:`relaxation_model`), needed when ``start_from``
+        says so; its architecture then replaces depth, width and residual.
+        """
+        alpha, tol = float(self.alpha), float(self.tol)
+        if not (math.isfinite(alpha) and 0 < alpha <= ALPHA_MAX):
+            raise SettingError(f"alpha = {alpha:g} is not allowed: the clipping threshold must be above 0 and "
+                               f"at most {ALPHA_MAX:g} (6 is the paper's ReLU6, 1 the hard sigmoid)")
+        if not (math.isfinite(tol) and 0 < tol < 1):
+            raise SettingError(f"tolerance = {tol:g} is not allowed: it is a relative step size, above 0 and "
+                               f"below 1 (default {TOL:g}; smaller is stricter and slower)")
+        c = TrainConfig(dataset=DATASET, limit=int(self.limit), eval_limit=int(self.eval_limit),
                         final_eval_limit=int(self.eval_limit),
                         builder="resnet" if self.residual else "plain", depth=int(self.depth),
-                        width=int(self.width), beta=float(self.beta), t_free=int(self.t_free),
-                        t_nudge=int(self.t_nudge), tol=TOL, epochs=int(self.epochs),
+                        width=int(self.width), alpha=alpha, beta=float(self.beta), t_free=int(self.t_free),
+                        t_nudge=int(self.t_nudge), tol=tol, epochs=int(self.epochs),
                         batch_size=int(self.batch_size), lr=float(self.lr),
                         lr_step="batch",        # a short run: decay smoothly, not in epoch-sized steps
                         out=None,               # nothing written unless the person saves
                         log_every=0, progress=False)
+        if self.continuing:
+            if start is None:
+                raise SettingError("continuing needs the model loaded in the Relaxation tab; choose one there, "
+                                   "or start from scratch")
+            check_fits_fashion_mnist(start.spec, start.choice)
+            c = c.describing(start.spec)   # as the trainer will (the saved settings describe the model)
         try:
-            spec = c.resolved().build_spec()
+            resolved = c.resolved()
+            spec = start.spec.with_alpha(alpha) if self.continuing else resolved.build_spec()
         except SpecError as exc:
             raise SettingError(f"cannot build that network: {exc}") from exc
         except ValueError as exc:
@@ -129,8 +233,9 @@ class TrainWorker:
     """A background thread training one network; start / pause / resume / stop / save from any thread."""
 
     def __init__(self, config: TrainConfig, probe: Probe, probe_every: int = 20, threads: int = 1,
-                 name: str = "explorer-train"):
+                 name: str = "explorer-train", start: StartModel | None = None):
         self.config = config
+        self.start_model = start      # continue from this model's weights (the trainer copies them)
         self.probe = probe
         self.probe_every = max(int(probe_every), 1)
         self._threads = threads
@@ -236,7 +341,10 @@ class TrainWorker:
         try:
             try:
                 # Reads the data set: on this thread, so the page never waits for it.
-                trainer = Trainer(dataclasses.replace(self.config, threads=self._threads or 0))
+                start = self.start_model
+                trainer = Trainer(dataclasses.replace(self.config, threads=self._threads or 0),
+                                  init_net=start.net if start is not None else None,
+                                  init_from=start.provenance if start is not None else None)
             except Exception as exc:
                 self._fail(exc)
                 return
@@ -282,7 +390,8 @@ class TrainWorker:
         if kind == "start":
             out = {k: event[k] for k in ("kind", "network", "parameters", "batches_per_epoch")}
             out.update(epochs=self.config.epochs, device=str(self.trainer.device),
-                       train_images=len(self.trainer.train_set))
+                       train_images=len(self.trainer.train_set),
+                       fine_tuned_from=(event.get("fine_tuned_from") or {}).get("model"))
             self._put(out)
         elif kind == "batch":
             self.batches += 1
@@ -350,4 +459,5 @@ def save_stem(name: str) -> Path:
     return trained_dir() / check_save_name(name)
 
 
-__all__ = ["TrainSettings", "TrainWorker", "Probe", "save_stem", "TOL"]
+__all__ = ["TrainSettings", "TrainWorker", "Probe", "StartModel", "relaxation_model", "check_fits_fashion_mnist",
+           "architecture_text", "save_stem", "TOL", "SCRATCH", "RELAXATION"]

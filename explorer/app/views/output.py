@@ -3,12 +3,15 @@
 Bars: the output units y of the free phase (live while it relaxes, then the
 fixed point y*). Markers: y at the end of the nudged +beta and -beta phases,
 pulled towards the one-hot target of the label. The prediction is argmax y*.
+The plot's title stays short ("Output units y": the plot sits beside the
+input image, so it is narrow); a smaller subtitle under it says the label,
+then the prediction, so a saved PNG still tells them.
 """
 from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Title
 
 from ...network import OUTPUT
 from ..state import class_name
@@ -38,6 +41,9 @@ class OutputView(View):
         self.y = StableRange(floor=(0.0, 1.0), headroom=0.1)   # always shows the one-hot target
         self.fig = make_figure("Output units y", height=330, x_label="", y_label="y",
                                x_range=self.x_range, y_range=self.y.range, tools="save")
+        # Laid out under the title (Bokeh puts the figure's own title outermost).
+        self.subtitle = Title(text="", text_font_size="13px", text_font_style="normal", text_color="#444444")
+        self.fig.add_layout(self.subtitle, "above")
         self.fig.vbar(x="name", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
         self.fig.scatter(x="name", y="target", source=self.bars, marker="dash", size=26, line_width=3,
                          color="#333333", legend_label="target (one-hot)")
@@ -99,7 +105,7 @@ class OutputView(View):
         label = class_name(r.class_names, r.label)
         if y is None:
             self.prediction.object = f"<div class='pred pending'>label <b>{label}</b><br>prediction: …</div>"
-            self.fig.title.text = f"Output units y · label: {label}"
+            self.subtitle.text = f"label: {label}"
             return
         k = int(np.argmax(y))
         self.predicted = k
@@ -109,7 +115,7 @@ class OutputView(View):
         mark = "✓ correct" if ok else "✗ wrong"
         self.prediction.object = (f"<div class='pred {'ok' if ok else 'bad'}'>label <b>{label}</b><br>"
                                   f"prediction ({state}): <b>{guess}</b> {mark}</div>")
-        self.fig.title.text = f"Output units y: predicted {guess} {mark[0]}"
+        self.subtitle.text = f"predicted: {guess} {mark[0]}"
 
     def push(self, batch: Batch) -> None:
         """Live outputs: the bars follow y through the free phase, the markers through the nudged ones."""

@@ -6,6 +6,9 @@ worker's events into the plots:
 
 - loss and accuracy per batch (this batch, and the running mean over the
   epoch), the test accuracy and loss after every epoch;
+- a run starts from a new network (depth, width, residual) or continues
+  from the weights of the Relaxation tab's model (then those three settings
+  are disabled: the model fixes them);
 - the probe image's free phase through the current weights, every few
   batches: each layer's relative step size ||s_t - s_(t-1)|| / ||s_t|| and
   the energy Phi per iteration (earlier probes stay, fainter, so the change
@@ -26,7 +29,7 @@ from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFo
 from bokeh.palettes import Blues9
 
 from ..state import SettingError, class_name
-from ..training import Probe, TrainSettings, TrainWorker, save_stem
+from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
 from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, static_legend, style_legend
 
 log = logging.getLogger("explorer.app")
@@ -38,6 +41,7 @@ TRAIN_COLOR = "#0072B2"
 BATCH_COLOR = "#9DB4C8"
 LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
 TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
+ARCHITECTURE = ("depth", "width", "residual")   # fixed by the model when continuing from one
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
 
@@ -69,6 +73,7 @@ class TrainView(pn.viewable.Viewer):
         self._last_eval: dict = {}
         self._layers: tuple = ()
         self._probe: Probe | None = None
+        self._hint_stale = True           # the start-from hint and the architecture widgets need a redraw
         self._build_figures()
         self._build_widgets()
         s = self.settings.param
@@ -77,6 +82,8 @@ class TrainView(pn.viewable.Viewer):
         s.watch(lambda *_: self.resume(), "resume")
         s.watch(lambda *_: self.stop(), "stop")
         s.watch(lambda *_: self.save(), "save")
+        s.watch(lambda *_: self._start_from_changed(), "start_from")
+        app_state.param.watch(lambda *_: self._start_from_changed(), "model")
 
     # ------------------------------------------------------------------------------------
     # Figures
@@ -142,7 +149,7 @@ class TrainView(pn.viewable.Viewer):
         style_legend(self.step_fig, "top_right")
 
         self.phi_y = StableRange(headroom=0.08)
-        self.phi_fig = make_figure("Probe: energy Φ over the free phase", height=300,
+        self.phi_fig = make_figure("Probe: energy Φ", height=300,
                                    x_label="free-phase iteration", y_label="Φ", y_range=self.phi_y.range)
         self.phi_fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5,
                                 line_alpha=0.7, legend_label="earlier probes (darker: later)")
@@ -182,17 +189,29 @@ class TrainView(pn.viewable.Viewer):
                                            ("stop", "danger"))}
         self.save_button = pn.widgets.Button.from_param(s.param.save, color="success", width=70,
                                                         margin=(23, 5, 5, 3))
+        fit = {"sizing_mode": "stretch_width"}
+        self.start_from = pn.widgets.RadioBoxGroup.from_param(s.param.start_from, inline=False, margin=(0, 10),
+                                                              **fit)
+        self.start_hint = pn.pane.HTML("", margin=(0, 10), **fit)
+        self.arch_widgets = {"depth": pn.widgets.IntSlider.from_param(s.param.depth, **fit),
+                             "width": pn.widgets.IntInput.from_param(s.param.width, **fit),
+                             "residual": pn.widgets.Checkbox.from_param(s.param.residual, **fit)}
+        self._update_start_hint()
 
     # ------------------------------------------------------------------------------------
     # Actions (page thread; widget callbacks)
     # ------------------------------------------------------------------------------------
     def start(self) -> bool:
-        """Train from scratch with the current settings; False (and a message) if they cannot run."""
+        """Train with the current settings (from scratch or from the Relaxation tab's model); False (and a
+        message) if they cannot run."""
         if self.worker is not None and self.worker.active:
             self.notify("a training run is in progress: stop it before starting another", "warning")
             return False
+        start = None
         try:
-            config = self.settings.config()
+            if self.settings.continuing:
+                start = relaxation_model(self.app_state)
+            config = self.settings.config(start=start)
         except SettingError as exc:
             self.notify(str(exc))
             return False
@@ -201,7 +220,7 @@ class TrainView(pn.viewable.Viewer):
         self._probe = Probe(samples.normalised(index), int(samples.labels[index]), index,
                             samples.images[index, 0].numpy(), samples.class_names)
         self.worker = TrainWorker(config, self._probe, probe_every=self.settings.probe_every,
-                                  threads=self.threads or 0)
+                                  threads=self.threads or 0, start=start)
         self._reset = True
         self._dirty = True
         self._started, self._last_batch, self._last_eval = {}, {}, {}
@@ -245,6 +264,11 @@ class TrainView(pn.viewable.Viewer):
             return False
         self.saved.add(stem.name)
         return True
+
+    def _start_from_changed(self) -> None:
+        """Start-from or the Relaxation tab's model changed: the next drain redraws the hint."""
+        self._hint_stale = True
+        self._dirty = True
 
     def shutdown(self, reason: str = "", wait: float = 2.0) -> bool:
         """Stop this page's training (the session closed); True if a running worker was stopped."""
@@ -383,6 +407,8 @@ class TrainView(pn.viewable.Viewer):
         if st:
             parts.append(f"<b>{html.escape(st['network'])}</b> · {st['parameters']:,} parameters · "
                          f"{st['train_images']:,} images on {html.escape(st['device'])}")
+            if st.get("fine_tuned_from"):
+                parts.append(f"fine-tuning <b>{html.escape(st['fine_tuned_from'])}</b>")
         if b:
             parts.append(f"epoch {b['epoch']}/{st.get('epochs', '?')} · batch {b['batch']}/"
                          f"{st.get('batches_per_epoch', '?')} · {b['rate']:.0f} images/s")
@@ -392,7 +418,32 @@ class TrainView(pn.viewable.Viewer):
                          f"after epoch {ev['epoch']})")
         return "<div class='status train-status'>" + " &nbsp;·&nbsp; ".join(parts) + "</div>"
 
+    def _update_start_hint(self) -> None:
+        """Say where the next run starts from; disable the settings the model fixes."""
+        self._hint_stale = False
+        continuing = self.settings.continuing
+        for name in ARCHITECTURE:
+            widget = self.arch_widgets[name]
+            if widget.disabled != continuing:
+                widget.disabled = continuing
+        if not continuing:
+            text = "A new network built from depth, width and residual below (seed 0)."
+        else:
+            try:
+                start = relaxation_model(self.app_state)
+            except SettingError as exc:
+                text = f"<span class='warn'>{html.escape(str(exc))}</span>"
+            else:
+                text = (f"Continues from <b>{html.escape(start.choice)}</b> ({architecture_text(start.spec)}): "
+                        "depth, width and residual come from it, and its weights are copied at Start "
+                        "(the Relaxation tab keeps its own). α below applies.")
+        text = f"<div class='hint start-hint'>{text}</div>"
+        if self.start_hint.object != text:
+            self.start_hint.object = text
+
     def _update_status(self) -> None:
+        if self._hint_stale:
+            self._update_start_hint()
         text = self._status_html()
         if self.status.object != text:
             self.status.object = text
@@ -431,10 +482,15 @@ class TrainView(pn.viewable.Viewer):
             return pn.Param(s, parameters=list(names), show_name=False, sizing_mode="stretch_width",
                             widgets=widgets)
         slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
+        arch = self.arch_widgets
         return pn.Column(
-            section("Network", params("depth", "width", "residual")),
+            section("Start from", self.start_from, self.start_hint),
+            section("Network", pn.Column(arch["depth"], arch["width"], arch["residual"], margin=(5, 10),
+                                         sizing_mode="stretch_width"),
+                    params("alpha", alpha={"type": pn.widgets.FloatInput, "step": 0.5})),
             section("Data", params("limit", "eval_limit")),
-            section("EP", params("beta", "t_free", "t_nudge", beta=slider)),
+            section("EP", params("beta", "t_free", "t_nudge", "tol", beta=slider,
+                                 tol={"type": pn.widgets.FloatInput, "step": 1e-4})),
             section("Optimisation", params("epochs", "batch_size", "lr", "probe_every",
                                            lr={"type": pn.widgets.FloatInput, "step": 0.005})),
             sizing_mode="stretch_width")
@@ -446,7 +502,7 @@ class TrainView(pn.viewable.Viewer):
 
     def _build_layout(self):
         css = self.css
-        for pane in (self.status, self.probe_text):
+        for pane in (self.status, self.probe_text, self.start_hint):
             pane.stylesheets = [css]
         run_row = pn.Row(*self.buttons.values(), sizing_mode="stretch_width", margin=(0, 5))
         name = pn.widgets.TextInput.from_param(self.settings.param.save_name, width=185, margin=(5, 3, 5, 10))
