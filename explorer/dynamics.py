@@ -305,11 +305,15 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     state_idx = torch.as_tensor([i for i in record.state_samples if i < batch], dtype=torch.long,
                                 device=x.device) if record is not None else None
 
-    def emit(t, stats, energy, units=None):
-        states = {}
+    def capture(t):
+        """The state tensors the record asks for at step t (taken from the current state)."""
         if record.state_layers and (t % max(1, record.state_every) == 0 or t == steps):
-            states = {n: s[n].detach().index_select(0, state_idx).to("cpu", copy=True)
-                      for n in record.state_layers if n in s}
+            return {n: s[n].detach().index_select(0, state_idx).to("cpu", copy=True)
+                    for n in record.state_layers if n in s}
+        return {}
+
+    def emit(t, stats, energy, units=None, states=None):
+        states = capture(t) if states is None else states
         if units is None and units_idx is not None:
             units = torch.stack([s[n][(slice(None), *units_idx[n])].t() for n in names])
         if stats is None:
@@ -327,6 +331,21 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     findings: list[Finding] = []
     prev_f = None
     rose: list[int] = []
+    pending: list = [None]   # fused path: the last step's record, waiting for its late energy terms
+
+    def settle(out):
+        nonlocal prev_f
+        emit(out.t, out.stats, out.energy, out.units, out.states)
+        last_phi[0] = out.energy[0]
+        if out.f_sum - prev_f > 1e-5 * (abs(prev_f) + 1.0):
+            rose.append(out.t)
+        prev_f = out.f_sum
+
+    def flush():
+        if pending[0] is not None:
+            stepper.close(pending[0], s)
+            settle(pending[0])
+            pending[0] = None
     sat_onset: dict[str, tuple[str, int]] = {}
     last_rel = None
     t = 0
@@ -343,14 +362,17 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
             prev_f = float(e0[2].sum())
         for t in range(1, steps + 1):
             if should_stop is not None and should_stop():
+                flush()
                 findings.append(Finding("cancelled", f"cancelled at step {t - 1}", t - 1))
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
             if stepper is not None:
-                out = stepper.step(s, 2 if scalars else (1 if need_delta else 0))
+                out = stepper.step(s, 2 if scalars else (1 if need_delta else 0), t, pending[0])
+                if pending[0] is not None:
+                    settle(pending[0])   # its energy is complete now
+                    pending[0] = None
                 if need_delta:
-                    pairs = out.pairs
-                    rels = [d / (m + 1e-12) for d, m in pairs]
+                    rels = [d / (m + 1e-12) for d, m in out.pairs]
                     last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
                     if not math.isfinite(last_rel):
                         bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
@@ -361,14 +383,12 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                                  out.units)
                         return finish(findings, t)
                 if record is not None:
-                    emit(t, out.stats, out.energy if scalars else x.new_zeros(3, batch), out.units)
                     if scalars:
-                        last_phi[0] = out.energy[0]
-                        f_t = out.f_sum
-                        if f_t - prev_f > 1e-5 * (abs(prev_f) + 1.0):
-                            rose.append(t)
-                        prev_f = f_t
                         _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
+                        out.states = capture(t)
+                        pending[0] = out
+                    else:
+                        emit(t, None, x.new_zeros(3, batch), None)
                 if tol is not None and last_rel is not None and last_rel < tol:
                     findings.append(Finding("converged", f"converged at step {t} (relative step {last_rel:.1e})", t))
                     break
@@ -433,6 +453,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 else:
                     findings.append(Finding("not_converged", f"not converged after {t} steps "
                                             f"(relative step {last_rel:.1e} > {limit:.0e})", t))
+        flush()
         if rose:
             energy_name = "Phi" if beta == 0 else "F"
             findings.append(Finding("energy_rose", f"{energy_name} rose at step {rose[0]}"
@@ -453,14 +474,20 @@ def _fused_kernels(x: torch.Tensor):
 
 
 class _StepOut:
-    __slots__ = ("stats", "energy", "units", "pairs", "f_sum", "fractions")
+    __slots__ = ("t", "stats", "energy", "units", "pairs", "f_sum", "fractions", "states")
 
 
 class _FusedStep:
     """One relaxation step through :mod:`explorer.native`: per schedule group one call that
     updates every hidden layer and sums its raw statistics in one pass, then one call that
     turns the raw rows into the step's record. Same arithmetic as the eager path below
-    (which the tests compare it with); sums are accumulated in float64."""
+    (which the tests compare it with); sums are accumulated in float64.
+
+    Edges whose two ends move together (skips under the paper schedule, every edge when
+    synchronous) need <W s_src, s_dst> at the new states, one more product each. The next
+    step computes W s_src anyway and still holds the old s_dst, so it supplies the term;
+    a step's energy is therefore complete one step later (``pending``), and the last step's
+    from :meth:`close`."""
 
     ROLE = {"direct": 0, "skip": 1, "feedback": 2}
 
@@ -469,6 +496,7 @@ class _FusedStep:
         self.k, self.net, self.weights, self.groups = kernels, net, weights, groups
         self.names = net.layer_names
         self.owner, self.jacobi_edges = owner, jacobi_edges
+        self.late_edges = set(jacobi_edges)
         self.beta, self.omega, self.alpha = beta, omega, float(net.alpha)
         self.target, self.target_1h = target, target_1h
         self.nudge_ref = nudge_ref
@@ -489,6 +517,7 @@ class _FusedStep:
         self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
         order = [n for g in groups for n in g]
         self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
+        self.plans = [(self._plan(g, False), self._plan(g, True)) for g in groups]
         self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
         self.onehot = target_1h if target_1h is not None else self.empty
         self.batch = batch
@@ -512,58 +541,72 @@ class _FusedStep:
             self.offset_strides = strides
         return self.offsets
 
-    def step(self, s: dict, level: int) -> _StepOut:
-        net, raws = self.net, []
-        for group in self.groups:
-            parts, p_layer, p_role, p_owned = [], [], [], []
-            olds, refs, bmaps, given, hidden = [], [], [], [], []
+    def _plan(self, group, with_output: bool) -> dict:
+        """What one kernel call of this group gets that does not change between steps."""
+        plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "refs": [],
+                "bmaps": [], "hidden": []}
+        for n in group:
+            if n == OUTPUT and not with_output:
+                continue
+            j = len(plan["layers"])
+            edges = [(e, True) for e in self.net.incoming[n]] + [(e, False) for e in self.net.outgoing[n]]
+            for e, forward in edges:
+                plan["p_layer"].append(j)
+                plan["p_role"].append(self.ROLE["skip" if forward and e.kind == "skip" else
+                                                ("direct" if forward else "feedback")])
+                plan["p_owned"].append(int(self.owner[id(e)] == n))
+                plan["p_late"].append(int(forward and e in self.late_edges))
+            plan["layers"].append((n, edges))
+            plan["refs"].append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
+            plan["bmaps"].append(self.bias_map[n])
+            plan["hidden"].append(int(n != OUTPUT))
+        return plan
+
+    def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
+        """One step; at level 2 it also completes ``pending`` (the previous step's record)."""
+        net, w, raws = self.net, self.weights, []
+        for group, plans in zip(self.groups, self.plans):
+            plan = plans[level > 0]
             y_new = None
-            for n in group:
-                outs = _edge_outputs(net, s, n, self.weights)
+            if OUTPUT in group:   # y is unboxed (and nudged): its update stays in tensor code
+                outs = _edge_outputs(net, s, OUTPUT, w)
+                y_new = _update(net, OUTPUT, _pre_activation(net, OUTPUT, outs, keep=level > 0), s[OUTPUT],
+                                self.beta, self.target_1h, self.omega)
+            parts, olds, given = [], [], []
+            for n, edges in plan["layers"]:
                 if n == OUTPUT:
-                    pre = _pre_activation(net, n, outs, keep=level > 0)
-                    y_new = _update(net, n, pre, s[n], self.beta, self.target_1h, self.omega)
-                    if level == 0:
-                        continue
-                j = len(olds)
-                for e, role, out in outs:
-                    parts.append(out)
-                    p_layer.append(j)
-                    p_role.append(self.ROLE[role])
-                    p_owned.append(int(self.owner[id(e)] == n))
+                    parts.extend(o for _, _, o in outs)
+                    given.append(y_new)
+                else:
+                    parts.extend(e.forward(w[e], s[e.spec.src]) if fwd else e.feedback(w[e], s[e.spec.dst])
+                                 for e, fwd in edges)
+                    given.append(self.empty)
                 olds.append(s[n])
-                refs.append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
-                bmaps.append(self.bias_map[n])
-                given.append(y_new if n == OUTPUT else self.empty)
-                hidden.append(int(n != OUTPUT))
-            members = [n for n in group if level > 0 or n != OUTPUT]
-            if members:
-                res = self.k.group_step(parts, p_layer, p_role, p_owned, olds, refs, bmaps, given, hidden,
+            if olds:
+                res = self.k.group_step(parts, plan["p_layer"], plan["p_role"], plan["p_owned"], plan["p_late"],
+                                        olds, plan["refs"], plan["bmaps"], given, plan["hidden"],
                                         self.alpha, self.omega, level)
-                for n, v in zip(members, res):
+                for (n, _), v in zip(plan["layers"], res):
                     s[n] = v
                 raws.append(res[-1])
             if y_new is not None and level == 0:
                 s[OUTPUT] = y_new
         out = _StepOut()
+        out.t = t
         out.stats = out.energy = out.units = None
         out.pairs = out.fractions = None
         out.f_sum = 0.0
         if level == 0:
             return out
-        raw = raws[0] if len(raws) == 1 else torch.cat(raws)
-        jacobi_out, jacobi_dst = [], []
-        if level == 2:  # edges whose ends moved together: <W s_src, s_dst> at the new states, summed in finalize
-            for e in self.jacobi_edges:
-                jacobi_out.append(e.forward(self.weights[e], s[e.spec.src]))
-                jacobi_dst.append(s[e.spec.dst])
         units = self.units_idx is not None and level == 2
+        pending_energy = pending.energy if pending is not None and level == 2 else self.empty
         stats, energy, unit_rows, summary = self.k.finalize(
-            raw, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, jacobi_out, jacobi_dst,
-            s[OUTPUT],
+            raws, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, s[OUTPUT],
             self.onehot, self.cost_kind, self.beta, [s[n] for n in self.names] if units else [],
-            self._unit_offsets(s) if units else [], self.nudge_ref is not None, level == 2)
+            self._unit_offsets(s) if units else [], self.nudge_ref is not None, level == 2, pending_energy)
         summary = summary.tolist()
+        if pending_energy.numel():
+            pending.f_sum = summary[1 + 4 * len(self.names)]
         L = len(self.names)
         out.pairs = [(summary[1 + 2 * i], summary[2 + 2 * i]) for i in range(L)]
         if level == 2:
@@ -571,6 +614,15 @@ class _FusedStep:
             out.f_sum = summary[0]
             out.fractions = [(summary[1 + 2 * L + 2 * i], summary[2 + 2 * L + 2 * i]) for i in range(L)]
         return out
+
+    def close(self, out: _StepOut, s: dict) -> None:
+        """Complete the energy of the last step (``s`` is its state) with the late terms, computed here."""
+        if not self.jacobi_edges or out.energy is None:
+            return
+        late = sum(e.energy(self.weights[e], s[e.spec.src], s[e.spec.dst]) for e in self.jacobi_edges)
+        out.energy[0] -= late
+        out.energy[2] -= late
+        out.f_sum = float(out.energy[2].sum())
 
 
 def _first_non_finite_parameter(net: HopfieldNetwork) -> str | None:

@@ -233,9 +233,13 @@ def test_should_stop_cancels_a_run(small_net, batch):
     net = small_net()
     x, _ = batch(net)
     seen = []
-    result = relax(net, x, steps=100, record=RecordConfig(), on_step=lambda r: seen.append(r.step),
-                   should_stop=lambda: len(seen) > 7)
-    assert result.verdict.status == "cancelled" and result.steps == 7
+    for fused in (False, True):
+        seen = []
+        result = relax(net, x, steps=100, record=RecordConfig(), on_step=lambda r: seen.append(r.step),
+                       should_stop=lambda: len(seen) > 7, fused=fused)
+        # the fused path hands a step's record over one step later (its energy completes then)
+        assert result.verdict.status == "cancelled" and result.steps == (8 if fused else 7)
+        assert seen == list(range(result.steps + 1))   # every step run was recorded, in order
 
 
 def test_runs_in_float32_and_bfloat16(batch):

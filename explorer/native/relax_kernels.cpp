@@ -18,7 +18,10 @@
 namespace {
 
 // Raw columns; sums of squares where the record wants a norm (finalize takes the root).
-enum Raw { DELTA2, NORM2, TOTAL, NONZERO, AT_ALPHA, DIRECT2, SKIP2, FEEDBACK2, NUDGE2, BIAS_DOT, EDGE_ENERGY, NRAW };
+// LATE: <W s_src, s_dst> of edges whose two ends move together, from this step's forward output
+// (W s_src of the previous step) and the old state: the previous step's missing energy terms.
+enum Raw { DELTA2, NORM2, TOTAL, NONZERO, AT_ALPHA, DIRECT2, SKIP2, FEEDBACK2, NUDGE2, BIAS_DOT, EDGE_ENERGY, LATE,
+           NRAW };
 enum Role { DIRECT = 0, SKIP = 1, FEEDBACK = 2 };
 constexpr int64_t BLOCK = 512;        // units summed per edge before the fused pass (stays in L1)
 constexpr int64_t CHUNK = 16384;      // units per parallel work item
@@ -30,6 +33,7 @@ struct Layer {
   const T* part[MAX_PARTS];
   int role[MAX_PARTS];
   bool owned[MAX_PARTS];
+  bool late[MAX_PARTS];
   int nparts = 0;
   const T* old = nullptr;
   const T* ref = nullptr;       // free state (nudged phases) or null
@@ -47,12 +51,14 @@ struct Item { int layer; int64_t sample, lo, hi; };
 // is distinct memory (`out` is the first edge output, already read into the sums), so the
 // compiler vectorises it, reductions included.
 template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
-void fused_block(int64_t m, const T* __restrict__ sum, const T* __restrict__ d, const T* __restrict__ s,
+__attribute__((noinline)) void fused_block(int64_t m, const T* __restrict__ sum, const T* __restrict__ d, const T* __restrict__ s,
                  const T* __restrict__ f,
-                 const T* __restrict__ o, const T* __restrict__ old, const T* __restrict__ ref,
+                 const T* __restrict__ o, const T* __restrict__ lp, const T* __restrict__ old, const T* __restrict__ ref,
                  const T* __restrict__ bm, const T* __restrict__ giv, T* __restrict__ out, T alpha, T omega,
                  double* __restrict__ a) {
-  T dd = 0, nn = 0, tot = 0, nz = 0, aa = 0, rr = 0, bd = 0, ee = 0, sd = 0, ss = 0, sf = 0;
+  T dd = 0, nn = 0, tot = 0, nz = 0, aa = 0, rr = 0, bd = 0, ee = 0, sd = 0, ss = 0, sf = 0, lt = 0;
+  // Without the pragma gcc turns the clip into branches and leaves the sums scalar.
+#pragma omp simd reduction(+ : dd, nn, tot, nz, aa, rr, bd, ee, sd, ss, sf, lt)
   for (int64_t i = 0; i < m; ++i) {
     const T oi = old[i];
     T v;
@@ -80,40 +86,77 @@ void fused_block(int64_t m, const T* __restrict__ sum, const T* __restrict__ d, 
       sd += di * di;
       ss += si * si;
       sf += fi * fi;
+      lt += lp[i] * oi;
     }
   }
   a[DELTA2] += dd; a[NORM2] += nn; a[NUDGE2] += rr;
   a[TOTAL] += tot; a[NONZERO] += nz; a[AT_ALPHA] += aa; a[BIAS_DOT] += bd; a[EDGE_ENERGY] += ee;
-  a[DIRECT2] += sd; a[SKIP2] += ss; a[FEEDBACK2] += sf;
+  a[DIRECT2] += sd; a[SKIP2] += ss; a[FEEDBACK2] += sf; a[LATE] += lt;
+}
+
+template <typename T>
+__attribute__((noinline)) void add_into(T* __restrict__ dst, const T* __restrict__ src, int64_t m) {
+  for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+}
+
+// Sum of the parts in `which` (in their order) over one block: a pointer into the part itself
+// when there is one, a zero block when none, else `buf` filled here.
+template <typename T>
+const T* block_sum(const Layer<T>& L, const bool* which, int64_t at, int64_t m, T* buf, const T* zeros) {
+  int count = 0, only = -1;
+  for (int p = 0; p < L.nparts; ++p)
+    if (which[p]) { ++count; only = p; }
+  if (count == 0) return zeros;
+  if (count == 1) return L.part[only] + at;
+  std::fill(buf, buf + m, T(0));
+  for (int p = 0; p < L.nparts; ++p)
+    if (which[p]) add_into(buf, L.part[p] + at, m);
+  return buf;
 }
 
 template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
 void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
-  alignas(64) T t[BLOCK], d[BLOCK], s[BLOCK], f[BLOCK], o[BLOCK];
+  alignas(64) T t[BLOCK], d[BLOCK], s[BLOCK], f[BLOCK], o[BLOCK], lb[BLOCK];
+  alignas(64) static const T zeros[BLOCK] = {};
+  bool all[MAX_PARTS], direct[MAX_PARTS], skip[MAX_PARTS], feedback[MAX_PARTS];
+  for (int p = 0; p < L.nparts; ++p) {
+    all[p] = true;
+    direct[p] = L.role[p] == DIRECT;
+    skip[p] = L.role[p] == SKIP;
+    feedback[p] = L.role[p] == FEEDBACK;
+  }
+  bool every_owned = true;
+  for (int p = 0; p < L.nparts; ++p) every_owned = every_owned && L.owned[p];
   const int64_t off = it.sample * L.n;
   double a[NRAW] = {0};
   for (int64_t base = it.lo; base < it.hi; base += BLOCK) {
-    const int64_t m = std::min(BLOCK, it.hi - base);
-    std::fill(t, t + m, T(0));
-    if constexpr (LEVEL >= 2) {
-      std::fill(d, d + m, T(0));
-      std::fill(s, s + m, T(0));
-      std::fill(f, f + m, T(0));
-      std::fill(o, o + m, T(0));
+    const int64_t m = std::min(BLOCK, it.hi - base), at = off + base;
+    // The edge outputs added in their order, as every level does (recording never changes the update).
+    // `out` is the first part: the sums are read before fused_block writes it, or copied when only one.
+    const T* sum = block_sum(L, all, at, m, t, zeros);
+    if (UPDATE && sum == L.part[0] + at) {
+      std::copy(sum, sum + m, t);
+      sum = t;
     }
-    for (int p = 0; p < L.nparts; ++p) {
-      const T* __restrict__ src = L.part[p] + off + base;
-      for (int64_t i = 0; i < m; ++i) t[i] += src[i];
-      if constexpr (LEVEL >= 2) {
-        T* __restrict__ dst = L.role[p] == DIRECT ? d : (L.role[p] == SKIP ? s : f);
-        for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
-        if (L.owned[p])
-          for (int64_t i = 0; i < m; ++i) o[i] += src[i];
+    const T *dp = zeros, *sp = zeros, *fp = zeros, *op = zeros, *lp = zeros;
+    if constexpr (LEVEL >= 2) {
+      dp = block_sum(L, direct, at, m, d, zeros);
+      sp = block_sum(L, skip, at, m, s, zeros);
+      fp = block_sum(L, feedback, at, m, f, zeros);
+      op = every_owned ? sum : block_sum(L, L.owned, at, m, o, zeros);
+      lp = block_sum(L, L.late, at, m, lb, zeros);
+      if (UPDATE) {   // pointers into the first part would see the new state: copy those
+        const T* first = L.part[0] + at;
+        if (dp == first) { std::copy(dp, dp + m, d); dp = d; }
+        if (sp == first) { std::copy(sp, sp + m, s); sp = s; }
+        if (fp == first) { std::copy(fp, fp + m, f); fp = f; }
+        if (op == first) { std::copy(op, op + m, o); op = o; }
+        if (lp == first) { std::copy(lp, lp + m, lb); lp = lb; }
       }
     }
     fused_block<T, LEVEL, UPDATE, OMEGA, REF>(
-        m, t, d, s, f, o, L.old + off + base, REF ? L.ref + off + base : nullptr, L.bias_map + base,
-        UPDATE ? nullptr : L.given + off + base, UPDATE ? L.out + off + base : nullptr, alpha, omega, a);
+        m, sum, dp, sp, fp, op, lp, L.old + at, REF ? L.ref + at : nullptr, L.bias_map + base,
+        UPDATE ? nullptr : L.given + at, UPDATE ? L.out + at : nullptr, alpha, omega, a);
   }
   for (int k = 0; k < NRAW; ++k) acc[k] = a[k];
 }
@@ -183,6 +226,7 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 // Returns the new states (update mode: the first part; given mode: given) and raw [L, NRAW, B] (float64).
 std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
                                    std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
+                                   std::vector<int64_t> part_late,
                                    std::vector<at::Tensor> olds, std::vector<at::Tensor> refs,
                                    std::vector<at::Tensor> bias_maps, std::vector<at::Tensor> given,
                                    std::vector<int64_t> hidden, double alpha, double omega, int64_t level) {
@@ -191,7 +235,8 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
   TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl &&
               hidden.size() == (size_t)nl, "group_step: per-layer lists differ in length");
   TORCH_CHECK(parts.size() == part_layer.size() && parts.size() == part_role.size() &&
-              parts.size() == part_owned.size(), "group_step: per-part lists differ in length");
+              parts.size() == part_owned.size() && parts.size() == part_late.size(),
+              "group_step: per-part lists differ in length");
   const at::Tensor& first = olds[0];
   const int64_t batch = first.size(0);
   at::Tensor raw = at::zeros({nl, NRAW, batch}, at::TensorOptions().dtype(at::kDouble));
@@ -250,6 +295,7 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
       L.part[L.nparts] = t.data_ptr<scalar_t>();
       L.role[L.nparts] = (int)part_role[p];
       L.owned[L.nparts] = part_owned[p] != 0;
+      L.late[L.nparts] = part_late[p] != 0;
       ++L.nparts;
     }
     for (int64_t l = 0; l < nl; ++l)
@@ -260,30 +306,57 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
   return out;
 }
 
-// The step's record from raw [L, NRAW, B] (float64; layer l's rows are raw[row_of[l]]).
+// The step's record from the groups' raw rows ([L_g, NRAW, B] float64 each, in the order the
+// groups ran; layer l's rows are row row_of[l] of their concatenation).
 // size, bias_norm: [L] float64; hidden: [L] int64 (0/1).
-// jacobi_out[j], jacobi_dst[j]: W s_src and s_dst of an edge whose ends moved together (Phi -= their dot). y [B, K], onehot [B, K] or numel 0;
+// y [B, K], onehot [B, K] or numel 0;
 // cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
-// Returns stats [L, S, B], energy [3, B] (in y's dtype), units [L, U, B] (numel 0 when none asked),
-// summary float64: [F summed over the batch, then per layer the batch norms (delta, scale),
-// then per layer the batch means (frac_zero, frac_alpha)]; scale is ||s - s*|| when use_nudge else ||s||.
-std::vector<at::Tensor> finalize(at::Tensor raw, at::Tensor row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm,
-                                 double inv_beta, std::vector<at::Tensor> jacobi_out,
-                                 std::vector<at::Tensor> jacobi_dst, at::Tensor y, at::Tensor onehot,
-                                 int64_t cost, double beta, std::vector<at::Tensor> states,
-                                 std::vector<at::Tensor> unit_offsets, bool use_nudge, bool stats_wanted) {
-  TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.is_contiguous() && raw.dim() == 3, "finalize: raw");
-  const int64_t nl = row_of.numel(), batch = raw.size(2);
-  TORCH_CHECK(raw.size(0) == nl && row_of.scalar_type() == at::kLong, "finalize: row_of");
+// pending: the previous step's energy [3, B] (numel 0: none), from which this step's LATE sums
+// are subtracted in place (Phi and F).
+// Returns stats [L, S, B], energy [3, B] (in y's dtype; without the late terms, which the next
+// step supplies), units [L, U, B] (numel 0 when none asked), summary float64: [F summed over the
+// batch, then per layer the batch norms (delta, scale), then per layer the batch means
+// (frac_zero, frac_alpha), then the pending energy's F summed]; scale is ||s - s*|| when
+// use_nudge else ||s||.
+std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of, at::Tensor size,
+                                 at::Tensor hidden, at::Tensor bias_norm, double inv_beta, at::Tensor y,
+                                 at::Tensor onehot, int64_t cost, double beta, std::vector<at::Tensor> states,
+                                 std::vector<at::Tensor> unit_offsets, bool use_nudge, bool stats_wanted,
+                                 at::Tensor pending) {
+  const int64_t nl = row_of.numel();
+  TORCH_CHECK(!raws.empty() && row_of.scalar_type() == at::kLong, "finalize: raws, row_of");
+  const int64_t batch = raws[0].size(2);
+  std::vector<const double*> rows;   // every raw row block, in the order the groups ran
+  for (const at::Tensor& r : raws) {
+    TORCH_CHECK(r.scalar_type() == at::kDouble && r.is_contiguous() && r.dim() == 3 && r.size(1) == NRAW &&
+                r.size(2) == batch, "finalize: raw");
+    for (int64_t i = 0; i < r.size(0); ++i) rows.push_back(r.data_ptr<double>() + i * NRAW * batch);
+  }
+  TORCH_CHECK((int64_t)rows.size() == nl, "finalize: raw rows do not match the layers");
   constexpr int S = 11;  // len(LAYER_STATS)
-  const double* r = raw.data_ptr<double>();
   const int64_t* row = row_of.data_ptr<int64_t>();
-  auto at_ = [&](int64_t l, int k, int64_t b) { return r[(row[l] * NRAW + k) * batch + b]; };
+  auto at_ = [&](int64_t l, int k, int64_t b) { return rows[row[l]][k * batch + b]; };
   const double* sz = size.data_ptr<double>();
   const int64_t* hid = hidden.data_ptr<int64_t>();
   const double* bn = bias_norm.data_ptr<double>();
-  at::Tensor summary = at::zeros({1 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor summary = at::zeros({2 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
   double* sm = summary.data_ptr<double>();
+  if (pending.numel()) {  // the previous step's energy [3, B]: its late terms arrive now
+    TORCH_CHECK(pending.dim() == 2 && pending.size(0) == 3 && pending.size(1) == batch && pending.is_contiguous(),
+                "finalize: pending energy");
+    AT_DISPATCH_FLOATING_TYPES(pending.scalar_type(), "pending", [&] {
+      scalar_t* pe = pending.data_ptr<scalar_t>();
+      double fsum = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        double late = 0;
+        for (int64_t l = 0; l < nl; ++l) late += at_(l, LATE, b);
+        pe[b] = (scalar_t)(pe[b] - late);
+        pe[2 * batch + b] = (scalar_t)(pe[2 * batch + b] - late);
+        fsum += (double)pe[2 * batch + b];
+      }
+      sm[1 + 4 * nl] = fsum;
+    });
+  }
   for (int64_t l = 0; l < nl; ++l) {
     double d2 = 0, s2 = 0;
     for (int64_t b = 0; b < batch; ++b) {
@@ -293,20 +366,17 @@ std::vector<at::Tensor> finalize(at::Tensor raw, at::Tensor row_of, at::Tensor s
     sm[1 + 2 * l] = std::sqrt(d2);
     sm[2 + 2 * l] = std::sqrt(s2);
   }
-  auto opts = y.options().device(at::kCPU);
   if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor(), summary};
 
-  at::Tensor stats = at::empty({nl, S, batch}, opts.dtype(at::kDouble));
-  at::Tensor energy = at::zeros({3, batch}, opts.dtype(at::kDouble));
-  double* st = stats.data_ptr<double>();
-  double* en = energy.data_ptr<double>();
+  // Computed in float64, written once in the state's dtype.
+  std::vector<double> st(nl * S * batch), en(3 * batch, 0.0);
   for (int64_t l = 0; l < nl; ++l) {
     double fz = 0, fa = 0;
     for (int64_t b = 0; b < batch; ++b) {
       const double norm = std::sqrt(at_(l, NORM2, b)), direct = std::sqrt(at_(l, DIRECT2, b)),
                    skip = std::sqrt(at_(l, SKIP2, b)), feedback = std::sqrt(at_(l, FEEDBACK2, b)),
                    nudge = std::sqrt(at_(l, NUDGE2, b));
-      double* out = st + l * S * batch + b;
+      double* out = st.data() + l * S * batch + b;
       out[0 * batch] = std::sqrt(at_(l, DELTA2, b)) / (norm + 1e-12);
       out[1 * batch] = at_(l, TOTAL, b) / sz[l];
       out[2 * batch] = hid[l] ? 1.0 - at_(l, NONZERO, b) / sz[l] : 0.0;
@@ -325,72 +395,58 @@ std::vector<at::Tensor> finalize(at::Tensor raw, at::Tensor row_of, at::Tensor s
     sm[1 + 2 * nl + 2 * l] = fz / batch;
     sm[2 + 2 * nl + 2 * l] = fa / batch;
   }
-  TORCH_CHECK(jacobi_out.size() == jacobi_dst.size(), "finalize: jacobi lists differ in length");
-  for (size_t j = 0; j < jacobi_out.size(); ++j) {  // Phi -= <W s_src, s_dst> per sample
-    at::Tensor a = jacobi_out[j], d = jacobi_dst[j];
-    TORCH_CHECK(a.sizes() == d.sizes() && a.scalar_type() == d.scalar_type(), "finalize: jacobi pair ", j);
-    if (a.strides() != d.strides()) a = a.contiguous(d.suggest_memory_format());
-    if (a.strides() != d.strides() || !per_sample_blocks(d)) { a = a.contiguous(); d = d.contiguous(); }
-    const int64_t n = d.numel() / std::max<int64_t>(batch, 1);
-    AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "jacobi", [&] {
-      const scalar_t* ap = a.data_ptr<scalar_t>();
-      const scalar_t* dp = d.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < batch; ++b) {
-        double acc = 0;
-        for (int64_t base = 0; base < n; base += BLOCK) {  // vectorised within a block, float64 across
-          const int64_t m = std::min(BLOCK, n - base);
-          const scalar_t* __restrict__ x = ap + b * n + base;
-          const scalar_t* __restrict__ z = dp + b * n + base;
-          scalar_t part = 0;
-          for (int64_t i = 0; i < m; ++i) part += x[i] * z[i];
-          acc += part;
-        }
-        en[b] -= acc;
-      }
-    });
-  }
-  if (cost != 0) {
-    at::Tensor yd = y.to(at::kDouble).contiguous(), td = onehot.to(at::kDouble).contiguous();
-    const double* yp = yd.data_ptr<double>();
-    const double* tp = td.data_ptr<double>();
-    const int64_t k = yd.size(1);
-    for (int64_t b = 0; b < batch; ++b) {
-      double c = 0;
-      if (cost == 1) {
-        for (int64_t j = 0; j < k; ++j) { const double e = yp[b * k + j] - tp[b * k + j]; c += 0.5 * e * e; }
-      } else {
-        double mx = -INFINITY, se = 0, ty = 0;
-        for (int64_t j = 0; j < k; ++j) mx = std::max(mx, yp[b * k + j]);
-        for (int64_t j = 0; j < k; ++j) { se += std::exp(yp[b * k + j] - mx); ty += tp[b * k + j] * yp[b * k + j]; }
-        c = mx + std::log(se) - ty;
-      }
-      en[batch + b] = c;
-    }
-  }
-  double fsum = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    en[2 * batch + b] = en[b] + beta * en[batch + b];
-    fsum += en[2 * batch + b];
-  }
-  sm[0] = fsum;
+  at::Tensor stats = at::empty({nl, S, batch}, y.options());
+  at::Tensor energy = at::empty({3, batch}, y.options());
   at::Tensor units;
-  if (!unit_offsets.empty()) {
-    const int64_t nu = unit_offsets[0].numel();
-    units = at::empty({nl, nu, batch}, opts.dtype(at::kDouble));
-    double* up = units.data_ptr<double>();
-    for (int64_t l = 0; l < nl; ++l) {
-      at::Tensor s = states[l];
-      const int64_t n = s.numel() / std::max<int64_t>(batch, 1);
-      const int64_t* off = unit_offsets[l].data_ptr<int64_t>();
-      AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "units", [&] {
+  const int64_t nu = unit_offsets.empty() ? 0 : unit_offsets[0].numel();
+  if (nu) units = at::empty({nl, nu, batch}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "finalize", [&] {
+    if (cost != 0) {
+      TORCH_CHECK(y.dim() == 2 && onehot.sizes() == y.sizes() && y.is_contiguous() && onehot.is_contiguous() &&
+                  onehot.scalar_type() == y.scalar_type(), "finalize: y and its one-hot target");
+      const scalar_t* yp = y.data_ptr<scalar_t>();
+      const scalar_t* tp = onehot.data_ptr<scalar_t>();
+      const int64_t k = y.size(1);
+      for (int64_t b = 0; b < batch; ++b) {
+        double c = 0;
+        if (cost == 1) {
+          for (int64_t j = 0; j < k; ++j) { const double e = (double)yp[b * k + j] - tp[b * k + j]; c += 0.5 * e * e; }
+        } else {
+          double mx = -INFINITY, se = 0, ty = 0;
+          for (int64_t j = 0; j < k; ++j) mx = std::max(mx, (double)yp[b * k + j]);
+          for (int64_t j = 0; j < k; ++j) {
+            se += std::exp((double)yp[b * k + j] - mx);
+            ty += (double)tp[b * k + j] * yp[b * k + j];
+          }
+          c = mx + std::log(se) - ty;
+        }
+        en[batch + b] = c;
+      }
+    }
+    double fsum = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      en[2 * batch + b] = en[b] + beta * en[batch + b];
+      fsum += en[2 * batch + b];
+    }
+    sm[0] = fsum;
+    scalar_t* stp = stats.data_ptr<scalar_t>();
+    for (size_t i = 0; i < st.size(); ++i) stp[i] = (scalar_t)st[i];
+    scalar_t* enp = energy.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < 3 * batch; ++i) enp[i] = (scalar_t)en[i];
+    if (nu) {
+      scalar_t* up = units.data_ptr<scalar_t>();
+      for (int64_t l = 0; l < nl; ++l) {
+        const at::Tensor& s = states[l];
+        TORCH_CHECK(s.scalar_type() == y.scalar_type() && per_sample_blocks(s), "finalize: state ", l);
+        const int64_t n = s.numel() / std::max<int64_t>(batch, 1);
+        const int64_t* off = unit_offsets[l].data_ptr<int64_t>();
         const scalar_t* sp = s.data_ptr<scalar_t>();
         for (int64_t u = 0; u < nu; ++u)
-          for (int64_t b = 0; b < batch; ++b) up[(l * nu + u) * batch + b] = (double)sp[b * n + off[u]];
-      });
+          for (int64_t b = 0; b < batch; ++b) up[(l * nu + u) * batch + b] = sp[b * n + off[u]];
+      }
     }
-    units = units.to(y.scalar_type());
-  }
-  return {stats.to(y.scalar_type()), energy.to(y.scalar_type()), units, summary};
+  });
+  return {stats, energy, units, summary};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
