@@ -528,6 +528,19 @@ def test_the_page_layout_builds_with_a_template(app):
     assert len(titles) == 6
 
 
+def test_controls_pass_changes_on_without_panels_debounce(app):
+    # Panel holds each change from the page for Syncable._debounce ms; the controls set it to 0
+    # (the worker lets the newest setting win). A Panel release that renames it must fail here.
+    import panel as pn
+    from panel.reactive import Syncable
+    assert Syncable._debounce > 0
+    widgets = [w for section in app.controls() for w in section.select(pn.widgets.Widget)]
+    beta = [w for w in widgets if getattr(w, "name", "") == "Beta"]
+    assert beta and all(w._debounce == 0 for w in beta)
+    sliders = [w for w in widgets if isinstance(w, (pn.widgets.FloatSlider, pn.widgets.IntSlider))]
+    assert sliders and all(w._debounce == 0 for w in sliders)
+
+
 def test_step_stats_order_is_what_the_views_expect():
     # The views index record rows by name; guard the names they rely on.
     for name in ("step_size", "activity", "frac_zero", "frac_alpha", "drive_direct", "drive_skip",

@@ -662,11 +662,17 @@ class ExplorerApp(pn.viewable.Viewer):
         inputs = pn.Param(s, parameters=["sample"], show_name=False, sizing_mode="stretch_width")
         display = pn.Param(s, parameters=["units_layer", "map_layer", "map_channel", "map_phase"],
                            show_name=False, sizing_mode="stretch_width")
-        return [section("Model", model, upload_help, self.upload),
-                section("Dynamics", dynamics),
-                section("Input", self.gallery.pane, inputs),
-                section("Playback", playback_buttons, speed),
-                section("Display", display)]
+        sections = [section("Model", model, upload_help, self.upload),
+                    section("Dynamics", dynamics),
+                    section("Input", self.gallery.pane, inputs),
+                    section("Playback", playback_buttons, speed),
+                    section("Display", display)]
+        for widget in (w for sec in sections for w in sec.select(pn.widgets.Widget)):
+            # Panel holds every change from the page for 50 ms (Syncable._debounce) to merge
+            # bursts; the worker already lets the newest setting win, so those 50 ms were a
+            # third of the latency a person feels after moving a slider.
+            widget._debounce = 0
+        return sections
 
     def relaxation_tab(self):
         v = self.views
