@@ -25,7 +25,8 @@ def free_port() -> int:
 class ServedApp:
     """``panel serve app.py`` on 127.0.0.1 and a free port, its output kept in ``lines``."""
 
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
+        import os
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/app"
         self.lines: list[str] = []
@@ -33,7 +34,8 @@ class ServedApp:
             [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1",
              "--port", str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
              "--check-unused-sessions", "1000", "--unused-session-lifetime", "10000"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=None if env is None else {**os.environ, **env})
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
