@@ -17,6 +17,7 @@ from pathlib import Path
 log = logging.getLogger("explorer.native")
 
 SOURCE = Path(__file__).with_name("relax_kernels.cpp")
+NAME = "explorer_relax_kernels"
 _lock = threading.Lock()
 _module = None
 _error: str | None = None
@@ -45,9 +46,16 @@ def _build():
              "-fopenmp"]
     if os.environ.get("EXPLORER_NATIVE_ARCH", "native") == "native":
         flags.append("-march=native")   # built on, and for, the machine it runs on
+    try:
+        built = os.path.exists(os.path.join(cpp_extension._get_build_directory(NAME, verbose=False), NAME + ".so"))
+    except Exception:
+        built = False
+    if not built:   # a CLI user would otherwise watch a silent half minute
+        print("explorer: compiling the fused CPU relaxation kernels (once per machine, about 30 s)",
+              file=sys.stderr, flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return cpp_extension.load(name="explorer_relax_kernels", sources=[str(SOURCE)],
+        return cpp_extension.load(name=NAME, sources=[str(SOURCE)],
                                   extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
 
 
