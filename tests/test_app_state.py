@@ -576,3 +576,17 @@ def test_legends_never_follow_a_streaming_source(app):
                                 assert isinstance(cb, CustomJS)
                                 assert not any(isinstance(a, GlyphRenderer) for a in cb.args.values())
     assert legends >= 4
+
+
+def test_workers_still_running_are_stopped_when_the_process_exits():
+    # A daemon thread inside a torch op at interpreter teardown ends the process with
+    # "terminate called without an active exception"; the atexit hook stops every worker first.
+    from explorer.app import worker as worker_mod
+    app = ExplorerApp(settings={"t_free": "1000", "t_nudge": "500", "speed": "max"})
+    app.restart()
+    deadline = time.monotonic() + 10
+    while not app.worker.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.worker.alive and app.worker in set(worker_mod._live_workers)
+    worker_mod.stop_all_workers(timeout=5.0)
+    assert not app.worker.alive

@@ -46,6 +46,7 @@ from ..network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError
 from ..record import RecordConfig
 from ..train import Trainer, TrainConfig
 from .state import UNTRAINED, SettingError, check_save_name, trained_dir
+from .worker import stop_at_exit
 
 log = logging.getLogger("explorer.app")
 
@@ -252,6 +253,7 @@ class TrainWorker:
         self.probes = 0
         self._probed_at: int | None = None   # training step of the last probe
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        stop_at_exit(self)
 
     # -- control (any thread) --------------------------------------------------------
     def start(self) -> None:
@@ -283,6 +285,9 @@ class TrainWorker:
             self._cond.notify_all()
         if closed and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def stop_now(self, timeout: float = 2.0) -> None:
+        self.stop(timeout, closed=True)
 
     def save(self, stem: Path) -> None:
         """Write the current weights to ``stem``.json/.safetensors; the result arrives as an event."""

@@ -10,9 +10,11 @@ cancels a stale run at its next step.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -85,6 +87,25 @@ class RunFailed:
     message: str
 
 
+_live_workers: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def stop_at_exit(worker) -> None:
+    """Stop ``worker`` (its ``stop_now()``) when the process exits: a daemon thread still inside a
+    torch op when the interpreter tears down ends the process with ``terminate called ...``
+    (seen when ``panel serve`` gets SIGTERM with a page relaxing)."""
+    _live_workers.add(worker)
+
+
+@atexit.register
+def stop_all_workers(timeout: float = 2.0) -> None:
+    for worker in list(_live_workers):
+        try:
+            worker.stop_now(timeout)
+        except Exception:   # exiting anyway: never let one worker keep the others running
+            log.exception("stopping a worker at exit failed")
+
+
 class RunWorker:
     """A background thread that relaxes the newest request, paced by play/pause/speed."""
 
@@ -105,6 +126,7 @@ class RunWorker:
         self.steps_done = 0           # all steps relaxed by this worker (for the status line)
         self.started: list[int] = []  # run ids in the order they started (bounded below)
         self.finished: deque = deque(maxlen=50)  # RunEnded of recent runs, stale ones included
+        stop_at_exit(self)
 
     # -- control (any thread) --------------------------------------------------------
     def submit(self, request: RunRequest) -> int:
@@ -156,6 +178,9 @@ class RunWorker:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def stop_now(self, timeout: float = 2.0) -> None:
+        self.stop(timeout)
 
     @property
     def alive(self) -> bool:
