@@ -104,3 +104,16 @@ def test_fused_is_refused_where_it_cannot_run(monkeypatch):
         relax(net, x, steps=2, fused=True)
     result = relax(net, x, steps=3, record=RecordConfig())   # auto: the eager code, same record
     assert len(result.records) == 4 and native.status().startswith("eager tensor code")
+
+
+def test_the_output_layer_reports_no_fractions_at_zero_or_alpha_on_either_path():
+    # y is unboxed: "at 0" and "at alpha" do not apply to it, even when its values pass alpha.
+    net = _net(True, "mse", torch.float64)
+    with torch.no_grad():
+        net.biases["y"].fill_(5.0)     # above alpha = 2
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for fused in (False, True):
+        result = relax(net, x, steps=5, record=RecordConfig(), fused=fused)
+        assert float(result.state["y"].min()) > net.alpha
+        for name in ("frac_zero", "frac_alpha"):
+            assert float(result.series(name, "y").abs().max()) == 0.0, (fused, name)

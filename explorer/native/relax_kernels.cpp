@@ -380,7 +380,7 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
       out[0 * batch] = std::sqrt(at_(l, DELTA2, b)) / (norm + 1e-12);
       out[1 * batch] = at_(l, TOTAL, b) / sz[l];
       out[2 * batch] = hid[l] ? 1.0 - at_(l, NONZERO, b) / sz[l] : 0.0;
-      out[3 * batch] = at_(l, AT_ALPHA, b) / sz[l];
+      out[3 * batch] = hid[l] ? at_(l, AT_ALPHA, b) / sz[l] : 0.0;   // y is unboxed: no "at alpha"
       out[4 * batch] = direct;
       out[5 * batch] = skip;
       out[6 * batch] = feedback;
