@@ -349,6 +349,44 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     sat_onset: dict[str, tuple[str, int]] = {}
     last_rel = None
     t = 0
+
+    def eager_step(t: int, level: int) -> _StepOut:
+        """One step in tensor code (GPU, autocast, no compiler): level 0 updates only, 1 also the
+        norms for the relative step, 2 the whole record, its energy complete."""
+        raw = {}              # layer -> RAW rows [len(RAW), batch] (level 2)
+        norms = {}            # layer -> (||s_t - s_(t-1)||, ||s_t||) per sample (level 1)
+        for group in groups:
+            new = {}
+            for n in group:
+                outs = _edge_outputs(net, s, n, weights)
+                v = _update(net, n, _pre_activation(net, n, outs, keep=level == 2), s[n], beta, target_1h,
+                            omega)
+                new[n] = (v, outs)
+            for n, (v, outs) in new.items():
+                if level == 2:
+                    raw[n] = _layer_raw(net, n, v, s[n], outs, alpha, owner, zeros_b,
+                                        None if nudge_ref is None else nudge_ref[n], scratch)
+                elif level == 1:
+                    scale = v if nudge_ref is None else v - nudge_ref[n]
+                    norms[n] = torch.stack([_norm(v - s[n]), _norm(scale)])
+                s[n] = v
+        out = _StepOut.empty(t)
+        if level == 2:
+            stacked = torch.stack([raw[n] for n in names])          # [L, RAW, B]
+            out.stats, phi_t = layout.derive(stacked)
+            for e in jacobi_edges:  # both ends moved in one step: one extra (small) product
+                phi_t = phi_t - e.energy(weights[e], s[e.spec.src], s[e.spec.dst])
+            out.energy = energies(phi_t)
+            last_phi[0] = phi_t
+            out.f_sum = float(out.energy[2].sum())
+            idx = [LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")]
+            out.fractions = out.stats[:, idx].mean(-1).tolist()
+            pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
+        elif level == 1:
+            pairs = torch.stack([norms[n] for n in names])
+        if level > 0:
+            out.pairs = torch.linalg.vector_norm(pairs, dim=2).tolist()    # [L, 2]: batch norms
+        return out
     with torch.no_grad():
         if record is not None:
             if not scalars:
@@ -366,80 +404,32 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 findings.append(Finding("cancelled", f"cancelled at step {t - 1}", t - 1))
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
-            if stepper is not None:
-                out = stepper.step(s, 2 if scalars else (1 if need_delta else 0), t, pending[0])
-                if pending[0] is not None:
-                    settle(pending[0])   # its energy is complete now
-                    pending[0] = None
-                if need_delta:
-                    rels = [d / (m + 1e-12) for d, m in out.pairs]
-                    last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
-                    if not math.isfinite(last_rel):
-                        bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
-                        findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
-                                                t, bad_layer))
-                        if record is not None:
-                            emit(t, out.stats, out.energy if scalars else x.new_full((3, batch), float("nan")),
-                                 out.units)
-                        return finish(findings, t)
-                if record is not None:
-                    if scalars:
-                        _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
-                        out.states = capture(t)
-                        pending[0] = out
-                    else:
-                        emit(t, None, x.new_zeros(3, batch), None)
-                if tol is not None and last_rel is not None and last_rel < tol:
-                    findings.append(Finding("converged", f"converged at step {t} (relative step {last_rel:.1e})", t))
-                    break
-                continue
-            raw = {}              # layer -> RAW rows [len(RAW), batch] (when recording)
-            norms = {}            # layer -> (||s_t - s_(t-1)||, ||s_t||) per sample
-            for group in groups:
-                new = {}
-                for n in group:
-                    outs = _edge_outputs(net, s, n, weights)
-                    v = _update(net, n, _pre_activation(net, n, outs, keep=scalars), s[n], beta, target_1h,
-                                omega)
-                    new[n] = (v, outs)
-                for n, (v, outs) in new.items():
-                    if scalars:
-                        raw[n] = _layer_raw(net, n, v, s[n], outs, alpha, owner, zeros_b,
-                                            None if nudge_ref is None else nudge_ref[n], scratch)
-                    elif need_delta:
-                        scale = v if nudge_ref is None else v - nudge_ref[n]
-                        norms[n] = torch.stack([_norm(v - s[n]), _norm(scale)])
-                    s[n] = v
-            if scalars:
-                stacked = torch.stack([raw[n] for n in names])          # [L, RAW, B]
-                stats, phi_t = layout.derive(stacked)
-                for e in jacobi_edges:  # both ends moved in one step: one extra (small) product
-                    phi_t = phi_t - e.energy(weights[e], s[e.spec.src], s[e.spec.dst])
-                energy = energies(phi_t)
-                last_phi[0] = phi_t
-                pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
-            elif need_delta:
-                pairs = torch.stack([norms[n] for n in names])
+            level = 2 if scalars else (1 if need_delta else 0)
+            out = stepper.step(s, level, t, pending[0]) if stepper is not None else eager_step(t, level)
+            if pending[0] is not None:
+                settle(pending[0])   # its energy is complete now
+                pending[0] = None
             if need_delta:
-                pairs = torch.linalg.vector_norm(pairs, dim=2).tolist()    # [L, 2]: batch norms
-                rels = [d / (m + 1e-12) for d, m in pairs]
+                rels = [d / (m + 1e-12) for d, m in out.pairs]
                 last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
-            if need_delta and not math.isfinite(last_rel):
-                bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
-                findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
-                                        t, bad_layer))
-                if record is not None:
-                    emit(t, stats if scalars else None,
-                         energy if scalars else x.new_full((3, batch), float("nan")))
-                return finish(findings, t)
+                if not math.isfinite(last_rel):
+                    bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
+                    findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
+                                            t, bad_layer))
+                    if record is not None:
+                        emit(t, out.stats, out.energy if scalars else x.new_full((3, batch), float("nan")),
+                             out.units)
+                    return finish(findings, t)
             if record is not None:
-                emit(t, stats if scalars else None, energy if scalars else x.new_zeros(3, batch))
                 if scalars:
-                    f_t = float(energy[2].sum())
-                    if f_t - prev_f > 1e-5 * (abs(prev_f) + 1.0):
-                        rose.append(t)
-                    prev_f = f_t
-                    _track_saturation(stats, names, hidden_layers, t, sat_onset)
+                    _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
+                    out.states = capture(t)
+                    if stepper is not None:
+                        pending[0] = out   # its energy completes with the next step (or flush)
+                    else:
+                        settle(out)
+                else:
+                    emit(t, None, x.new_zeros(3, batch))
             if tol is not None and last_rel is not None and last_rel < tol:
                 findings.append(Finding("converged", f"converged at step {t} (relative step {last_rel:.1e})", t))
                 break
@@ -474,7 +464,15 @@ def _fused_kernels(x: torch.Tensor):
 
 
 class _StepOut:
+    """One step's results: record parts (level 2), batch norms for the relative step (level >= 1)."""
     __slots__ = ("t", "stats", "energy", "units", "pairs", "f_sum", "fractions", "states")
+
+    @classmethod
+    def empty(cls, t: int) -> "_StepOut":
+        out = cls()
+        out.t, out.f_sum = t, 0.0
+        out.stats = out.energy = out.units = out.pairs = out.fractions = out.states = None
+        return out
 
 
 class _FusedStep:
@@ -498,33 +496,26 @@ class _FusedStep:
         self.owner, self.jacobi_edges = owner, jacobi_edges
         self.late_edges = set(jacobi_edges)
         self.beta, self.omega, self.alpha = beta, omega, float(net.alpha)
-        self.target, self.target_1h = target, target_1h
+        self.target_1h = target_1h
         self.nudge_ref = nudge_ref
-        batch = s[self.names[0]].shape[0]
-        like = s[self.names[0]]
-        self.empty = like.new_empty(0)
+        self.empty = s[self.names[0]].new_empty(0)
         with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
             self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
                              for n in self.names}
-        dt = torch.float64
-        sizes = [math.prod(net.spec.shape_of(n)) for n in self.names]
-        self.size = torch.tensor(sizes, dtype=dt)
+        self.size = torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64)
         self.hidden = torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long)
-        with torch.no_grad():
-            self.bias_norm = torch.stack([
-                torch.linalg.vector_norm(net.biases[n].double()) * math.sqrt(size / net.biases[n].shape[0])
-                for n, size in zip(self.names, sizes)]).cpu()
+        self.bias_norm = _bias_norms(net).cpu()
         self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
         order = [n for g in groups for n in g]
         self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
         self.plans = [(self._plan(g, False), self._plan(g, True)) for g in groups]
         self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
         self.onehot = target_1h if target_1h is not None else self.empty
-        self.batch = batch
-        self.units_idx = _unit_indices(net, record.units) if record is not None and record.scalars \
-            and record.units else None
-        self.offsets = None
-        self.offset_strides = None
+        # Memory offsets of the chosen units within one sample: the kernels keep every state's layout.
+        self.unit_offsets = None
+        if record is not None and record.scalars and record.units:
+            self.unit_offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx))
+                                 for n, idx in _unit_indices(net, record.units).items()]
 
     @staticmethod
     def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -533,18 +524,10 @@ class _FusedStep:
             return t.permute(0, 2, 3, 1).reshape(-1).contiguous()
         return t.reshape(-1).contiguous()
 
-    def _unit_offsets(self, s):
-        strides = tuple(s[n].stride() for n in self.names)
-        if strides != self.offset_strides:   # memory offsets of the chosen units within one sample
-            self.offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(self.units_idx[n]))
-                            for n in self.names]
-            self.offset_strides = strides
-        return self.offsets
-
     def _plan(self, group, with_output: bool) -> dict:
         """What one kernel call of this group gets that does not change between steps."""
         plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "refs": [],
-                "bmaps": [], "hidden": []}
+                "bmaps": []}
         for n in group:
             if n == OUTPUT and not with_output:
                 continue
@@ -559,7 +542,6 @@ class _FusedStep:
             plan["layers"].append((n, edges))
             plan["refs"].append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
             plan["bmaps"].append(self.bias_map[n])
-            plan["hidden"].append(int(n != OUTPUT))
         return plan
 
     def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
@@ -584,26 +566,22 @@ class _FusedStep:
                 olds.append(s[n])
             if olds:
                 res = self.k.group_step(parts, plan["p_layer"], plan["p_role"], plan["p_owned"], plan["p_late"],
-                                        olds, plan["refs"], plan["bmaps"], given, plan["hidden"],
+                                        olds, plan["refs"], plan["bmaps"], given,
                                         self.alpha, self.omega, level)
                 for (n, _), v in zip(plan["layers"], res):
                     s[n] = v
                 raws.append(res[-1])
             if y_new is not None and level == 0:
                 s[OUTPUT] = y_new
-        out = _StepOut()
-        out.t = t
-        out.stats = out.energy = out.units = None
-        out.pairs = out.fractions = None
-        out.f_sum = 0.0
+        out = _StepOut.empty(t)
         if level == 0:
             return out
-        units = self.units_idx is not None and level == 2
+        units = self.unit_offsets is not None and level == 2
         pending_energy = pending.energy if pending is not None and level == 2 else self.empty
         stats, energy, unit_rows, summary = self.k.finalize(
             raws, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, s[OUTPUT],
             self.onehot, self.cost_kind, self.beta, [s[n] for n in self.names] if units else [],
-            self._unit_offsets(s) if units else [], self.nudge_ref is not None, level == 2, pending_energy)
+            self.unit_offsets if units else [], self.nudge_ref is not None, level == 2, pending_energy)
         summary = summary.tolist()
         if pending_energy.numel():
             pending.f_sum = summary[1 + 4 * len(self.names)]
@@ -677,6 +655,15 @@ def _layer_raw(net, name, v, old, outs, alpha, owner, zeros, ref, scratch):
         per_channel @ net.biases[name], edge_energy])
 
 
+def _bias_norms(net: HopfieldNetwork) -> torch.Tensor:
+    """Per layer ||b broadcast over the layer's map|| (float64): the record's drive_bias, fixed
+    while the weights are."""
+    with torch.no_grad():
+        return torch.stack([torch.linalg.vector_norm(net.biases[n].double())
+                            * math.sqrt(math.prod(net.spec.shape_of(n)) / net.biases[n].shape[0])
+                            for n in net.layer_names])
+
+
 class _StatsLayout:
     """Turns the stacked raw rows [L, RAW, B] into LAYER_STATS rows and Phi, in a few vector ops."""
 
@@ -686,10 +673,7 @@ class _StatsLayout:
         sizes = [math.prod(net.spec.shape_of(n)) for n in names]
         self.size = torch.tensor(sizes, dtype=x.dtype, device=x.device)[:, None]
         self.hidden = torch.tensor([n != OUTPUT for n in names], dtype=x.dtype, device=x.device)[:, None]
-        with torch.no_grad():  # ||b broadcast over the map||, fixed while the weights are
-            self.bias_norm = torch.stack([
-                torch.linalg.vector_norm(net.biases[n]) * math.sqrt(size / net.biases[n].shape[0])
-                for n, size in zip(names, sizes)]).to(x.dtype)[:, None]
+        self.bias_norm = _bias_norms(net).to(device=x.device, dtype=x.dtype)[:, None]
         self.index = {k: i for i, k in enumerate(RAW)}
 
     def derive(self, raw: torch.Tensor):
@@ -720,11 +704,6 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
         coords = torch.unravel_index(flat, net.spec.shape_of(n))
         out[n] = tuple(c.to(net.device) for c in coords)
     return out
-
-
-def _track_saturation(stats, names, hidden, t, onset):
-    idx_zero, idx_alpha = LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")
-    _track_fractions(stats[:, [idx_zero, idx_alpha]].mean(-1).tolist(), names, hidden, t, onset)
 
 
 def _track_fractions(means, names, hidden, t, onset):

@@ -100,6 +100,11 @@ class NetworkSpec:
     def residual(self) -> bool:
         return any(e.kind == "skip" for e in self.edges)
 
+    @property
+    def width(self) -> int | None:
+        """Channels of the first hidden layer (the builders' ``width``); None without hidden layers."""
+        return self.hidden[0].shape[0] if self.hidden else None
+
     def layer(self, name: str) -> LayerSpec:
         for l in self.layers:
             if l.name == name:

@@ -216,8 +216,7 @@ class TrainConfig:
         """This config with its architecture fields read from ``spec`` (a run starting from an existing
         network): builder, depth, width (channels of s1), classes and cost; gains (an init setting) None."""
         builder = "resnet13" if spec.name == "hopfield-resnet13" else ("resnet" if spec.residual else "plain")
-        width = spec.shape_of(spec.hidden[0].name)[0] if spec.hidden else self.width
-        return dataclasses.replace(self, builder=builder, depth=spec.depth, width=int(width),
+        return dataclasses.replace(self, builder=builder, depth=spec.depth, width=int(spec.width or self.width),
                                    classes=spec.n_classes, cost=spec.cost, gains=None)
 
     def build_spec(self) -> NetworkSpec:

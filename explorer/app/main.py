@@ -714,18 +714,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
 
 def create_app(**kwargs) -> ExplorerApp:
-    _build_kernels_in_background()
+    # A page never waits for the fused kernels' first build (about 30 s on 2 cores): runs use
+    # the eager tensor code until the background build is done, then the kernels.
+    native.build_in_background()
     return ExplorerApp(**kwargs)
-
-
-_kernels_started = False
-
-
-def _build_kernels_in_background() -> None:
-    """A page never waits for the fused kernels' first build (about 30 s on 2 cores): runs use
-    the eager tensor code until the background build is done, then the kernels."""
-    global _kernels_started
-    if not _kernels_started:
-        _kernels_started = True
-        native.set_blocking(False)
-        native.warm_up()

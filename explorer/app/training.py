@@ -73,8 +73,7 @@ class StartModel:
 
 def architecture_text(spec: NetworkSpec) -> str:
     """Depth, width, residual, classes and alpha of a network, in words (for hints and messages)."""
-    width = spec.shape_of(spec.hidden[0].name)[0] if spec.hidden else 0
-    return (f"depth {spec.depth}, width {width}, {'residual' if spec.residual else 'plain'}, "
+    return (f"depth {spec.depth}, width {spec.width or 0}, {'residual' if spec.residual else 'plain'}, "
             f"{spec.n_classes} classes, its own α {spec.alpha:g}")
 
 

@@ -179,8 +179,7 @@ class RunWorker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def stop_now(self, timeout: float = 2.0) -> None:
-        self.stop(timeout)
+    stop_now = stop   # what stop_all_workers calls at exit
 
     @property
     def alive(self) -> bool:

@@ -23,6 +23,8 @@ _module = None
 _error: str | None = None
 _tried = False
 _blocking = True
+_warm_thread: threading.Thread | None = None
+_lock_warm = threading.Lock()
 
 
 def enabled() -> bool:
@@ -60,7 +62,7 @@ def _build():
 
 
 def set_blocking(block: bool) -> None:
-    """False: ``get()`` never waits for a build (a server builds with :func:`warm_up` meanwhile)."""
+    """False: ``get()`` never waits for a build (a server builds with :func:`build_in_background` meanwhile)."""
     global _blocking
     _blocking = bool(block)
 
@@ -90,11 +92,17 @@ def _build_once():
     return _module
 
 
-def warm_up() -> threading.Thread:
-    """Build (or load) the kernels in a background thread; ``get(block=False)`` answers None meanwhile."""
-    thread = threading.Thread(target=lambda: get(block=True), name="explorer-native-build", daemon=True)
-    thread.start()
-    return thread
+def build_in_background() -> threading.Thread:
+    """For a server: start building (or loading) the kernels in a background thread, once, and
+    from now on never let ``get()`` wait for them (it answers None until they are ready)."""
+    global _warm_thread
+    set_blocking(False)
+    with _lock_warm:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=lambda: get(block=True), name="explorer-native-build",
+                                            daemon=True)
+            _warm_thread.start()
+    return _warm_thread
 
 
 def status() -> str:

@@ -41,7 +41,6 @@ struct Layer {
   const T* given = nullptr;     // the new state when the caller computed it (the output y)
   T* out = nullptr;             // where the update goes (update mode)
   int64_t n = 0;                // units per sample
-  bool hidden = true;
 };
 
 struct Item { int layer; int64_t sample, lo, hi; };
@@ -229,11 +228,11 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
                                    std::vector<int64_t> part_late,
                                    std::vector<at::Tensor> olds, std::vector<at::Tensor> refs,
                                    std::vector<at::Tensor> bias_maps, std::vector<at::Tensor> given,
-                                   std::vector<int64_t> hidden, double alpha, double omega, int64_t level) {
+                                   double alpha, double omega, int64_t level) {
   const int64_t nl = (int64_t)olds.size();
   TORCH_CHECK(nl > 0, "group_step needs at least one layer");
-  TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl &&
-              hidden.size() == (size_t)nl, "group_step: per-layer lists differ in length");
+  TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl,
+              "group_step: per-layer lists differ in length");
   TORCH_CHECK(parts.size() == part_layer.size() && parts.size() == part_role.size() &&
               parts.size() == part_owned.size() && parts.size() == part_late.size(),
               "group_step: per-part lists differ in length");
@@ -264,7 +263,6 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
       TORCH_CHECK(like.scalar_type() == first.scalar_type(), "group_step: layers differ in dtype");
       Layer<scalar_t>& L = layers[l];
       L.n = like.numel() / std::max<int64_t>(batch, 1);
-      L.hidden = hidden[l] != 0;
       L.old = like.data_ptr<scalar_t>();
       if (refs[l].numel()) {
         at::Tensor r = conform(refs[l], like);
