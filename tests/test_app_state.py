@@ -590,3 +590,20 @@ def test_workers_still_running_are_stopped_when_the_process_exits():
     assert app.worker.alive and app.worker in set(worker_mod._live_workers)
     worker_mod.stop_all_workers(timeout=5.0)
     assert not app.worker.alive
+
+
+def test_sliders_moved_to_their_ends_reach_the_settings(app):
+    # Panel snapped a slider at a soft bound back (it took the exclusive hard bound to apply there):
+    # beta 0.99 or 0.01, alpha 0.1 never reached the run.
+    import panel as pn
+    from explorer.app.state import SLIDER_RANGES
+    sliders = {w.name: w for sec in app.controls() for w in sec.select(pn.widgets.FloatSlider)}
+    for name, label in (("alpha", "Alpha"), ("beta", "Beta")):
+        w = sliders[label]
+        assert (w.start, w.end) == SLIDER_RANGES[name]
+        for end in (w.end, w.start):
+            w.value = end
+            assert getattr(app.state, name) == end and w.value == end
+    train = {w.name: w for w in app.train.__panel__().select(pn.widgets.FloatSlider)}
+    train["Beta"].value = SLIDER_RANGES["beta"][1]
+    assert app.train.settings.beta == SLIDER_RANGES["beta"][1]

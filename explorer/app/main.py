@@ -40,7 +40,7 @@ from panel.theme.fast import Fast
 
 from .. import native
 from .gallery import Gallery
-from .state import RUN_SETTINGS, UNTRAINED, ExplorerState, SettingError, pick_device
+from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
 from .views.base import Batch, Run
 from .views.train import TrainView
@@ -648,8 +648,9 @@ class ExplorerApp(pn.viewable.Viewer):
                                    "<b>NAME.safetensors</b> together.</div>", stylesheets=[self.css],
                                    margin=(0, 10))
         dynamics = pn.Param(s, parameters=["alpha", "beta", "t_free", "t_nudge", "schedule"], show_name=False,
-                            widgets={"alpha": {"type": pn.widgets.FloatSlider, "format": "0.0"},
-                                     "beta": {"type": pn.widgets.FloatSlider, "format": "0.00"}},
+                            widgets={n: {"type": pn.widgets.FloatSlider, "format": fmt,
+                                         "start": SLIDER_RANGES[n][0], "end": SLIDER_RANGES[n][1]}
+                                     for n, fmt in (("alpha", "0.0"), ("beta", "0.00"))},
                             sizing_mode="stretch_width")
         playback_buttons = pn.Param(s, parameters=["playing", "step", "reset"], show_name=False,
                                     default_layout=pn.Row, sizing_mode="stretch_width",

@@ -126,6 +126,9 @@ def zoo_entries():
 # Larger ones stay in the picker.
 DEFAULT_STEP_FLOPS = 20e6
 
+# Slider ranges (start, end) of settings whose hard bounds are wider (typed values, the address).
+SLIDER_RANGES = {"alpha": (0.1, 12.0), "beta": (0.01, 0.99)}
+
 
 def step_flops(description: dict) -> float:
     """FLOPs of one relaxation step for one image of a checkpoint's network."""
@@ -259,11 +262,14 @@ class ExplorerState(param.Parameterized):
                               "a checkpoint's depth is fixed).")
     residual = param.Boolean(default=True, precedence=0.12,
                              doc="Residual (skip) edges into every even layer (untrained builders only).")
+    # No softbounds on alpha and beta: Panel (1.9) takes an exclusive hard bound to apply to the
+    # soft bound too, and snaps a slider moved to its end back without a word; the sliders'
+    # ranges are SLIDER_RANGES instead.
     alpha = param.Number(default=6.0, bounds=(0.0, 50.0), inclusive_bounds=(False, True),
-                         softbounds=(0.1, 12.0), step=0.1, precedence=0.20,
+                         step=0.1, precedence=0.20,
                          doc="Clipping threshold alpha of the activation min(max(u, 0), alpha).")
     beta = param.Number(default=0.15, bounds=(0.0, 2.0), inclusive_bounds=(False, False),
-                        softbounds=(0.01, 0.99), step=0.01, precedence=0.21,
+                        step=0.01, precedence=0.21,
                         doc="Nudging strength beta of the nudged phases (+beta and -beta).")
     t_free = param.Integer(default=120, bounds=(1, 1000), softbounds=(5, 400), precedence=0.22,
                            label="T free", doc="Iterations of the free phase.")
@@ -496,5 +502,5 @@ class ExplorerState(param.Parameterized):
 
 
 __all__ = ["ExplorerState", "RunRequest", "SettingError", "Samples", "load_app_samples",
-           "pick_device", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS", "TRAINED_PREFIX", "trained_dir",
-           "check_save_name"]
+           "pick_device", "SLIDER_RANGES", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS", "TRAINED_PREFIX",
+           "trained_dir", "check_save_name"]

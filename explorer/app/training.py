@@ -141,7 +141,7 @@ class TrainSettings(param.Parameterized):
     epochs = param.Integer(default=2, bounds=(1, 100), precedence=0.22, doc="Passes over the training images.")
     batch_size = param.Integer(default=64, bounds=(1, 1024), precedence=0.23, label="Batch size")
     beta = param.Number(default=0.15, bounds=(0.0, 2.0), inclusive_bounds=(False, False),
-                        softbounds=(0.01, 0.99), step=0.01, precedence=0.30,
+                        step=0.01, precedence=0.30,   # slider range: SLIDER_RANGES (no softbounds, see state.py)
                         doc="Nudging strength beta of the centered nudged phases (+beta and -beta).")
     t_free = param.Integer(default=40, bounds=(1, 1000), precedence=0.31, label="T free",
                            doc="Most iterations of each batch's free phase (it stops early when converged).")

@@ -28,7 +28,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
 from bokeh.palettes import Blues9
 
-from ..state import SettingError, class_name
+from ..state import SLIDER_RANGES, SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
 from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, static_legend, style_legend
 
@@ -481,7 +481,8 @@ class TrainView(pn.viewable.Viewer):
                        for n in names}
             return pn.Param(s, parameters=list(names), show_name=False, sizing_mode="stretch_width",
                             widgets=widgets)
-        slider = {"type": pn.widgets.FloatSlider, "format": "0.00"}
+        start, end = SLIDER_RANGES["beta"]
+        slider = {"type": pn.widgets.FloatSlider, "format": "0.00", "start": start, "end": end}
         arch = self.arch_widgets
         return pn.Column(
             section("Start from", self.start_from, self.start_hint),
