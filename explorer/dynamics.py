@@ -123,12 +123,15 @@ def phi(net: HopfieldNetwork, state: dict[str, torch.Tensor], x: torch.Tensor) -
 # Relaxation
 # ---------------------------------------------------------------------------
 
-def _edge_outputs(net: HopfieldNetwork, s: dict, name: str, weights: dict | None = None):
+def _edge_outputs(net: HopfieldNetwork, s: dict, name: str, weights: dict | None = None,
+                  fixed: dict | None = None):
     """Each edge's contribution to the drive of ``name``: (edge, role, tensor).
-    ``weights`` (edge -> tensor, from :func:`_weight_map`) saves the module look-ups in a loop."""
+    ``weights`` (edge -> tensor, from :func:`_weight_map`) saves the module look-ups in a loop;
+    ``fixed`` (edge -> tensor, from :func:`_input_drives`) holds outputs that do not change."""
     w = weights if weights is not None else {e: net.weight(e) for e in net.incoming[name] + net.outgoing[name]}
-    outs = [(e, "skip" if e.kind == "skip" else "direct", e.forward(w[e], s[e.spec.src]))
-            for e in net.incoming[name]]
+    fixed = fixed or {}
+    outs = [(e, "skip" if e.kind == "skip" else "direct",
+             fixed[e] if e in fixed else e.forward(w[e], s[e.spec.src])) for e in net.incoming[name]]
     outs += [(e, "feedback", e.feedback(w[e], s[e.spec.dst])) for e in net.outgoing[name]]
     return outs
 
@@ -138,9 +141,19 @@ def _weight_map(net: HopfieldNetwork) -> dict:
     return {e: net.weight(e) for e in net.edges}
 
 
+def _input_drives(net: HopfieldNetwork, weights: dict, x: torch.Tensor, s: dict) -> dict:
+    """The outputs of the edges from the clamped input x, the same at every step of a run:
+    computed once, in their destination's memory layout. Shared, so never written in place."""
+    fixed = {}
+    for e in net.edges:
+        if e.spec.src == INPUT:
+            fixed[e] = torch.empty_like(s[e.spec.dst]).copy_(e.forward(weights[e], x))
+    return fixed
+
+
 def _pre_activation(net: HopfieldNetwork, name: str, outs, keep: bool) -> torch.Tensor:
     """b + sum of the edge outputs. In place into the first output unless the
-    outputs must survive (``keep``, for the records) or autograd is watching."""
+    outputs must survive (``keep``: for the records, or a shared input drive) or autograd is watching."""
     tensors = [o for _, _, o in outs]
     bias = net.bias_view(name)
     if tensors[0].requires_grad:
@@ -293,12 +306,13 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     nudge_ref = free_state if (free_state is not None and beta != 0) else None
     zeros_b = x.new_zeros(batch)
     weights = _weight_map(net)
+    fixed = _input_drives(net, weights, x, s)
     kernels = _fused_kernels(x) if fused is not False else None
     if fused and kernels is None:
         raise ValueError("fused kernels requested, but they are unavailable here: "
                          f"{native.status()} (device {x.device}, dtype {x.dtype})")
-    stepper = _FusedStep(kernels, net, weights, s, groups, owner, jacobi_edges, beta, omega, target, target_1h,
-                         nudge_ref, record) if kernels is not None else None
+    stepper = _FusedStep(kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
+                         target_1h, nudge_ref, record) if kernels is not None else None
     layout = _StatsLayout(net, x, beta) if scalars and stepper is None else None
     scratch: dict[str, torch.Tensor] = {}   # per-layer buffers of the recorded statistics
 
@@ -358,9 +372,9 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         for group in groups:
             new = {}
             for n in group:
-                outs = _edge_outputs(net, s, n, weights)
-                v = _update(net, n, _pre_activation(net, n, outs, keep=level == 2), s[n], beta, target_1h,
-                            omega)
+                outs = _edge_outputs(net, s, n, weights, fixed)
+                keep = level == 2 or outs[0][0] in fixed
+                v = _update(net, n, _pre_activation(net, n, outs, keep), s[n], beta, target_1h, omega)
                 new[n] = (v, outs)
             for n, (v, outs) in new.items():
                 if level == 2:
@@ -489,9 +503,9 @@ class _FusedStep:
 
     ROLE = {"direct": 0, "skip": 1, "feedback": 2}
 
-    def __init__(self, kernels, net, weights, s, groups, owner, jacobi_edges, beta, omega, target, target_1h,
-                 nudge_ref, record):
-        self.k, self.net, self.weights, self.groups = kernels, net, weights, groups
+    def __init__(self, kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
+                 target_1h, nudge_ref, record):
+        self.k, self.net, self.weights, self.fixed, self.groups = kernels, net, weights, fixed, groups
         self.names = net.layer_names
         self.owner, self.jacobi_edges = owner, jacobi_edges
         self.late_edges = set(jacobi_edges)
@@ -526,8 +540,8 @@ class _FusedStep:
 
     def _plan(self, group, with_output: bool) -> dict:
         """What one kernel call of this group gets that does not change between steps."""
-        plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "refs": [],
-                "bmaps": []}
+        plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "p_writable": [],
+                "refs": [], "bmaps": []}
         for n in group:
             if n == OUTPUT and not with_output:
                 continue
@@ -539,6 +553,7 @@ class _FusedStep:
                                                 ("direct" if forward else "feedback")])
                 plan["p_owned"].append(int(self.owner[id(e)] == n))
                 plan["p_late"].append(int(forward and e in self.late_edges))
+                plan["p_writable"].append(int(not (forward and e in self.fixed)))
             plan["layers"].append((n, edges))
             plan["refs"].append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
             plan["bmaps"].append(self.bias_map[n])
@@ -546,13 +561,14 @@ class _FusedStep:
 
     def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
         """One step; at level 2 it also completes ``pending`` (the previous step's record)."""
-        net, w, raws = self.net, self.weights, []
+        net, w, fixed, raws = self.net, self.weights, self.fixed, []
         for group, plans in zip(self.groups, self.plans):
             plan = plans[level > 0]
             y_new = None
             if OUTPUT in group:   # y is unboxed (and nudged): its update stays in tensor code
-                outs = _edge_outputs(net, s, OUTPUT, w)
-                y_new = _update(net, OUTPUT, _pre_activation(net, OUTPUT, outs, keep=level > 0), s[OUTPUT],
+                outs = _edge_outputs(net, s, OUTPUT, w, self.fixed)
+                keep = level > 0 or outs[0][0] in self.fixed
+                y_new = _update(net, OUTPUT, _pre_activation(net, OUTPUT, outs, keep), s[OUTPUT],
                                 self.beta, self.target_1h, self.omega)
             parts, olds, given = [], [], []
             for n, edges in plan["layers"]:
@@ -560,13 +576,13 @@ class _FusedStep:
                     parts.extend(o for _, _, o in outs)
                     given.append(y_new)
                 else:
-                    parts.extend(e.forward(w[e], s[e.spec.src]) if fwd else e.feedback(w[e], s[e.spec.dst])
-                                 for e, fwd in edges)
+                    parts.extend((fixed[e] if e in fixed else e.forward(w[e], s[e.spec.src])) if fwd
+                                 else e.feedback(w[e], s[e.spec.dst]) for e, fwd in edges)
                     given.append(self.empty)
                 olds.append(s[n])
             if olds:
                 res = self.k.group_step(parts, plan["p_layer"], plan["p_role"], plan["p_owned"], plan["p_late"],
-                                        olds, plan["refs"], plan["bmaps"], given,
+                                        plan["p_writable"], olds, plan["refs"], plan["bmaps"], given,
                                         self.alpha, self.omega, level)
                 for (n, _), v in zip(plan["layers"], res):
                     s[n] = v

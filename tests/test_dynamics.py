@@ -5,7 +5,7 @@ import torch
 
 from explorer import (HopfieldNetwork, RecordConfig, SCHEDULES, hopfield_family, phi, relax,
                       schedule_groups)
-from explorer.dynamics import drive
+from explorer.dynamics import drive, step
 from explorer.record import LAYER_STATS
 
 
@@ -54,6 +54,30 @@ def test_schedules_group_layers_as_described():
     assert "y" in schedule_groups(odd, "paper")[1]
     with pytest.raises(ValueError, match="unknown schedule"):
         schedule_groups(spec, "gauss")
+
+
+@pytest.mark.parametrize("schedule,fused,recorded", list(itertools.product(SCHEDULES, [True, False], [True, False])))
+def test_relax_follows_the_reference_step_and_keeps_the_input_drive_intact(small_net, batch, schedule, fused,
+                                                                          recorded):
+    # relax computes the drive from the clamped input once per run and lets no update write
+    # into it; the reference step() recomputes everything out of place each step.
+    net = small_net(residual=True, alpha=2.0, depth=5)
+    x, t = batch(net, n=3)
+    groups = schedule_groups(net.spec, schedule)
+    ref = {n: torch.zeros(3, *net.spec.shape_of(n), dtype=net.dtype) for n in net.layer_names}
+    ref["s0"] = x
+    for _ in range(7):
+        ref = step(net, ref, groups, beta=0.0)
+    got = relax(net, x, steps=7, schedule=schedule, fused=fused, record=RecordConfig() if recorded else None)
+    for n in net.layer_names:
+        torch.testing.assert_close(got.state[n], ref[n], rtol=1e-10, atol=1e-12)
+    nudged = relax(net, x, steps=5, beta=0.2, target=t, state=got.state, free_state=got.state,
+                   schedule=schedule, fused=fused, record=RecordConfig() if recorded else None)
+    one_hot = torch.nn.functional.one_hot(t, net.spec.n_classes).to(net.dtype)
+    for _ in range(5):
+        ref = step(net, ref, groups, beta=0.2, target_1h=one_hot)
+    for n in net.layer_names:
+        torch.testing.assert_close(nudged.state[n], ref[n], rtol=1e-10, atol=1e-12)
 
 
 def test_closed_form_drive_is_minus_the_autograd_gradient_of_phi(small_net, batch):

@@ -40,6 +40,7 @@ struct Layer {
   const T* bias_map = nullptr;  // the bias broadcast over one sample, in memory order
   const T* given = nullptr;     // the new state when the caller computed it (the output y)
   T* out = nullptr;             // where the update goes (update mode)
+  const T* out_part = nullptr;  // the edge output `out` overwrites, or null (a fresh tensor)
   int64_t n = 0;                // units per sample
 };
 
@@ -47,8 +48,8 @@ struct Item { int layer; int64_t sample, lo, hi; };
 
 // The fused pass over one block: `sum` holds the edge outputs added in their order, d, s, f
 // the direct, skip and feedback ones, o those whose energy term this layer owns. Every pointer
-// is distinct memory (`out` is the first edge output, already read into the sums), so the
-// compiler vectorises it, reductions included.
+// is distinct memory (`out` is a fresh tensor or an edge output already read into the sums), so
+// the compiler vectorises it, reductions included.
 template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
 __attribute__((noinline)) void fused_block(int64_t m, const T* __restrict__ sum, const T* __restrict__ d, const T* __restrict__ s,
                  const T* __restrict__ f,
@@ -131,9 +132,10 @@ void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) 
   for (int64_t base = it.lo; base < it.hi; base += BLOCK) {
     const int64_t m = std::min(BLOCK, it.hi - base), at = off + base;
     // The edge outputs added in their order, as every level does (recording never changes the update).
-    // `out` is the first part: the sums are read before fused_block writes it, or copied when only one.
+    // When `out` is an edge output, the sums are read before fused_block writes it, or copied when only one.
+    const T* first = L.out_part ? L.out_part + at : nullptr;
     const T* sum = block_sum(L, all, at, m, t, zeros);
-    if (UPDATE && sum == L.part[0] + at) {
+    if (UPDATE && sum == first) {
       std::copy(sum, sum + m, t);
       sum = t;
     }
@@ -144,8 +146,7 @@ void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) 
       fp = block_sum(L, feedback, at, m, f, zeros);
       op = every_owned ? sum : block_sum(L, L.owned, at, m, o, zeros);
       lp = block_sum(L, L.late, at, m, lb, zeros);
-      if (UPDATE) {   // pointers into the first part would see the new state: copy those
-        const T* first = L.part[0] + at;
+      if (UPDATE && first) {   // pointers into `out` would see the new state: copy those
         if (dp == first) { std::copy(dp, dp + m, d); dp = d; }
         if (sp == first) { std::copy(sp, sp + m, s); sp = s; }
         if (fp == first) { std::copy(fp, fp + m, f); fp = f; }
@@ -225,7 +226,7 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 // Returns the new states (update mode: the first part; given mode: given) and raw [L, NRAW, B] (float64).
 std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
                                    std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
-                                   std::vector<int64_t> part_late,
+                                   std::vector<int64_t> part_late, std::vector<int64_t> part_writable,
                                    std::vector<at::Tensor> olds, std::vector<at::Tensor> refs,
                                    std::vector<at::Tensor> bias_maps, std::vector<at::Tensor> given,
                                    double alpha, double omega, int64_t level) {
@@ -234,7 +235,8 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
   TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl,
               "group_step: per-layer lists differ in length");
   TORCH_CHECK(parts.size() == part_layer.size() && parts.size() == part_role.size() &&
-              parts.size() == part_owned.size() && parts.size() == part_late.size(),
+              parts.size() == part_owned.size() && parts.size() == part_late.size() &&
+              parts.size() == part_writable.size(),
               "group_step: per-part lists differ in length");
   const at::Tensor& first = olds[0];
   const int64_t batch = first.size(0);
@@ -286,8 +288,11 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
       TORCH_CHECK(L.nparts < MAX_PARTS, "group_step: too many edges into layer ", l);
       at::Tensor t = conform(parts[p], olds[l]);
       same_layout(t, olds[l], "edge output", l);
-      if (L.nparts == 0 && !L.given) {  // the new state goes into the first edge output
+      // The new state goes into the first edge output we may overwrite: a fresh conv output or
+      // our own copy, not a cached one (the drive from the clamped input).
+      if (!L.out && !L.given && (part_writable[p] != 0 || !t.is_same(parts[p]))) {
         L.out = t.data_ptr<scalar_t>();
+        L.out_part = L.out;
         out[l] = t;
       }
       L.part[L.nparts] = t.data_ptr<scalar_t>();
@@ -296,8 +301,13 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
       L.late[L.nparts] = part_late[p] != 0;
       ++L.nparts;
     }
-    for (int64_t l = 0; l < nl; ++l)
+    for (int64_t l = 0; l < nl; ++l) {
       TORCH_CHECK(layers[l].given || layers[l].nparts > 0, "group_step: layer ", l, " has no edge outputs");
+      if (!layers[l].given && !layers[l].out) {   // no writable edge output: a fresh state
+        out[l] = at::empty_like(olds[l]);
+        layers[l].out = out[l].data_ptr<scalar_t>();
+      }
+    }
     run_group<scalar_t>(layers, batch, level, (scalar_t)alpha, (scalar_t)omega, raw.data_ptr<double>());
   });
   out.push_back(raw);
