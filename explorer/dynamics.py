@@ -522,6 +522,8 @@ class _FusedStep:
         self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
         order = [n for g in groups for n in g]
         self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
+        self.batch = s[self.names[0]].shape[0]
+        self._matrices: dict = {}
         self.plans = [(self._plan(g, False), self._plan(g, True)) for g in groups]
         self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
         self.onehot = target_1h if target_1h is not None else self.empty
@@ -537,6 +539,34 @@ class _FusedStep:
         if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
             return t.permute(0, 2, 3, 1).reshape(-1).contiguous()
         return t.reshape(-1).contiguous()
+
+    SMALL_POSITIONS = 16   # batch x output pixels up to which a convolution runs as one skinny product
+
+    def _part_fn(self, e, forward: bool):
+        """The function of the state that gives edge ``e``'s output in the drive of its destination
+        (``forward``) or source: the input's fixed drive, a skinny-product kernel where the edge
+        has few output positions (bench/engine.py: the 4x4 and 2x2 maps of Hopfield-ResNet13 at
+        batch 1), else the edge's own tensor code."""
+        w, src, dst = self.weights[e], e.spec.src, e.spec.dst
+        if forward and e in self.fixed:
+            drive = self.fixed[e]
+            return lambda s: drive
+        if e.kind in ("conv", "skip") and self.batch * math.prod(e.dst_shape[1:]) <= self.SMALL_POSITIONS:
+            k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
+            mats = self._matrices.get(e)
+            if mats is None:   # rows in the (ky, kx, c) order of a channels-last patch
+                wmat = w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+                mats = self._matrices[e] = [wmat, None]
+            if forward:
+                ho, wo = e.dst_shape[1:]
+                return lambda s: self.k.small_conv_forward(s[src], mats[0], k, st, pad, ho, wo)
+            if mats[1] is None:
+                mats[1] = mats[0].t().contiguous()
+            h, wi = e.src_shape[1:]
+            return lambda s: self.k.small_conv_feedback(s[dst], mats[1], k, st, pad, h, wi)
+        if forward:
+            return lambda s: e.forward(w, s[src])
+        return lambda s: e.feedback(w, s[dst])
 
     def _plan(self, group, with_output: bool) -> dict:
         """What one kernel call of this group gets that does not change between steps."""
@@ -554,14 +584,14 @@ class _FusedStep:
                 plan["p_owned"].append(int(self.owner[id(e)] == n))
                 plan["p_late"].append(int(forward and e in self.late_edges))
                 plan["p_writable"].append(int(not (forward and e in self.fixed)))
-            plan["layers"].append((n, edges))
+            plan["layers"].append((n, edges, [self._part_fn(e, forward) for e, forward in edges]))
             plan["refs"].append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
             plan["bmaps"].append(self.bias_map[n])
         return plan
 
     def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
         """One step; at level 2 it also completes ``pending`` (the previous step's record)."""
-        net, w, fixed, raws = self.net, self.weights, self.fixed, []
+        net, w, raws = self.net, self.weights, []
         for group, plans in zip(self.groups, self.plans):
             plan = plans[level > 0]
             y_new = None
@@ -571,20 +601,19 @@ class _FusedStep:
                 y_new = _update(net, OUTPUT, _pre_activation(net, OUTPUT, outs, keep), s[OUTPUT],
                                 self.beta, self.target_1h, self.omega)
             parts, olds, given = [], [], []
-            for n, edges in plan["layers"]:
+            for n, _, fns in plan["layers"]:
                 if n == OUTPUT:
                     parts.extend(o for _, _, o in outs)
                     given.append(y_new)
                 else:
-                    parts.extend((fixed[e] if e in fixed else e.forward(w[e], s[e.spec.src])) if fwd
-                                 else e.feedback(w[e], s[e.spec.dst]) for e, fwd in edges)
+                    parts.extend(f(s) for f in fns)
                     given.append(self.empty)
                 olds.append(s[n])
             if olds:
                 res = self.k.group_step(parts, plan["p_layer"], plan["p_role"], plan["p_owned"], plan["p_late"],
                                         plan["p_writable"], olds, plan["refs"], plan["bmaps"], given,
                                         self.alpha, self.omega, level)
-                for (n, _), v in zip(plan["layers"], res):
+                for (n, _, _), v in zip(plan["layers"], res):
                     s[n] = v
                 raws.append(res[-1])
             if y_new is not None and level == 0:

@@ -117,3 +117,61 @@ def test_the_output_layer_reports_no_fractions_at_zero_or_alpha_on_either_path()
         assert float(result.state["y"].min()) > net.alpha
         for name in ("frac_zero", "frac_alpha"):
             assert float(result.series(name, "y").abs().max()) == 0.0, (fused, name)
+
+
+SMALL_CONVS = [  # (c_in, c_out, size, stride, kernel, batch): few output positions, as on the last maps
+    (64, 48, 8, 2, 3, 1), (48, 48, 4, 1, 3, 1), (48, 40, 4, 2, 3, 1), (48, 40, 4, 2, 1, 1),
+    (3, 5, 5, 2, 3, 2), (4, 6, 3, 1, 3, 3), (7, 3, 6, 2, 1, 2), (5, 9, 2, 1, 3, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c_in,c_out,size,stride,kernel,batch", SMALL_CONVS)
+def test_small_convolutions_match_torch_both_ways(dtype, c_in, c_out, size, stride, kernel, batch):
+    k = native.get(block=True)
+    cl = torch.channels_last
+    gen = torch.Generator().manual_seed(c_in * size + batch)
+    pad = kernel // 2
+    w = torch.randn(c_out, c_in, kernel, kernel, generator=gen, dtype=dtype).contiguous(memory_format=cl)
+    x = torch.rand(batch, c_in, size, size, generator=gen, dtype=dtype).contiguous(memory_format=cl)
+    ref = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+    ho, wo = ref.shape[-2:]
+    wmat = w.permute(0, 2, 3, 1).reshape(c_out, -1).contiguous()
+    got = k.small_conv_forward(x, wmat, kernel, stride, pad, ho, wo)
+    y = torch.rand(ref.shape, generator=gen, dtype=dtype).contiguous(memory_format=cl)
+    out_pad = size - ((ho - 1) * stride - 2 * pad + kernel)
+    ref_back = torch.nn.functional.conv_transpose2d(y, w, stride=stride, padding=pad, output_padding=out_pad)
+    got_back = k.small_conv_feedback(y, wmat.t().contiguous(), kernel, stride, pad, size, size)
+    tol = 1e-11 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_back, ref_back, rtol=tol, atol=tol)
+    assert got.is_contiguous(memory_format=cl) and got_back.is_contiguous(memory_format=cl)
+    with pytest.raises(RuntimeError, match="channels-last"):   # NCHW memory is refused, not misread
+        k.small_conv_forward(x.contiguous(), wmat, kernel, stride, pad, ho, wo)
+
+
+def test_relax_runs_the_last_small_maps_as_skinny_products_at_batch_1(monkeypatch):
+    # Hopfield-ResNet13's 4x4 and 2x2 maps at batch 1, in miniature: the fused run must use the
+    # skinny kernels there (and torch's convolutions elsewhere), and agree with the eager run.
+    calls = {"small_conv_forward": 0, "small_conv_feedback": 0}
+    real = native.get(block=True)
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            if name not in calls:
+                return fn
+
+            def counted(*args):
+                calls[name] += 1
+                return fn(*args)
+            return counted
+    monkeypatch.setattr(native, "get", lambda *a, **kw: Spy())
+    net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 16, 16), width=8, n_classes=5, alpha=2.0),
+                          seed=0, dtype=torch.float64)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fused = relax(net, x, steps=6, record=RecordConfig(), fused=True)
+    assert calls["small_conv_forward"] > 0 and calls["small_conv_feedback"] > 0
+    eager = relax(net, x, steps=6, record=RecordConfig(), fused=False)
+    for n in net.layer_names:
+        _close(fused.state[n], eager.state[n], torch.float64)
+    _close(fused.series("phi"), eager.series("phi"), torch.float64)
