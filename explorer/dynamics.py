@@ -394,12 +394,12 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
             last_phi[0] = phi_t
             out.f_sum = float(out.energy[2].sum())
             idx = [LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")]
-            out.fractions = out.stats[:, idx].mean(-1).tolist()
+            out.fractions = out.stats[:, idx].mean(-1).flatten().tolist()
             pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
         elif level == 1:
             pairs = torch.stack([norms[n] for n in names])
         if level > 0:
-            out.pairs = torch.linalg.vector_norm(pairs, dim=2).tolist()    # [L, 2]: batch norms
+            out.pairs = torch.linalg.vector_norm(pairs, dim=2).flatten().tolist()   # per layer 2 batch norms
         return out
     with torch.no_grad():
         if record is not None:
@@ -424,7 +424,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 settle(pending[0])   # its energy is complete now
                 pending[0] = None
             if need_delta:
-                rels = [d / (m + 1e-12) for d, m in out.pairs]
+                p = out.pairs
+                rels = [d / (m + 1e-12) for d, m in zip(p[0::2], p[1::2])]
                 last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
                 if not math.isfinite(last_rel):
                     bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
@@ -478,7 +479,9 @@ def _fused_kernels(x: torch.Tensor):
 
 
 class _StepOut:
-    """One step's results: record parts (level 2), batch norms for the relative step (level >= 1)."""
+    """One step's results: record parts (level 2), batch norms for the relative step (level >= 1).
+    ``pairs`` and ``fractions`` are flat lists, two numbers per layer: (||s_t - s_(t-1)||, scale)
+    and the batch means (frac_zero, frac_alpha)."""
     __slots__ = ("t", "stats", "energy", "units", "pairs", "f_sum", "fractions", "states")
 
     @classmethod
@@ -635,11 +638,11 @@ class _FusedStep:
         if pending_energy.numel():
             pending.f_sum = summary[1 + 4 * len(self.names)]
         L = len(self.names)
-        out.pairs = [(summary[1 + 2 * i], summary[2 + 2 * i]) for i in range(L)]
+        out.pairs = summary[1:1 + 2 * L]
         if level == 2:
             out.stats, out.energy, out.units = stats, energy, unit_rows if units else None
             out.f_sum = summary[0]
-            out.fractions = [(summary[1 + 2 * L + 2 * i], summary[2 + 2 * L + 2 * i]) for i in range(L)]
+            out.fractions = summary[1 + 2 * L:1 + 4 * L]
         return out
 
     def close(self, out: _StepOut, s: dict) -> None:
@@ -756,8 +759,10 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
 
 
 def _track_fractions(means, names, hidden, t, onset):
-    """``means``: per layer the batch means (frac_zero, frac_alpha)."""
-    for n, (fz, fa) in zip(names, means):
+    """``means``: per layer the batch means frac_zero, frac_alpha, flat (one list of 2L)."""
+    if not onset and max(means) < SATURATED:   # the usual step: nothing to note
+        return
+    for n, fz, fa in zip(names, means[0::2], means[1::2]):
         if n not in hidden:
             continue
         kind = "saturated" if fa >= SATURATED else ("silent" if fz >= SATURATED else None)
