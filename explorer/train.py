@@ -751,6 +751,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON file of settings (field names of TrainConfig); options given here win")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (without a value: --out, if it exists, else start fresh)")
+    p.add_argument("--init", metavar="CHECKPOINT", default=None,
+                   help="fine-tune: start from a copy of this checkpoint's weights (its architecture replaces "
+                        "the network options; its alpha, unless --alpha is given)")
     _Options(p).add_argument("--out", help="checkpoint stem: writes OUT.json, OUT.safetensors, OUT.metrics.jsonl")
     g = _Options(p.add_argument_group("data"))
     g.add_argument("--dataset", choices=data_mod.DATASETS, help_default=d.dataset)
@@ -829,8 +832,17 @@ def config_from_args(args) -> TrainConfig:
 def cmd_train(args) -> int:
     config = config_from_args(args)
     command = "python -m explorer " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
+    init_net = init_from = None
+    if getattr(args, "init", None):
+        if args.resume is not None:
+            raise ValueError("--init starts a new run from a checkpoint's weights and --resume continues a run: "
+                             "give one of them")
+        init_net, meta = load_checkpoint(args.init)    # safetensors and JSON: nothing is unpickled
+        init_from = {"checkpoint": str(stem_of(args.init)), "network": init_net.spec.name}
+        if "alpha" not in vars(args):
+            config = dataclasses.replace(config, alpha=float(init_net.alpha))
     try:
-        trainer = Trainer(config, resume=args.resume, command=command)
+        trainer = Trainer(config, resume=args.resume, command=command, init_net=init_net, init_from=init_from)
     except (data_mod.DataError, SpecError) as exc:
         raise ValueError(one_line(exc)) from exc
     if trainer.finished and trainer.card is not None:

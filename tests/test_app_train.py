@@ -279,6 +279,20 @@ def test_the_default_tolerance_runs_the_free_phase_longer(app):
     assert max(app.train.batches.data["free_steps"]) == TINY["t_free"]
 
 
+def test_a_refusal_banner_goes_away_once_a_run_starts(app, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with monkeypatch.context() as m:   # refused: no data set where it looked, said in the banner
+        m.setenv("EXPLORER_DATA", str(empty))
+        m.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+        m.setattr(data_mod, "CACHE_DIR", tmp_path / "no-cache")
+        press(app, "start")
+        assert app.alert.visible and "Fashion-MNIST not found" in app.alert.object
+        assert app.train.worker is None
+    press(app, "start")
+    assert app.train.worker is not None and not app.alert.visible
+
+
 def test_start_while_training_is_refused(app):
     app.train.settings.epochs = 50
     press(app, "start")

@@ -57,6 +57,24 @@ def test_training_streams_events_and_writes_a_checkpoint_with_card(tmp_path):
     assert {"start", "epoch", "eval", "checkpoint", "done"} <= {l["kind"] for l in lines}
 
 
+def test_init_fine_tunes_a_copy_of_a_checkpoint_from_the_command_line(tmp_path, capsys):
+    Trainer(tiny(tmp_path, "base", depth=3, width=3, alpha=4.0)).run()
+    base, _ = load_checkpoint(tmp_path / "base")
+    assert main(["train", *TINY_ARGS, "--limit", "32", "--epochs", "1", "--init", str(tmp_path / "base"),
+                 "--out", str(tmp_path / "tuned")]) == 0
+    tuned, meta = load_checkpoint(tmp_path / "tuned")
+    assert tuned.spec.depth == 3 and tuned.spec.width == 3 and tuned.alpha == 4.0   # the checkpoint's, not 2x2
+    assert meta["provenance"]["fine_tuned_from"]["checkpoint"] == str(tmp_path / "base")
+    moved = [k for k, v in tuned.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert moved, "fine-tuning changed no weight"
+    again, _ = load_checkpoint(tmp_path / "base")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in base.state_dict().items())  # source untouched
+    err = _error_line(capsys, ["train", *TINY_ARGS, "--init", str(tmp_path / "base"), "--resume"])
+    assert "--init" in err and "--resume" in err
+    err = _error_line(capsys, ["train", *TINY_ARGS, "--init", str(tmp_path / "absent")])
+    assert "does not exist" in err
+
+
 @pytest.mark.parametrize("trainer", ["ep", "bp"])
 def test_stopped_run_resumes_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path, trainer):
     # warm start off: the warm-start state is the one thing a checkpoint does not keep.

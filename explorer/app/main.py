@@ -221,7 +221,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.css = app_css()
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
-                               threads=threads, css=self.css)
+                               threads=threads, css=self.css, clear_alert=lambda: self.clear_alert())
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],

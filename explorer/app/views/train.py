@@ -52,13 +52,14 @@ class TrainView(pn.viewable.Viewer):
     key = "train"
 
     def __init__(self, app_state, notify=None, on_saved=None, threads: int | None = 1, css: str = "",
-                 **params):
+                 clear_alert=None, **params):
         super().__init__(**params)
         self.app_state = app_state
         self.css = css
         self._layout = None
         self.settings = TrainSettings(depth=app_state.depth, residual=app_state.residual)
         self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
+        self.clear_alert = clear_alert or (lambda: None)   # an earlier refusal's banner goes once a run starts
         self.on_saved = on_saved
         self.threads = threads
         self.worker: TrainWorker | None = None
@@ -226,6 +227,7 @@ class TrainView(pn.viewable.Viewer):
         self._started, self._last_batch, self._last_eval = {}, {}, {}
         self.outcome = None
         self.worker.start()
+        self.clear_alert()
         return True
 
     def pause(self) -> None:
