@@ -11,6 +11,7 @@ minimiser of F = Phi + beta * C over y is (drive + beta * t) / (1 + beta).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -492,6 +493,25 @@ class _StepOut:
         return out
 
 
+# weight -> (version, transposed matrix): the feedback kernel reads W^T row by row. Transposing a
+# 512x4608 weight takes about 6 ms, three per relax call for Hopfield-ResNet13, so the copy is kept
+# for as long as the weight lives and is not changed (an in-place update moves its version).
+_TRANSPOSED: dict[int, tuple] = {}   # id(weight) -> (its version key, W^T); dropped with the weight
+
+
+def _transposed_matrix(w: torch.Tensor) -> torch.Tensor:
+    """[k*k*c_in, c_out]: the conv weight's (ky, kx, c) rows transposed, cached per weight version."""
+    key = (w._version, w.data_ptr(), w.dtype, tuple(w.shape))
+    hit = _TRANSPOSED.get(id(w))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if hit is None:   # (a weak-key dictionary would compare tensors with ==)
+        weakref.finalize(w, _TRANSPOSED.pop, id(w), None)
+    wt = w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1).t().contiguous()
+    _TRANSPOSED[id(w)] = (key, wt)
+    return wt
+
+
 class _FusedStep:
     """One relaxation step through :mod:`explorer.native`: per schedule group one call that
     updates every hidden layer and sums its raw statistics in one pass, then one call that
@@ -526,7 +546,6 @@ class _FusedStep:
         order = [n for g in groups for n in g]
         self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
         self.batch = s[self.names[0]].shape[0]
-        self._matrices: dict = {}
         self.plans = [(self._plan(g, False), self._plan(g, True)) for g in groups]
         self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
         self.onehot = target_1h if target_1h is not None else self.empty
@@ -560,17 +579,13 @@ class _FusedStep:
             return lambda s: drive
         if e.kind in ("conv", "skip") and self._few_positions(self.batch, math.prod(e.dst_shape[1:])):
             k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
-            mats = self._matrices.get(e)
-            if mats is None:   # rows in the (ky, kx, c) order of a channels-last patch
+            if forward:   # rows in the (ky, kx, c) order of a channels-last patch: a view, usually
                 wmat = w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
-                mats = self._matrices[e] = [wmat, None]
-            if forward:
                 ho, wo = e.dst_shape[1:]
-                return lambda s: self.k.small_conv_forward(s[src], mats[0], k, st, pad, ho, wo)
-            if mats[1] is None:
-                mats[1] = mats[0].t().contiguous()
+                return lambda s: self.k.small_conv_forward(s[src], wmat, k, st, pad, ho, wo)
+            wt = _transposed_matrix(w)
             h, wi = e.src_shape[1:]
-            return lambda s: self.k.small_conv_feedback(s[dst], mats[1], k, st, pad, h, wi)
+            return lambda s: self.k.small_conv_feedback(s[dst], wt, k, st, pad, h, wi)
         if forward:
             return lambda s: e.forward(w, s[src])
         return lambda s: e.feedback(w, s[dst])

@@ -175,3 +175,21 @@ def test_relax_runs_the_last_small_maps_as_skinny_products_at_batch_1(monkeypatc
     for n in net.layer_names:
         _close(fused.state[n], eager.state[n], torch.float64)
     _close(fused.series("phi"), eager.series("phi"), torch.float64)
+
+
+def test_the_kept_transposed_weights_follow_in_place_updates():
+    # The feedback kernel keeps W^T per weight between runs; an optimiser step or a loaded
+    # state dict changes the weight in place, and the next run must use the new values.
+    net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 16, 16), width=8, n_classes=5, alpha=2.0),
+                          seed=0, dtype=torch.float64)
+    other = HopfieldNetwork(net.spec, seed=7, dtype=torch.float64)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    relax(net, x, steps=3, fused=True)
+    for change in (lambda: [p.mul_(0.5) for p in net.parameters()],
+                   lambda: net.load_state_dict(other.state_dict())):
+        with torch.no_grad():
+            change()
+        fused = relax(net, x, steps=6, fused=True)
+        eager = relax(net, x, steps=6, fused=False)
+        for n in net.layer_names:
+            _close(fused.state[n], eager.state[n], torch.float64)
