@@ -218,10 +218,11 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 }
 
 // ---------------------------------------------------------------------------
-// Convolutions with few output positions (batch x output pixels <= 16: the small last maps of
-// a deep network at batch 1), as im2col and a skinny matrix product that streams each weight
-// once. PyTorch's kernels take 3-10x longer on these shapes here (MKL's skinny products); the
-// convolutions of the 4x4 and 2x2 maps were 40 % of a Hopfield-ResNet13 step at batch 1.
+// Convolutions with few output positions (batch x output pixels, as dynamics._FusedStep decides:
+// the small last maps of a deep network at small batches), as im2col and a skinny matrix product
+// that streams each weight once. PyTorch's kernels take 1.2-8x longer on these shapes here (MKL's
+// skinny products); the 4x4 and 2x2 maps' convolutions were 40 % of a Hopfield-ResNet13 step at
+// batch 1.
 
 // o[n, m] = sum_k x[n, k] w[m, k] for four rows of w and four of x.
 template <typename T>
