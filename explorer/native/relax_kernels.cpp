@@ -287,6 +287,26 @@ T* scratch(size_t n, bool zero) {
   return buf.data();
 }
 
+// Calls fn(n, tap, pixel) for every output position n (of B x ho x wo), kernel tap (ky * k + kx) and
+// the source pixel ((b * H + y) * W + x) under it, padding skipped: im2col and its transpose.
+template <typename Fn>
+void for_each_patch_cell(int64_t B, int64_t ho, int64_t wo, int64_t k, int64_t stride, int64_t pad, int64_t H,
+                         int64_t W, Fn fn) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < ho; ++i)
+      for (int64_t j = 0; j < wo; ++j) {
+        const int64_t n = (b * ho + i) * wo + j;
+        for (int64_t ky = 0; ky < k; ++ky) {
+          const int64_t yy = i * stride - pad + ky;
+          if (yy < 0 || yy >= H) continue;
+          for (int64_t kx = 0; kx < k; ++kx) {
+            const int64_t xx = j * stride - pad + kx;
+            if (xx >= 0 && xx < W) fn(n, ky * k + kx, (b * H + yy) * W + xx);
+          }
+        }
+      }
+}
+
 void check_nhwc(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast),
               what, " must be a channels-last CPU feature map");
@@ -307,20 +327,9 @@ at::Tensor small_conv_forward(at::Tensor x, at::Tensor wmat, int64_t k, int64_t 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "small_conv_forward", [&] {
     const scalar_t* src = x.data_ptr<scalar_t>();
     scalar_t* cols = scratch<scalar_t>(N * K, true);   // row n: the k x k patch of output position n
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < ho; ++i)
-        for (int64_t j = 0; j < wo; ++j) {
-          scalar_t* row = cols + ((b * ho + i) * wo + j) * K;
-          for (int64_t ky = 0; ky < k; ++ky) {
-            const int64_t yy = i * stride - pad + ky;
-            if (yy < 0 || yy >= H) continue;
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const int64_t xx = j * stride - pad + kx;
-              if (xx < 0 || xx >= W) continue;
-              std::copy_n(src + ((b * H + yy) * W + xx) * C, C, row + (ky * k + kx) * C);
-            }
-          }
-        }
+    for_each_patch_cell(B, ho, wo, k, stride, pad, H, W, [&](int64_t n, int64_t tap, int64_t pixel) {
+      std::copy_n(src + pixel * C, C, cols + n * K + tap * C);
+    });
     skinny_mm<scalar_t>(cols, wmat.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, K, Co);
   });
   return out;
@@ -340,22 +349,12 @@ at::Tensor small_conv_feedback(at::Tensor y, at::Tensor wt, int64_t k, int64_t s
     scalar_t* cols = scratch<scalar_t>(N * K, false);
     skinny_mm<scalar_t>(y.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), cols, N, Co, K);
     scalar_t* dst = out.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b)   // scatter each patch back, in a fixed order
-      for (int64_t i = 0; i < ho; ++i)
-        for (int64_t j = 0; j < wo; ++j) {
-          const scalar_t* row = cols + ((b * ho + i) * wo + j) * K;
-          for (int64_t ky = 0; ky < k; ++ky) {
-            const int64_t yy = i * stride - pad + ky;
-            if (yy < 0 || yy >= H) continue;
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const int64_t xx = j * stride - pad + kx;
-              if (xx < 0 || xx >= W) continue;
-              scalar_t* d = dst + ((b * H + yy) * W + xx) * C;
-              const scalar_t* r = row + (ky * k + kx) * C;
-              for (int64_t c = 0; c < C; ++c) d[c] += r[c];
-            }
-          }
-        }
+    // scatter each patch back, in a fixed order
+    for_each_patch_cell(B, ho, wo, k, stride, pad, H, W, [&](int64_t n, int64_t tap, int64_t pixel) {
+      scalar_t* d = dst + pixel * C;
+      const scalar_t* r = cols + n * K + tap * C;
+      for (int64_t c = 0; c < C; ++c) d[c] += r[c];
+    });
   });
   return out;
 }
