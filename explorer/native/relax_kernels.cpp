@@ -2,8 +2,10 @@
 //
 // group_step: for every layer of one schedule group, in one pass over its units,
 //   - the update s = clip_[0, alpha](b + sum of the edge outputs) (with over-relaxation omega),
-//     written in place into the first edge output (a fresh conv output the caller owns);
+//     written in place into the first edge output the caller lets it overwrite (a fresh conv
+//     output), or into a new tensor;
 //   - and, as asked by `level`, the per-sample raw statistics of the record (RAW below).
+// small_conv_forward / small_conv_feedback: convolutions with few output positions (below).
 // finalize: the per-step record (LAYER_STATS rows, Phi / C / F, a few units, and a summary
 //   for the loop's decisions) from the raw rows of all layers, in one call.
 // Eager PyTorch does the same in about 20 tensor ops per layer; at batch 1 the dispatch of
@@ -375,11 +377,11 @@ at::Tensor small_conv_feedback(at::Tensor y, at::Tensor wt, int64_t k, int64_t s
   return out;
 }
 
-// One schedule group. Per layer l: parts with part_layer == l (the first is the direct edge's
-// output, which receives the new state in update mode), old state, ref (numel 0: none),
+// One schedule group. Per layer l: parts with part_layer == l (in update mode the new state goes
+// into the first one marked writable, else into a new tensor), old state, ref (numel 0: none),
 // bias map (numel = units per sample), given (numel 0: update mode, else the new state).
 // level 0: update only; 1: also ||s_t - s_(t-1)||^2, ||s_t||^2, ||s_t - s*||^2; 2: every RAW column.
-// Returns the new states (update mode: the first part; given mode: given) and raw [L, NRAW, B] (float64).
+// Returns the new states and raw [L, NRAW, B] (float64).
 std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
                                    std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
                                    std::vector<int64_t> part_late, std::vector<int64_t> part_writable,
