@@ -15,10 +15,14 @@ Data flow (the measured design for a 2-core machine):
 - nothing is sent before the page says it is ready (changes made while a
   page is still connecting can be lost; the page opens on the document
   rendered for it, which holds the first frames, see :meth:`prefill`);
-- flow control: the page confirms each update once it has painted it, and
-  the server keeps at most ``IN_FLIGHT`` updates unconfirmed. A slow or busy
-  browser then gets fewer, larger updates instead of a queue of messages that
-  would delay everything behind them, a new run after a slider move included.
+- flow control: the page confirms each update as soon as it has applied it,
+  and the server keeps at most ``IN_FLIGHT`` updates unconfirmed. The page's
+  one thread applies a message only after the paint in progress, so at most
+  one update waits behind a paint; a slow or busy browser then gets fewer,
+  larger updates instead of a queue of messages that would delay everything
+  behind them, a new run after a slider move included. (Confirming after the
+  paint instead made every frame wait for the server's reply: 18.4 frames/s
+  against 20.0, bench/RESULTS-app.md.)
 
 Each browser tab is its own session with its own state and worker; the
 worker stops when the session is destroyed or, sooner, when the page has had
@@ -49,19 +53,20 @@ from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorke
 log = logging.getLogger("explorer.app")
 
 TICK_MS = 10            # how often the page looks for news (a few attribute reads when idle) ...
-SEND_EVERY = 0.04       # ... and sends at most 25 updates per second (>= 20 frames/s with room)
-IN_FLIGHT = 1           # updates sent but not yet painted, at most
+SEND_EVERY = 0.033      # ... and sends at most 30 updates per second
+IN_FLIGHT = 1           # updates sent but not yet applied by the page, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
 ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
 READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
 LOST_AFTER = 3.0        # an update the page has not confirmed this long was lost: resend the data
 # What the drain changes: plot data, texts (titles, verdicts, status), axis ranges, enabled states.
 RESEND_PROPERTIES = ("data", "text", "start", "end", "bounds", "factors", "disabled", "visible")
-# The page's confirmation of update ``seq``: Bokeh schedules its repaint in an animation frame when
-# the data arrive; this callback's frame is requested after that, so it runs once they are painted.
+# The page's confirmation of update ``seq``, as soon as the message carrying it is applied (its data
+# changes come first in the message; Bokeh paints them in the next animation frame). The server's
+# next update is then on its way while the page paints this one.
 ACK_JS = """
 const seq = cb_obj.data.seq[0];
-requestAnimationFrame(() => { ack.data = {seq: [seq], ready: [1]}; });
+ack.data = {seq: [seq], ready: [1]};
 """
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
