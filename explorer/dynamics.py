@@ -152,9 +152,11 @@ def _input_drives(net: HopfieldNetwork, weights: dict, x: torch.Tensor, s: dict)
     return fixed
 
 
-def _pre_activation(net: HopfieldNetwork, name: str, outs, keep: bool) -> torch.Tensor:
-    """b + sum of the edge outputs. In place into the first output unless the
-    outputs must survive (``keep``: for the records, or a shared input drive) or autograd is watching."""
+def _pre_activation(net: HopfieldNetwork, name: str, outs, keep: bool,
+                    fixed: dict | None = None) -> torch.Tensor:
+    """b + sum of the edge outputs. In place into the first output unless the outputs must survive
+    (``keep``, for the records), the first is a shared input drive (in ``fixed``) or autograd is watching."""
+    keep = keep or (fixed is not None and outs[0][0] in fixed)
     tensors = [o for _, _, o in outs]
     bias = net.bias_view(name)
     if tensors[0].requires_grad:
@@ -374,8 +376,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
             new = {}
             for n in group:
                 outs = _edge_outputs(net, s, n, weights, fixed)
-                keep = level == 2 or outs[0][0] in fixed
-                v = _update(net, n, _pre_activation(net, n, outs, keep), s[n], beta, target_1h, omega)
+                v = _update(net, n, _pre_activation(net, n, outs, level == 2, fixed), s[n], beta, target_1h,
+                            omega)
                 new[n] = (v, outs)
             for n, (v, outs) in new.items():
                 if level == 2:
@@ -493,21 +495,27 @@ class _StepOut:
         return out
 
 
-# weight -> (version, transposed matrix): the feedback kernel reads W^T row by row. Transposing a
+def _patch_matrix(w: torch.Tensor) -> torch.Tensor:
+    """[c_out, k*k*c_in]: a conv weight with its inputs in the (ky, kx, c) order of a channels-last
+    patch (a view of a channels-last weight)."""
+    return w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+# id(weight) -> (version key, W^T). The feedback kernel reads W^T row by row; transposing a
 # 512x4608 weight takes about 6 ms, three per relax call for Hopfield-ResNet13, so the copy is kept
-# for as long as the weight lives and is not changed (an in-place update moves its version).
-_TRANSPOSED: dict[int, tuple] = {}   # id(weight) -> (its version key, W^T); dropped with the weight
+# while the weight lives and is unchanged (an in-place update moves its version).
+_TRANSPOSED: dict[int, tuple] = {}
 
 
 def _transposed_matrix(w: torch.Tensor) -> torch.Tensor:
-    """[k*k*c_in, c_out]: the conv weight's (ky, kx, c) rows transposed, cached per weight version."""
+    """[k*k*c_in, c_out]: :func:`_patch_matrix` transposed, cached per weight version."""
     key = (w._version, w.data_ptr(), w.dtype, tuple(w.shape))
     hit = _TRANSPOSED.get(id(w))
     if hit is not None and hit[0] == key:
         return hit[1]
     if hit is None:   # (a weak-key dictionary would compare tensors with ==)
         weakref.finalize(w, _TRANSPOSED.pop, id(w), None)
-    wt = w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1).t().contiguous()
+    wt = _patch_matrix(w).t().contiguous()
     _TRANSPOSED[id(w)] = (key, wt)
     return wt
 
@@ -579,8 +587,8 @@ class _FusedStep:
             return lambda s: drive
         if e.kind in ("conv", "skip") and self._few_positions(self.batch, math.prod(e.dst_shape[1:])):
             k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
-            if forward:   # rows in the (ky, kx, c) order of a channels-last patch: a view, usually
-                wmat = w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+            if forward:
+                wmat = _patch_matrix(w).contiguous()
                 ho, wo = e.dst_shape[1:]
                 return lambda s: self.k.small_conv_forward(s[src], wmat, k, st, pad, ho, wo)
             wt = _transposed_matrix(w)
@@ -619,9 +627,8 @@ class _FusedStep:
             y_new = None
             if OUTPUT in group:   # y is unboxed (and nudged): its update stays in tensor code
                 outs = _edge_outputs(net, s, OUTPUT, w, self.fixed)
-                keep = level > 0 or outs[0][0] in self.fixed
-                y_new = _update(net, OUTPUT, _pre_activation(net, OUTPUT, outs, keep), s[OUTPUT],
-                                self.beta, self.target_1h, self.omega)
+                pre = _pre_activation(net, OUTPUT, outs, level > 0, self.fixed)
+                y_new = _update(net, OUTPUT, pre, s[OUTPUT], self.beta, self.target_1h, self.omega)
             parts, olds, given = [], [], []
             for n, _, fns in plan["layers"]:
                 if n == OUTPUT:

@@ -837,7 +837,7 @@ def cmd_train(args) -> int:
         if args.resume is not None:
             raise ValueError("--init starts a new run from a checkpoint's weights and --resume continues a run: "
                              "give one of them")
-        init_net, meta = load_checkpoint(args.init)    # safetensors and JSON: nothing is unpickled
+        init_net, _ = load_checkpoint(args.init)    # safetensors and JSON: nothing is unpickled
         init_from = {"checkpoint": str(stem_of(args.init)), "network": init_net.spec.name}
         if "alpha" not in vars(args):
             config = dataclasses.replace(config, alpha=float(init_net.alpha))

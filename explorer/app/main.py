@@ -56,7 +56,7 @@ TICK_MS = 10            # how often the page looks for news (a few attribute rea
 SEND_EVERY = 0.033      # ... and sends at most 30 updates per second
 IN_FLIGHT = 1           # updates sent but not yet applied by the page, at most
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
-ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed a paint for this long
+ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed an update for this long
 READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
 LOST_AFTER = 3.0        # an update the page has not confirmed this long was lost: resend the data
 # What the drain changes: plot data, texts (titles, verdicts, status), axis ranges, enabled states.
@@ -226,7 +226,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.css = app_css()
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
-                               threads=threads, css=self.css, clear_alert=lambda: self.clear_alert())
+                               threads=threads, css=self.css, clear_alert=self.clear_alert)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -561,7 +561,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self._resend(now)
             return
         if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
-            # The browser is still painting earlier updates: keep what arrives for the next one
+            # The browser has not applied the last update yet: keep what arrives for the next one
             # (and let the worker's queue empty, so it never waits on the page) -- unless a new run
             # has started, which goes out at once.
             self._backlog.extend(self.worker.drain())

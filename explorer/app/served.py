@@ -2,6 +2,7 @@
 browser tests and the app benchmark (no Panel import here)."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -26,7 +27,6 @@ class ServedApp:
     """``panel serve app.py`` on 127.0.0.1 and a free port, its output kept in ``lines``."""
 
     def __init__(self, env: dict | None = None):
-        import os
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/app"
         self.lines: list[str] = []

@@ -42,7 +42,7 @@ struct Layer {
   const T* bias_map = nullptr;  // the bias broadcast over one sample, in memory order
   const T* given = nullptr;     // the new state when the caller computed it (the output y)
   T* out = nullptr;             // where the update goes (update mode)
-  const T* out_part = nullptr;  // the edge output `out` overwrites, or null (a fresh tensor)
+  bool out_is_part = false;     // `out` is an edge output (else a fresh tensor)
   int64_t n = 0;                // units per sample
 };
 
@@ -135,7 +135,7 @@ void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) 
     const int64_t m = std::min(BLOCK, it.hi - base), at = off + base;
     // The edge outputs added in their order, as every level does (recording never changes the update).
     // When `out` is an edge output, the sums are read before fused_block writes it, or copied when only one.
-    const T* first = L.out_part ? L.out_part + at : nullptr;
+    const T* first = L.out_is_part ? L.out + at : nullptr;
     const T* sum = block_sum(L, all, at, m, t, zeros);
     if (UPDATE && sum == first) {
       std::copy(sum, sum + m, t);
@@ -233,10 +233,10 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 // took 4.8-5.0 ms instead of 3.3-4.0).
 template <typename T>
 __attribute__((noinline)) void mm_4x4(int64_t K, const T* __restrict__ w0, const T* __restrict__ w1,
-                                         const T* __restrict__ w2, const T* __restrict__ w3,
-                                         const T* __restrict__ x0, const T* __restrict__ x1,
-                                         const T* __restrict__ x2, const T* __restrict__ x3,
-                                         const T* next, int64_t ldn, T* __restrict__ o) {
+                                      const T* __restrict__ w2, const T* __restrict__ w3,
+                                      const T* __restrict__ x0, const T* __restrict__ x1,
+                                      const T* __restrict__ x2, const T* __restrict__ x3,
+                                      const T* next, int64_t ldn, T* __restrict__ o) {
   typedef T V __attribute__((vector_size(32)));
   constexpr int L = 32 / sizeof(T);
   constexpr int LINE = 64 / sizeof(T);
@@ -284,7 +284,7 @@ void skinny_mm(const T* x, const T* w, T* out, int64_t N, int64_t K, int64_t M) 
         for (; n0 + 4 <= N; n0 += 4) {
           const T* next = (n0 == 0 && m + 8 <= M) ? w + (m + 4) * K : nullptr;
           mm_4x4<T>(K, w + m * K, w + (m + 1) * K, w + (m + 2) * K, w + (m + 3) * K, x + n0 * K,
-                       x + (n0 + 1) * K, x + (n0 + 2) * K, x + (n0 + 3) * K, next, K, tile);
+                    x + (n0 + 1) * K, x + (n0 + 2) * K, x + (n0 + 3) * K, next, K, tile);
           for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) out[(n0 + j) * M + m + i] = tile[i * 4 + j];
         }
@@ -450,7 +450,7 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
       // our own copy, not a cached one (the drive from the clamped input).
       if (!L.out && !L.given && (part_writable[p] != 0 || !t.is_same(parts[p]))) {
         L.out = t.data_ptr<scalar_t>();
-        L.out_part = L.out;
+        L.out_is_part = true;
         out[l] = t;
       }
       L.part[L.nparts] = t.data_ptr<scalar_t>();
