@@ -607,3 +607,48 @@ def test_sliders_moved_to_their_ends_reach_the_settings(app):
     train = {w.name: w for w in app.train.__panel__().select(pn.widgets.FloatSlider)}
     train["Beta"].value = SLIDER_RANGES["beta"][1]
     assert app.train.settings.beta == SLIDER_RANGES["beta"][1]
+
+
+def test_the_page_websocket_sends_without_waiting_for_acknowledgements(app):
+    """Nagle's algorithm off on each connection of the page's session (tornado leaves it on)."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    import tornado.web
+    import tornado.websocket
+
+    handlers = []
+
+    class Echo(tornado.websocket.WebSocketHandler):
+        def open(self):
+            handlers.append(self)
+
+    def nodelay(handler) -> int:
+        return handler.ws_connection.stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    async def check():
+        server = tornado.web.Application([("/ws", Echo)]).listen(0, address="127.0.0.1")
+        port = next(iter(server._sockets.values())).getsockname()[1]
+        clients = [await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws") for _ in range(2)]
+        for _ in range(100):
+            if len(handlers) == 2:
+                break
+            await asyncio.sleep(0.01)
+        session = SimpleNamespace(connection_count=1, _subscribed_connections=[SimpleNamespace(_socket=handlers[0])])
+        app._doc = SimpleNamespace(session_context=SimpleNamespace(session=session))
+        assert nodelay(handlers[0]) == 0              # tornado's default
+        assert app._orphaned() is False
+        assert nodelay(handlers[0]) != 0
+        # A second connection (the page reconnected) is set too.
+        session._subscribed_connections.append(SimpleNamespace(_socket=handlers[1]))
+        session.connection_count = 2
+        assert nodelay(handlers[1]) == 0
+        app._orphaned()
+        assert nodelay(handlers[1]) != 0
+        for c in clients:
+            c.close()
+        server.stop()
+
+    asyncio.run(check())
+    app._doc = None
