@@ -652,3 +652,53 @@ def test_the_page_websocket_sends_without_waiting_for_acknowledgements(app):
 
     asyncio.run(check())
     app._doc = None
+
+
+def test_an_update_panel_left_queued_is_sent_at_the_next_poll():
+    """Panel 1.9's write queue: a message queued while the previous one was being sent used to
+    wait for the next update (a 1 s stall after slider moves); the page's poll sends it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bokeh.document import Document
+    from panel.io import document as panel_document
+
+    from explorer.app.main import _flush_stranded_writes
+
+    sent, release = [], None
+
+    class Socket:       # not a tornado socket: Panel writes through its send()
+        async def send(self, text_data=None, binary_data=None):
+            if text_data == "content first":
+                await release.wait()        # the first message is still being written ...
+            sent.append(text_data)
+
+    def message(name):
+        return SimpleNamespace(header_json="header " + name, metadata_json="{}", content_json="content " + name,
+                               _buffers=[])
+
+    class Connection:
+        _socket = Socket()
+        protocol = SimpleNamespace(create=lambda kind, events: message(events[0]))
+
+    conn = Connection()
+
+    async def race():
+        nonlocal release
+        release = asyncio.Event()
+        doc = Document()
+        panel_document.schedule_write_events(doc, [conn], ["first"])
+        await asyncio.sleep(0.01)           # its task waits for the socket, writing "first"
+        # The socket is done with "first" (the task's wake-up is due) when "second" is queued:
+        # in Panel 1.9 the task then drops the write block, and the task for "second" sends nothing.
+        release.set()
+        panel_document.schedule_write_events(doc, [conn], ["second"])
+        await asyncio.sleep(0.05)
+        _flush_stranded_writes(doc)
+        await asyncio.sleep(0.05)
+        return doc in panel_document._WRITE_MSGS
+
+    still_queued = asyncio.run(race())
+    assert sent.count("content first") == 1 and sent.count("content second") == 1
+    assert sent.index("content first") < sent.index("content second")
+    assert not still_queued

@@ -24,7 +24,9 @@ Data flow (the measured design for a 2-core machine):
   paint instead made every frame wait for the server's reply: 18.4 frames/s
   against 20.0, bench/RESULTS-app.md.)
 - every websocket of the page sends without Nagle's delay (``_send_without_delay``): with
-  tornado's default each update waited about 35 ms for the browser's TCP acknowledgement.
+  tornado's default each update waited about 35 ms for the browser's TCP acknowledgement;
+  and each poll sends an update that a race in Panel's write queue left behind
+  (``_flush_stranded_writes``), which otherwise waited for the next one.
 
 Each browser tab is its own session with its own state and worker; the
 worker stops when the session is destroyed or, sooner, when the page has had
@@ -40,6 +42,7 @@ from pathlib import Path
 import panel as pn
 import torch
 from bokeh.models import ColumnDataSource, CustomJS
+from panel.io import document as panel_document
 from panel.io.state import set_curdoc
 from tornado.ioloop import PeriodicCallback
 from panel.theme.fast import Fast
@@ -228,6 +231,24 @@ def _send_without_delay(sockets) -> None:
         if getattr(socket, "ws_connection", None) is not None and not socket.ws_connection.is_closing():
             with contextlib.suppress(OSError):   # closed meanwhile: nothing to send on it anyway
                 socket.set_nodelay(True)
+
+
+def _flush_stranded_writes(doc) -> bool:
+    """Send a Panel update message that a race left queued; True if there was one.
+
+    Panel 1.9 queues a message when the socket is busy and starts a task that sends the queue
+    unless the write block is gone. A task that finds nothing left to send removes the block,
+    so a message queued while it was sending waits until the next one (seen here: after a
+    slider move, the new run's second update reached the page only with the next update,
+    1 s later after ACK_TIMEOUT). Put the block back and send the queue.
+    """
+    pending = getattr(panel_document, "_WRITE_MSGS", None)
+    block = getattr(panel_document, "_WRITE_BLOCK", None)
+    if pending is None or block is None or doc not in pending or doc in block:
+        return False
+    block[doc] = True
+    panel_document._dispatch_write_task(doc, panel_document._dispatch_msgs, doc)
+    return True
 
 
 class ExplorerApp(pn.viewable.Viewer):
@@ -542,7 +563,10 @@ class ExplorerApp(pn.viewable.Viewer):
         pn.state.on_session_destroyed(self._on_session_destroyed)
 
     def _poll(self) -> None:
-        if self._tick_scheduled or self._doc is None:
+        if self._doc is None:
+            return
+        _flush_stranded_writes(self._doc)
+        if self._tick_scheduled:
             return
         if self._orphaned():
             return
