@@ -61,6 +61,37 @@ def test_fused_step_records_what_the_eager_step_records(schedule, residual, cost
                 _close(a.states[k], b.states[k], dtype)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fused_step_splits_large_groups_across_threads_and_records_what_eager_records(threads):
+    # Large enough for the threaded path (a group of 65536 units or more), with layers of unequal
+    # size and one over a work item (16384 units per sample), so the per-thread cuts fall inside
+    # layers, samples and items' runs.
+    dtype = torch.float64
+    spec = hopfield_family(4, input_shape=(1, 28, 28), width=24, n_classes=5, alpha=2.0)
+    net = HopfieldNetwork(spec, seed=5, dtype=dtype)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(5, 1, 28, 28, generator=gen, dtype=dtype)
+    target = torch.randint(0, 5, (5,), generator=gen)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = {}
+        for fused in (False, True):
+            free = relax(net, x, steps=4, record=RecordConfig(units=2), fused=fused)
+            nudged = relax(net, x, steps=3, beta=0.4, target=target, state=free.state, free_state=free.state,
+                           state_phi=free.phi, record=RecordConfig(units=2), fused=fused)
+            runs[fused] = (free, nudged)
+    finally:
+        torch.set_num_threads(old)
+    assert 5 * 24 * 28 * 28 >= 65536 and 24 * 28 * 28 > 16384
+    for eager, fused in zip(runs[False], runs[True]):
+        for n in net.layer_names:
+            _close(eager.state[n], fused.state[n], dtype)
+        for a, b in zip(eager.records, fused.records):
+            _close(a.stats, b.stats, dtype)
+            _close(a.energy, b.energy, dtype)
+
+
 def test_fused_float32_and_channels_last_states_agree_with_eager():
     net = _net(True, "mse", torch.float32, depth=6)
     x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0))
