@@ -20,6 +20,8 @@ Chromium (playwright) and prints a table:
   threads; 100 % = one core) in each of those windows, and with the page idle;
   and the browser's CPU time per drawn frame (all its processes), which says
   what frame rate the page could reach with a free core.
+- slider change -> first new frame again while another tab runs (and restarts) a long
+  relaxation at full speed: one user's heavy run must not freeze another's page.
 - server RSS after 10 and after ``--memory-changes`` slider changes.
 
 The machine's whole-CPU use by other processes is printed too: on a shared
@@ -217,6 +219,24 @@ def main(argv=None) -> int:
             rows.append(("server CPU while running at max", f"{max_cpu:.0f} % of a core",
                          f"machine {max_machine:.0f} %"))
             page.close()
+
+            # -- another tab's heavy run: latency in this tab meanwhile --------------------------------
+            heavy, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
+            errors += errs
+            page, errs = open_page(browser, server.url)
+            errors += errs
+            time.sleep(3)
+            heavy.evaluate("() => { window.__bench.slider('Beta').value = 0.18; }")   # a long run at full speed
+            crowded = []
+            for i in range(args.changes // 2):
+                heavy.evaluate("b => { window.__bench.slider('Beta').value = b; }", round(0.18 + 0.001 * i, 3))
+                crowded.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.21 + 0.01 * i, 3)))
+                page.wait_for_timeout(250)
+            ok = [v for v in crowded if v >= 0]
+            rows.append(("slider change with another tab at max, median", f"{statistics.median(ok):.0f} ms",
+                         f"p95 {pct(ok, 95):.0f} ms, {len(crowded) - len(ok)} missed"))
+            page.close()
+            heavy.close()
 
             # -- memory: RSS after 10 and after N slider changes ---------------------------------------
             page, errs = open_page(browser, server.url)
