@@ -84,8 +84,9 @@ def per_iteration(net, batch, iters, repeats, ceiling):
     """ms per iteration, bare and recording, on the default path (the fused CPU kernels where built)
     and on the eager tensor code; the variants run interleaved, ``repeats`` rounds, best round kept
     (on a shared 2-core machine the other processes only ever add time). Each round also measures
-    the conv2d ceiling (one round of :func:`conv_ceiling`), so the fraction divides figures taken
-    over the same minutes: this host's speed drifts by 25 % within a run."""
+    the conv2d ceiling (8 / ``repeats`` rounds of :func:`conv_ceiling`, at least 8 in all, best
+    kept), so the fraction divides figures taken over the same minutes: this host's speed drifts
+    by 25 % within a run."""
     x = torch.rand(batch, *net.spec.input_shape)
     x = net.check_input(x)
     groups = schedule_groups(net.spec, "paper")

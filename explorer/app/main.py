@@ -24,7 +24,7 @@ Data flow (the measured design for a 2-core machine):
   paint instead made every frame wait for the server's reply: 18.4 frames/s
   against 20.0, bench/RESULTS-app.md.)
 - every websocket of the page sends without Nagle's delay (``_send_without_delay``): with
-  tornado's default each update waited about 35 ms for the browser's TCP acknowledgement;
+  tornado's default each update waited about 33 ms for the browser's TCP acknowledgement;
   and each poll sends an update that a race in Panel's write queue left behind
   (``_flush_stranded_writes``), which otherwise waited for the next one.
 
@@ -217,7 +217,8 @@ def app_css() -> str:
 
 def _websockets(session) -> frozenset:
     """The tornado websocket handlers of a Bokeh server session's connections."""
-    return frozenset(getattr(conn, "_socket", None) for conn in getattr(session, "_subscribed_connections", ()))
+    sockets = (getattr(conn, "_socket", None) for conn in getattr(session, "_subscribed_connections", ()))
+    return frozenset(socket for socket in sockets if socket is not None)
 
 
 def _send_without_delay(sockets) -> None:
@@ -240,14 +241,17 @@ def _flush_stranded_writes(doc) -> bool:
     unless the write block is gone. A task that finds nothing left to send removes the block,
     so a message queued while it was sending waits until the next one (seen here: after a
     slider move, the new run's second update reached the page only with the next update,
-    1 s later after ACK_TIMEOUT). Put the block back and send the queue.
+    1 s later after ACK_TIMEOUT). Put the block back and send the queue. Uses Panel's private
+    queue: where a Panel version lacks any of it, this does nothing.
     """
     pending = getattr(panel_document, "_WRITE_MSGS", None)
     block = getattr(panel_document, "_WRITE_BLOCK", None)
-    if pending is None or block is None or doc not in pending or doc in block:
+    start = getattr(panel_document, "_dispatch_write_task", None)
+    dispatch = getattr(panel_document, "_dispatch_msgs", None)
+    if None in (pending, block, start, dispatch) or doc not in pending or doc in block:
         return False
     block[doc] = True
-    panel_document._dispatch_write_task(doc, panel_document._dispatch_msgs, doc)
+    start(doc, dispatch, doc)
     return True
 
 
@@ -302,6 +306,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._callback = None
         self._connected_once = False
         self._connected_at = 0.0
+        self._first_frame_due = False    # a run started and none of its frames went out yet
         self._no_delay_for = frozenset()   # websockets with Nagle turned off (_send_without_delay)
         self._orphan_since: float | None = None
         self._layout = None
@@ -493,6 +498,7 @@ class ExplorerApp(pn.viewable.Viewer):
             flush()
             if isinstance(ev, RunStarted):
                 self.run = Run(ev.request)
+                self._first_frame_due = True
                 for view in self.views.values():
                     view.begin(self.run)
                 self.gallery.show(ev.request.sample)
@@ -500,9 +506,13 @@ class ExplorerApp(pn.viewable.Viewer):
             elif isinstance(ev, (PhaseEnded, RunEnded)) and self.run is not None:
                 for view in self.views.values():
                     view.end(ev)
+                self._first_frame_due = False
             elif isinstance(ev, RunFailed):
+                self._first_frame_due = False
                 self.notify(f"the relaxation failed: {ev.message}")
         flush()
+        if drawn:
+            self._first_frame_due = False
         if self._display_dirty:
             self._display_dirty = False
             for view in self.views.values():
@@ -598,8 +608,11 @@ class ExplorerApp(pn.viewable.Viewer):
         now = time.monotonic()
         # A new run goes out at once (the latency a person feels after moving a control); the
         # frames of a running one at most every SEND_EVERY.
+        # So does a new run's first frame when the run's start went out without one (the worker
+        # announces a run before its first step): otherwise it waited SEND_EVERY.
         new_run = self.worker.latest_run != (self.run.run_id if self.run is not None else None)
-        if now - self._sent_at < SEND_EVERY and not (new_run and self.worker.pending_events):
+        first_frame = self._first_frame_due and bool(self.worker.pending_events or self._backlog)
+        if now - self._sent_at < SEND_EVERY and not ((new_run and self.worker.pending_events) or first_frame):
             return
         acked = self.ack_source.data["seq"][0]
         if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
@@ -611,7 +624,7 @@ class ExplorerApp(pn.viewable.Viewer):
             # has started, which goes out at once.
             self._backlog.extend(self.worker.drain())
             latest = self.worker.latest_run
-            if not any(isinstance(e, RunStarted) and e.run_id == latest for e in self._backlog):
+            if not (first_frame or any(isinstance(e, RunStarted) and e.run_id == latest for e in self._backlog)):
                 return
         # One patch message per tick: Bokeh serialises each message against the whole document,
         # so a dozen separate stream/patch messages per tick cost a dozen times as much.
