@@ -768,3 +768,17 @@ def test_a_new_runs_first_frame_goes_out_without_waiting_for_the_next_send_slot(
         assert app._sent == 3
     finally:
         app.worker, app._doc = real, None
+
+
+def test_with_cuda_the_page_picks_the_gpu_and_says_so(app, monkeypatch):
+    from explorer.app import state as app_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert app_state.pick_device().type == "cuda"
+    app.restart()
+    run(app)                                  # on the CPU here
+    assert "no GPU" in app.status.object
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU 80GB")
+    app.device = torch.device("cuda")         # what pick_device gives on a CUDA machine
+    app._update_status()
+    assert "GPU: Test GPU 80GB" in app.status.object and "no GPU" not in app.status.object
