@@ -306,7 +306,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._callback = None
         self._connected_once = False
         self._connected_at = 0.0
-        self._first_frame_due = False    # a run started and none of its frames went out yet
+        self._first_frame_due = False    # the shown run has started and none of its frames went out
         self._no_delay_for = frozenset()   # websockets with Nagle turned off (_send_without_delay)
         self._orphan_since: float | None = None
         self._layout = None
@@ -506,9 +506,7 @@ class ExplorerApp(pn.viewable.Viewer):
             elif isinstance(ev, (PhaseEnded, RunEnded)) and self.run is not None:
                 for view in self.views.values():
                     view.end(ev)
-                self._first_frame_due = False
             elif isinstance(ev, RunFailed):
-                self._first_frame_due = False
                 self.notify(f"the relaxation failed: {ev.message}")
         flush()
         if drawn:
@@ -606,10 +604,9 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _tick(self) -> None:
         now = time.monotonic()
-        # A new run goes out at once (the latency a person feels after moving a control); the
-        # frames of a running one at most every SEND_EVERY.
-        # So does a new run's first frame when the run's start went out without one (the worker
-        # announces a run before its first step): otherwise it waited SEND_EVERY.
+        # A new run goes out at once (the latency a person feels after moving a control), and so
+        # does its first frame when the start went out without one (the worker announces a run
+        # before its first step); the frames of a running one at most every SEND_EVERY.
         new_run = self.worker.latest_run != (self.run.run_id if self.run is not None else None)
         first_frame = self._first_frame_due and bool(self.worker.pending_events or self._backlog)
         if now - self._sent_at < SEND_EVERY and not ((new_run and self.worker.pending_events) or first_frame):
