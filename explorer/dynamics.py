@@ -402,7 +402,11 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         elif level == 1:
             pairs = torch.stack([norms[n] for n in names])
         if level > 0:
-            out.pairs = torch.linalg.vector_norm(pairs, dim=2).flatten().tolist()   # per layer 2 batch norms
+            p = torch.linalg.vector_norm(pairs, dim=2).flatten().tolist()   # per layer 2 batch norms
+            rels = [d / (m + 1e-12) for d, m in zip(p[0::2], p[1::2])]
+            out.max_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
+        if level == 2:
+            out.max_fraction = max(out.fractions)
         return out
     with torch.no_grad():
         if record is not None:
@@ -427,9 +431,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 settle(pending[0])   # its energy is complete now
                 pending[0] = None
             if need_delta:
-                p = out.pairs
-                rels = [d / (m + 1e-12) for d, m in zip(p[0::2], p[1::2])]
-                last_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
+                last_rel = out.max_rel
                 if not math.isfinite(last_rel):
                     bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
                     findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
@@ -440,8 +442,10 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                     return finish(findings, t)
             if record is not None:
                 if scalars:
-                    _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
-                    out.states = capture(t)
+                    if sat_onset or out.max_fraction >= SATURATED:   # else nothing to note
+                        _track_fractions(out.fractions, names, hidden_layers, t, sat_onset)
+                    if record.state_layers:
+                        out.states = capture(t)
                     if stepper is not None:
                         pending[0] = out   # its energy completes with the next step (or flush)
                     else:
@@ -482,16 +486,17 @@ def _fused_kernels(x: torch.Tensor):
 
 
 class _StepOut:
-    """One step's results: record parts (level 2), batch norms for the relative step (level >= 1).
-    ``pairs`` and ``fractions`` are flat lists, two numbers per layer: (||s_t - s_(t-1)||, scale)
-    and the batch means (frac_zero, frac_alpha)."""
-    __slots__ = ("t", "stats", "energy", "units", "pairs", "f_sum", "fractions", "states")
+    """One step's results: record parts (level 2) and the largest relative step (level >= 1).
+    ``fractions`` is a flat list, two numbers per layer: the batch means (frac_zero, frac_alpha),
+    and ``max_fraction`` the largest of them."""
+    __slots__ = ("t", "stats", "energy", "units", "max_rel", "f_sum", "fractions", "max_fraction", "states")
 
     @classmethod
     def empty(cls, t: int) -> "_StepOut":
         out = cls()
-        out.t, out.f_sum = t, 0.0
-        out.stats = out.energy = out.units = out.pairs = out.fractions = out.states = None
+        out.t, out.f_sum, out.max_rel, out.max_fraction = t, 0.0, None, 0.0
+        out.stats = out.energy = out.units = out.fractions = None
+        out.states = {}
         return out
 
 
@@ -533,6 +538,7 @@ class _FusedStep:
     from :meth:`close`."""
 
     ROLE = {"direct": 0, "skip": 1, "feedback": 2}
+    BLOCK_STEPS = 64   # records per allocation: a block outlives its last record that is kept
 
     def __init__(self, kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
                  target_1h, nudge_ref, record):
@@ -562,6 +568,10 @@ class _FusedStep:
         if record is not None and record.scalars and record.units:
             self.unit_offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx))
                                  for n, idx in _unit_indices(net, record.units).items()]
+        # The records' tensors are views into blocks of BLOCK_STEPS steps (see finalize).
+        units = len(self.unit_offsets[0]) if self.unit_offsets else 0
+        self.record_numbers = len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch
+        self.arena, self.slot = self.empty, self.BLOCK_STEPS
 
     @staticmethod
     def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -652,19 +662,27 @@ class _FusedStep:
             return out
         units = self.unit_offsets is not None and level == 2
         pending_energy = pending.energy if pending is not None and level == 2 else self.empty
+        arena, slot = self.empty, 0
+        if level == 2:
+            if self.slot == self.BLOCK_STEPS:
+                self.arena, self.slot = s[OUTPUT].new_empty(self.BLOCK_STEPS, self.record_numbers), 0
+            arena, slot = self.arena, self.slot
+            self.slot += 1
         stats, energy, unit_rows, summary = self.k.finalize(
             raws, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, s[OUTPUT],
             self.onehot, self.cost_kind, self.beta, [s[n] for n in self.names] if units else [],
-            self.unit_offsets if units else [], self.nudge_ref is not None, level == 2, pending_energy)
+            self.unit_offsets if units else [], self.nudge_ref is not None, level == 2, pending_energy,
+            arena, slot)
         summary = summary.tolist()
         if pending_energy.numel():
             pending.f_sum = summary[1 + 4 * len(self.names)]
         L = len(self.names)
-        out.pairs = summary[1:1 + 2 * L]
+        out.max_rel = summary[2 + 4 * L]
         if level == 2:
             out.stats, out.energy, out.units = stats, energy, unit_rows if units else None
             out.f_sum = summary[0]
             out.fractions = summary[1 + 2 * L:1 + 4 * L]
+            out.max_fraction = summary[3 + 4 * L]
         return out
 
     def close(self, out: _StepOut, s: dict) -> None:

@@ -96,23 +96,40 @@ __attribute__((noinline)) void fused_block(int64_t m, const T* __restrict__ sum,
   a[DIRECT2] += sd; a[SKIP2] += ss; a[FEEDBACK2] += sf; a[LATE] += lt;
 }
 
+// dst = p[0] + p[1] + ... (in that order) in one pass: a pass per part (fill, then add each)
+// cost as much as the fused pass itself on layers with four edges.
 template <typename T>
-__attribute__((noinline)) void add_into(T* __restrict__ dst, const T* __restrict__ src, int64_t m) {
-  for (int64_t i = 0; i < m; ++i) dst[i] += src[i];
+__attribute__((noinline)) void sum_of(T* __restrict__ dst, const T* const* p, int count, int64_t m) {
+  const T* __restrict__ a = p[0];
+  const T* __restrict__ b = p[1];
+  if (count == 2) {
+    for (int64_t i = 0; i < m; ++i) dst[i] = a[i] + b[i];
+    return;
+  }
+  const T* __restrict__ c = p[2];
+  if (count == 3) {
+    for (int64_t i = 0; i < m; ++i) dst[i] = (a[i] + b[i]) + c[i];
+    return;
+  }
+  const T* __restrict__ d = p[3];
+  for (int64_t i = 0; i < m; ++i) dst[i] = ((a[i] + b[i]) + c[i]) + d[i];
+  for (int q = 4; q < count; ++q) {
+    const T* __restrict__ e = p[q];
+    for (int64_t i = 0; i < m; ++i) dst[i] += e[i];
+  }
 }
 
 // Sum of the parts in `which` (in their order) over one block: a pointer into the part itself
 // when there is one, a zero block when none, else `buf` filled here.
 template <typename T>
 const T* block_sum(const Layer<T>& L, const bool* which, int64_t at, int64_t m, T* buf, const T* zeros) {
-  int count = 0, only = -1;
+  const T* picked[MAX_PARTS];
+  int count = 0;
   for (int p = 0; p < L.nparts; ++p)
-    if (which[p]) { ++count; only = p; }
+    if (which[p]) picked[count++] = L.part[p] + at;
   if (count == 0) return zeros;
-  if (count == 1) return L.part[only] + at;
-  std::fill(buf, buf + m, T(0));
-  for (int p = 0; p < L.nparts; ++p)
-    if (which[p]) add_into(buf, L.part[p] + at, m);
+  if (count == 1) return picked[0];
+  sum_of(buf, picked, count, m);
   return buf;
 }
 
@@ -193,10 +210,15 @@ template <typename T>
 void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T alpha, T omega,
                double* raw) {
   std::vector<Item> items;
-  int64_t total = 0;
+  int64_t total = 0, work_total = 0;
+  // A unit's work grows with its layer's edge count (each is summed in), so threads are given
+  // equal shares of units x (parts + 2), not of units.
+  std::vector<int64_t> weight(layers.size());
   for (int l = 0; l < (int)layers.size(); ++l) {
     const int64_t n = layers[l].n;
+    weight[l] = layers[l].nparts + 2;
     total += n * batch;
+    work_total += n * batch * weight[l];
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t lo = 0; lo < n; lo += CHUNK) items.push_back({l, b, lo, std::min(n, lo + CHUNK)});
   }
@@ -210,10 +232,11 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
       else dispatch_item<T, 2>(layers[it.layer], it, alpha, omega, acc);
     }
   };
-  if (total < SERIAL_BELOW) {
+  // Recording makes a unit about twice the work: worth a second thread on smaller groups.
+  if (total * (level == 2 ? 3 : 1) < SERIAL_BELOW) {
     work(0, (int64_t)items.size());
   } else {
-    // One contiguous run of items per thread, cut at equal shares of the units: items differ in
+    // One contiguous run of items per thread, cut at equal shares of the work: items differ in
     // size (layers of 12544 and 3136 units per sample), and parallel_for's equal item counts
     // gave one thread 2.5x the other's work (Fashion-MNIST network, batch 64).
     const int64_t parts = std::max<int64_t>(1, at::get_num_threads());
@@ -221,8 +244,8 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
     cut[0] = 0;
     int64_t done = 0, p = 1;
     for (size_t k = 0; k < items.size() && p < parts; ++k) {
-      done += items[k].hi - items[k].lo;
-      while (p < parts && done * parts >= p * total) cut[p++] = (int64_t)k + 1;
+      done += (items[k].hi - items[k].lo) * weight[items[k].layer];
+      while (p < parts && done * parts >= p * work_total) cut[p++] = (int64_t)k + 1;
     }
     at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t q = begin; q < end; ++q) work(cut[q], cut[q + 1]);
@@ -495,16 +518,20 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
 // cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
 // pending: the previous step's energy [3, B] (numel 0: none), from which this step's LATE sums
 // are subtracted in place (Phi and F).
+// arena [steps, L*S*B + 3*B + L*U*B] (numel 0: none): stats, energy and units become views into its
+// row `slot`. Records kept for a whole phase, each in blocks of its own, fragmented the heap
+// that the convolutions allocate from (their time rose 6 % with records kept at batch 1).
 // Returns stats [L, S, B], energy [3, B] (in y's dtype; without the late terms, which the next
 // step supplies), units [L, U, B] (numel 0 when none asked), summary float64: [F summed over the
 // batch, then per layer the batch norms (delta, scale), then per layer the batch means
-// (frac_zero, frac_alpha), then the pending energy's F summed]; scale is ||s - s*|| when
-// use_nudge else ||s||.
+// (frac_zero, frac_alpha), then the pending energy's F summed, the largest relative step
+// max_l delta / (scale + 1e-12) (NaN when one is not finite), the largest of those means];
+// scale is ||s - s*|| when use_nudge else ||s||.
 std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of, at::Tensor size,
                                  at::Tensor hidden, at::Tensor bias_norm, double inv_beta, at::Tensor y,
                                  at::Tensor onehot, int64_t cost, double beta, std::vector<at::Tensor> states,
                                  std::vector<at::Tensor> unit_offsets, bool use_nudge, bool stats_wanted,
-                                 at::Tensor pending) {
+                                 at::Tensor pending, at::Tensor arena, int64_t slot) {
   const int64_t nl = row_of.numel();
   TORCH_CHECK(!raws.empty() && row_of.scalar_type() == at::kLong, "finalize: raws, row_of");
   const int64_t batch = raws[0].size(2);
@@ -521,7 +548,7 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
   const double* sz = size.data_ptr<double>();
   const int64_t* hid = hidden.data_ptr<int64_t>();
   const double* bn = bias_norm.data_ptr<double>();
-  at::Tensor summary = at::zeros({2 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor summary = at::zeros({4 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
   double* sm = summary.data_ptr<double>();
   if (pending.numel()) {  // the previous step's energy [3, B]: its late terms arrive now
     TORCH_CHECK(pending.dim() == 2 && pending.size(0) == 3 && pending.size(1) == batch && pending.is_contiguous(),
@@ -548,6 +575,13 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
     sm[1 + 2 * l] = std::sqrt(d2);
     sm[2 + 2 * l] = std::sqrt(s2);
   }
+  double max_rel = 0;   // the relative step: NaN when any layer's is not finite
+  for (int64_t l = 0; l < nl; ++l) {
+    const double r = sm[1 + 2 * l] / (sm[2 + 2 * l] + 1e-12);
+    max_rel = std::isfinite(r) ? std::max(max_rel, r) : NAN;
+    if (std::isnan(max_rel)) break;
+  }
+  sm[2 + 4 * nl] = max_rel;
   if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor(), summary};
 
   // Computed in float64, written once in the state's dtype.
@@ -576,12 +610,24 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
     }
     sm[1 + 2 * nl + 2 * l] = fz / batch;
     sm[2 + 2 * nl + 2 * l] = fa / batch;
+    sm[3 + 4 * nl] = std::max({sm[3 + 4 * nl], fz / batch, fa / batch});
   }
-  at::Tensor stats = at::empty({nl, S, batch}, y.options());
-  at::Tensor energy = at::empty({3, batch}, y.options());
-  at::Tensor units;
+  at::Tensor stats, energy, units;
   const int64_t nu = unit_offsets.empty() ? 0 : unit_offsets[0].numel();
-  if (nu) units = at::empty({nl, nu, batch}, y.options());
+  if (arena.numel()) {   // views into row `slot` of the caller's block [steps, record size]
+    const int64_t ns = nl * S * batch, ne = 3 * batch, nun = nl * nu * batch;
+    TORCH_CHECK(arena.dim() == 2 && arena.is_contiguous() && arena.scalar_type() == y.scalar_type() &&
+                arena.size(1) == ns + ne + nun && slot >= 0 && slot < arena.size(0),
+                "finalize: record block of shape ", arena.sizes(), " for ", ns + ne + nun, " numbers, row ", slot);
+    const int64_t at0 = arena.storage_offset() + slot * arena.size(1);
+    stats = arena.as_strided({nl, S, batch}, {S * batch, batch, 1}, at0);
+    energy = arena.as_strided({3, batch}, {batch, 1}, at0 + ns);
+    if (nu) units = arena.as_strided({nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
+  } else {
+    stats = at::empty({nl, S, batch}, y.options());
+    energy = at::empty({3, batch}, y.options());
+    if (nu) units = at::empty({nl, nu, batch}, y.options());
+  }
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "finalize", [&] {
     if (cost != 0) {
       TORCH_CHECK(y.dim() == 2 && onehot.sizes() == y.sizes() && y.is_contiguous() && onehot.is_contiguous() &&
