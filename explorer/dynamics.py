@@ -24,6 +24,7 @@ from .record import (ENERGY_STATS, LAYER_STATS, Finding, PhaseResult, RecordConf
 
 SCHEDULES = ("paper", "descent_safe", "synchronous")
 SATURATED = 0.99   # a layer with this fraction of units at alpha (or at 0) is saturated (silent)
+FRACTION_ROWS = [LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")]
 DEFAULT_TOL = 1e-4
 
 
@@ -395,18 +396,21 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 phi_t = phi_t - e.energy(weights[e], s[e.spec.src], s[e.spec.dst])
             out.energy = energies(phi_t)
             last_phi[0] = phi_t
-            out.f_sum = float(out.energy[2].sum())
-            idx = [LAYER_STATS.index("frac_zero"), LAYER_STATS.index("frac_alpha")]
-            out.fractions = out.stats[:, idx].mean(-1).flatten().tolist()
             pairs = stacked[:, [0, 1 if nudge_ref is None else RAW.index("nudge")]]
         elif level == 1:
             pairs = torch.stack([norms[n] for n in names])
-        if level > 0:
-            p = torch.linalg.vector_norm(pairs, dim=2).flatten().tolist()   # per layer 2 batch norms
-            rels = [d / (m + 1e-12) for d, m in zip(p[0::2], p[1::2])]
-            out.max_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
-        if level == 2:
+        if level == 0:
+            return out
+        batch_norms = torch.linalg.vector_norm(pairs, dim=2).flatten()   # per layer 2 batch norms
+        if level == 2:   # one copy to the host per step: on a GPU each one waits for the queue
+            means = out.stats[:, FRACTION_ROWS].mean(-1).flatten()
+            host = torch.cat([out.energy[2].sum().reshape(1), means, batch_norms]).tolist()
+            out.f_sum, out.fractions, p = host[0], host[1:1 + len(means)], host[1 + len(means):]
             out.max_fraction = max(out.fractions)
+        else:
+            p = batch_norms.tolist()
+        rels = [d / (m + 1e-12) for d, m in zip(p[0::2], p[1::2])]
+        out.max_rel = max(rels) if all(map(math.isfinite, rels)) else float("nan")
         return out
     with torch.no_grad():
         if record is not None:

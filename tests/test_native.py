@@ -95,6 +95,31 @@ def test_fused_step_splits_large_groups_across_threads_and_records_what_eager_re
             _close(a.energy, b.energy, dtype)
 
 
+def test_records_kept_in_shared_blocks_match_eager_over_several_blocks_and_stay_as_emitted():
+    # The fused path writes each record into a row of a block of _FusedStep.BLOCK_STEPS steps:
+    # a run over three blocks must give every step its own numbers, and none may change later.
+    from explorer.dynamics import _FusedStep
+    dtype = torch.float64
+    net = _net(True, "cross_entropy", dtype)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(2, 1, 12, 12, generator=gen, dtype=dtype)
+    target = torch.randint(0, 6, (2,), generator=gen)
+    steps = 2 * _FusedStep.BLOCK_STEPS + 9
+    seen = []
+    rec = RecordConfig(units=2)
+    eager = relax(net, x, steps=steps, beta=0.2, target=target, record=rec, fused=False)
+    fused = relax(net, x, steps=steps, beta=0.2, target=target, record=rec, fused=True,
+                  on_step=lambda r: seen.append((r.stats.clone(), r.units.clone())))
+    assert len(fused.records) == steps + 1 == len(seen)
+    for a, b, (stats, units) in zip(eager.records, fused.records, seen):
+        _close(a.stats, b.stats, dtype)
+        _close(a.energy, b.energy, dtype)
+        _close(a.units, b.units, dtype)
+        assert torch.equal(b.stats, stats) and torch.equal(b.units, units)   # as handed to on_step
+    # the trajectory moves, so equal numbers in two steps' records would mean shared rows
+    assert not torch.equal(fused.records[5].units, fused.records[5 + _FusedStep.BLOCK_STEPS].units)
+
+
 def test_fused_float32_and_channels_last_states_agree_with_eager():
     net = _net(True, "mse", torch.float32, depth=6)
     x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0))
