@@ -316,7 +316,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         raise ValueError("fused kernels requested, but they are unavailable here: "
                          f"{native.status()} (device {x.device}, dtype {x.dtype})")
     stepper = _FusedStep(kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
-                         target_1h, nudge_ref, record) if kernels is not None else None
+                         target_1h, nudge_ref, record, steps) if kernels is not None else None
     layout = _StatsLayout(net, x, beta) if scalars and stepper is None else None
     scratch: dict[str, torch.Tensor] = {}   # per-layer buffers of the recorded statistics
 
@@ -545,7 +545,7 @@ class _FusedStep:
     BLOCK_STEPS = 64   # records per allocation: a block outlives its last record that is kept
 
     def __init__(self, kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
-                 target_1h, nudge_ref, record):
+                 target_1h, nudge_ref, record, steps):
         self.k, self.net, self.weights, self.fixed, self.groups = kernels, net, weights, fixed, groups
         self.names = net.layer_names
         self.owner, self.jacobi_edges = owner, jacobi_edges
@@ -575,7 +575,7 @@ class _FusedStep:
         # The records' tensors are views into blocks of BLOCK_STEPS steps (see finalize).
         units = len(self.unit_offsets[0]) if self.unit_offsets else 0
         self.record_numbers = len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch
-        self.arena, self.slot = self.empty, self.BLOCK_STEPS
+        self.arena, self.slot, self.rows, self.steps = self.empty, 0, 0, steps
 
     @staticmethod
     def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -668,8 +668,9 @@ class _FusedStep:
         pending_energy = pending.energy if pending is not None and level == 2 else self.empty
         arena, slot = self.empty, 0
         if level == 2:
-            if self.slot == self.BLOCK_STEPS:
-                self.arena, self.slot = s[OUTPUT].new_empty(self.BLOCK_STEPS, self.record_numbers), 0
+            if self.slot == self.rows:   # a block, or what is left of the run if less
+                self.rows = max(1, min(self.BLOCK_STEPS, self.steps - t + 1))
+                self.arena, self.slot = s[OUTPUT].new_empty(self.rows, self.record_numbers), 0
             arena, slot = self.arena, self.slot
             self.slot += 1
         stats, energy, unit_rows, summary = self.k.finalize(
