@@ -557,6 +557,12 @@ class _FusedStep:
         with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
             self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
                              for n in self.names}
+        # The output layer's drive, looked up once: its update stays in tensor code (y is unboxed and
+        # nudged), and the generic path's look-ups cost half its time at batch 1.
+        y_edges = [(e, True) for e in net.incoming[OUTPUT]] + [(e, False) for e in net.outgoing[OUTPUT]]
+        self.y_fns = [self._y_part_fn(e, forward) for e, forward in y_edges]
+        self.y_first_shared = y_edges[0][1] and y_edges[0][0] in fixed
+        self.y_bias = net.bias_view(OUTPUT).detach()
         self.size = torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64)
         self.hidden = torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long)
         self.bias_norm = _bias_norms(net).cpu()
@@ -612,6 +618,15 @@ class _FusedStep:
             return lambda s: e.forward(w, s[src])
         return lambda s: e.feedback(w, s[dst])
 
+    def _y_part_fn(self, e, forward: bool):
+        w, src, dst = self.weights[e], e.spec.src, e.spec.dst
+        if forward and e in self.fixed:
+            drive = self.fixed[e]
+            return lambda s: drive
+        if forward:
+            return lambda s: e.forward(w, s[src])
+        return lambda s: e.feedback(w, s[dst])
+
     def _plan(self, group, with_output: bool) -> dict:
         """What one kernel call of this group gets that does not change between steps."""
         plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "p_writable": [],
@@ -635,18 +650,20 @@ class _FusedStep:
 
     def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
         """One step; at level 2 it also completes ``pending`` (the previous step's record)."""
-        net, w, raws = self.net, self.weights, []
+        net, raws = self.net, []
         for group, plans in zip(self.groups, self.plans):
             plan = plans[level > 0]
             y_new = None
-            if OUTPUT in group:   # y is unboxed (and nudged): its update stays in tensor code
-                outs = _edge_outputs(net, s, OUTPUT, w, self.fixed)
-                pre = _pre_activation(net, OUTPUT, outs, level > 0, self.fixed)
+            if OUTPUT in group:   # as _pre_activation and _update do it; the outputs are kept when recorded
+                outs = [f(s) for f in self.y_fns]
+                pre = outs[0] + self.y_bias if level > 0 or self.y_first_shared else outs[0].add_(self.y_bias)
+                for o in outs[1:]:
+                    pre.add_(o)
                 y_new = _update(net, OUTPUT, pre, s[OUTPUT], self.beta, self.target_1h, self.omega)
             parts, olds, given = [], [], []
             for n, _, fns in plan["layers"]:
                 if n == OUTPUT:
-                    parts.extend(o for _, _, o in outs)
+                    parts.extend(outs)
                     given.append(y_new)
                 else:
                     parts.extend(f(s) for f in fns)
