@@ -560,7 +560,7 @@ class _FusedStep:
         # The output layer's drive, looked up once: its update stays in tensor code (y is unboxed and
         # nudged), and the generic path's look-ups cost half its time at batch 1.
         y_edges = [(e, True) for e in net.incoming[OUTPUT]] + [(e, False) for e in net.outgoing[OUTPUT]]
-        self.y_fns = [self._y_part_fn(e, forward) for e, forward in y_edges]
+        self.y_fns = [self._part_fn(e, forward) for e, forward in y_edges]
         self.y_first_shared = y_edges[0][1] and y_edges[0][0] in fixed
         self.y_bias = net.bias_view(OUTPUT).detach()
         self.size = torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64)
@@ -614,15 +614,6 @@ class _FusedStep:
             wt = _transposed_matrix(w)
             h, wi = e.src_shape[1:]
             return lambda s: self.k.small_conv_feedback(s[dst], wt, k, st, pad, h, wi)
-        if forward:
-            return lambda s: e.forward(w, s[src])
-        return lambda s: e.feedback(w, s[dst])
-
-    def _y_part_fn(self, e, forward: bool):
-        w, src, dst = self.weights[e], e.spec.src, e.spec.dst
-        if forward and e in self.fixed:
-            drive = self.fixed[e]
-            return lambda s: drive
         if forward:
             return lambda s: e.forward(w, s[src])
         return lambda s: e.feedback(w, s[dst])
@@ -821,9 +812,8 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
 
 
 def _track_fractions(means, names, hidden, t, onset):
-    """``means``: per layer the batch means frac_zero, frac_alpha, flat (one list of 2L)."""
-    if not onset and max(means) < SATURATED:   # the usual step: nothing to note
-        return
+    """``means``: per layer the batch means frac_zero, frac_alpha, flat (one list of 2L). The caller
+    skips the usual step, when no layer is or was saturated or silent."""
     for n, fz, fa in zip(names, means[0::2], means[1::2]):
         if n not in hidden:
             continue
