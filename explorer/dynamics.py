@@ -292,7 +292,15 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
 
     last_phi = [state_phi if state is not None else None]
 
+    stepper = None
+
+    def sync():
+        """The fused path keeps the states in its Stepper while it runs: bring them into ``s``."""
+        if stepper is not None:
+            stepper.sync(s)
+
     def finish(findings, t):
+        sync()
         out = {n: s[n] for n in net.layer_names}
         return PhaseResult(phase, beta, out, t, _verdict(findings), records, last_phi[0])
 
@@ -327,6 +335,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     def capture(t):
         """The state tensors the record asks for at step t (taken from the current state)."""
         if record.state_layers and (t % max(1, record.state_every) == 0 or t == steps):
+            sync()
             return {n: s[n].detach().index_select(0, state_idx).to("cpu", copy=True)
                     for n in record.state_layers if n in s}
         return {}
@@ -362,6 +371,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
 
     def flush():
         if pending[0] is not None:
+            sync()
             stepper.close(pending[0], s)
             settle(pending[0])
             pending[0] = None
@@ -431,13 +441,14 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
             level = 2 if scalars else (1 if need_delta else 0)
-            out = stepper.step(s, level, t, pending[0]) if stepper is not None else eager_step(t, level)
+            out = stepper.step(level, t, pending[0]) if stepper is not None else eager_step(t, level)
             if pending[0] is not None:
                 settle(pending[0])   # its energy is complete now
                 pending[0] = None
             if need_delta:
                 last_rel = out.max_rel
                 if not math.isfinite(last_rel):
+                    sync()
                     bad_layer = next((n for n in names if not torch.isfinite(s[n]).all()), names[-1])
                     findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
                                             t, bad_layer))
@@ -476,6 +487,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
             findings.append(Finding("energy_rose", f"{energy_name} rose at step {rose[0]}"
                                     + (f" and {len(rose) - 1} later steps" if len(rose) > 1 else ""), rose[0]))
         if not scalars:
+            sync()
             _final_saturation(s, hidden_layers, alpha, t, sat_onset)
         for n, (kind, at) in sat_onset.items():
             findings.append(Finding(kind, f"layer {n} {kind} at step {at}", at, n))
@@ -543,46 +555,50 @@ class _FusedStep:
     from :meth:`close`."""
 
     ROLE = {"direct": 0, "skip": 1, "feedback": 2}
-    BLOCK_STEPS = 64   # records per allocation: a block outlives its last record that is kept
+    BLOCK_STEPS = 64   # records per allocation (the C++ Stepper's): a block outlives its last record kept
+    # Edge function kinds of the C++ Stepper (relax_kernels.cpp, Stepper::Kind)
+    FIXED, CONV, CONV_T, SMALL, SMALL_T, DENSE, DENSE_T = range(7)
 
     def __init__(self, kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
                  target_1h, nudge_ref, record, steps):
         self.k, self.net, self.weights, self.fixed, self.groups = kernels, net, weights, fixed, groups
         self.names = net.layer_names
+        self.index = {n: i for i, n in enumerate(self.names)}
         self.owner, self.jacobi_edges = owner, jacobi_edges
         self.late_edges = set(jacobi_edges)
-        self.beta, self.omega, self.alpha = beta, omega, float(net.alpha)
-        self.target_1h = target_1h
         self.nudge_ref = nudge_ref
         self.empty = s[self.names[0]].new_empty(0)
+        self.batch = s[self.names[0]].shape[0]
         with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
             self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
                              for n in self.names}
-        # The output layer's drive, looked up once: its update stays in tensor code (y is unboxed and
-        # nudged), and the generic path's look-ups cost half its time at batch 1.
-        y_edges = [(e, True) for e in net.incoming[OUTPUT]] + [(e, False) for e in net.outgoing[OUTPUT]]
-        self.y_fns = [self._part_fn(e, forward) for e, forward in y_edges]
-        self.y_first_shared = y_edges[0][1] and y_edges[0][0] in fixed
-        self.y_bias = net.bias_view(OUTPUT).detach()
-        self.size = torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64)
-        self.hidden = torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long)
-        self.bias_norm = _bias_norms(net).cpu()
-        self.inv_beta = 1.0 / abs(beta) if beta != 0 else 0.0
-        order = [n for g in groups for n in g]
-        self.row_of = torch.tensor([order.index(n) for n in self.names], dtype=torch.long)
-        self.batch = s[self.names[0]].shape[0]
-        self.plans = [(self._plan(g, False), self._plan(g, True)) for g in groups]
-        self.cost_kind = 0 if target is None else (1 if net.spec.cost == "mse" else 2)
-        self.onehot = target_1h if target_1h is not None else self.empty
+        self.cpp = kernels.Stepper([s[n] for n in self.names])
+        self.fn_ids: dict = {}
+        for g in groups:
+            y_fns = [self._part_fn(e, forward) for e, forward in self._edges_of(OUTPUT)] if OUTPUT in g else []
+            self.cpp.add_group(self._plan(g, False), self._plan(g, True), y_fns)
+        y_first = self._edges_of(OUTPUT)[0]
+        self.cpp.set_output(self.index[OUTPUT], net.bias_view(OUTPUT), y_first[1] and y_first[0] in fixed,
+                            float(beta), float(omega), 0 if target is None else (1 if net.spec.cost == "mse" else 2),
+                            target_1h if target_1h is not None else self.empty, float(net.alpha))
         # Memory offsets of the chosen units within one sample: the kernels keep every state's layout.
-        self.unit_offsets = None
+        unit_offsets = []
         if record is not None and record.scalars and record.units:
-            self.unit_offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx))
-                                 for n, idx in _unit_indices(net, record.units).items()]
+            unit_offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx))
+                            for n, idx in _unit_indices(net, record.units).items()]
         # The records' tensors are views into blocks of BLOCK_STEPS steps (see finalize).
-        units = len(self.unit_offsets[0]) if self.unit_offsets else 0
-        self.record_numbers = len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch
-        self.arena, self.slot, self.rows, self.steps = self.empty, 0, 0, steps
+        units = len(unit_offsets[0]) if unit_offsets else 0
+        order = [n for g in groups for n in g]
+        self.cpp.set_record(
+            torch.tensor([order.index(n) for n in self.names], dtype=torch.long),
+            torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64),
+            torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long), _bias_norms(net).cpu(),
+            1.0 / abs(beta) if beta != 0 else 0.0, unit_offsets, nudge_ref is not None,
+            len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch, steps)
+
+    def _edges_of(self, n: str) -> list:
+        """The edges into the drive of layer ``n``: (edge, True) forward, (edge, False) feedback."""
+        return [(e, True) for e in self.net.incoming[n]] + [(e, False) for e in self.net.outgoing[n]]
 
     @staticmethod
     def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -597,107 +613,76 @@ class _FusedStep:
         up to 64 on 2x2 maps; measured on 512-channel edges from batch 1 to 16)."""
         return batch * pixels <= 32 or (pixels <= 4 and batch * pixels <= 64)
 
-    def _part_fn(self, e, forward: bool):
-        """The function of the state that gives edge ``e``'s output in the drive of its destination
-        (``forward``) or source: the input's fixed drive, a skinny-product kernel where the edge
-        has few output positions (the 4x4 and 2x2 maps of Hopfield-ResNet13 at small batches),
-        else the edge's own tensor code."""
+    def _part_fn(self, e, forward: bool) -> int:
+        """The Stepper's id of the function of the states that gives edge ``e``'s output in the drive
+        of its destination (``forward``) or source: the input's fixed drive, a skinny-product kernel
+        where the edge has few output positions (the 4x4 and 2x2 maps of Hopfield-ResNet13 at small
+        batches), else the tensor code of :mod:`explorer.edges`, as ATen calls."""
+        key = (id(e), forward)
+        if key in self.fn_ids:
+            return self.fn_ids[key]
         w, src, dst = self.weights[e], e.spec.src, e.spec.dst
+        add = self.cpp.add_fn
         if forward and e in self.fixed:
-            drive = self.fixed[e]
-            return lambda s: drive
-        if e.kind in ("conv", "skip") and self._few_positions(self.batch, math.prod(e.dst_shape[1:])):
+            fid = add(self.FIXED, -1, self.fixed[e], 0, 1, 0, 0, 0, [])
+        elif e.kind in ("conv", "skip"):
             k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
-            if forward:
-                wmat = _patch_matrix(w).contiguous()
-                ho, wo = e.dst_shape[1:]
-                return lambda s: self.k.small_conv_forward(s[src], wmat, k, st, pad, ho, wo)
-            wt = _transposed_matrix(w)
-            h, wi = e.src_shape[1:]
-            return lambda s: self.k.small_conv_feedback(s[dst], wt, k, st, pad, h, wi)
-        if forward:
-            return lambda s: e.forward(w, s[src])
-        return lambda s: e.feedback(w, s[dst])
+            if self._few_positions(self.batch, math.prod(e.dst_shape[1:])):
+                if forward:
+                    fid = add(self.SMALL, self.index[src], _patch_matrix(w).contiguous(), k, st, pad, *e.dst_shape[1:],
+                              [])
+                else:
+                    fid = add(self.SMALL_T, self.index[dst], _transposed_matrix(w), k, st, pad, *e.src_shape[1:], [])
+            elif forward:
+                fid = add(self.CONV, self.index[src], w, k, st, pad, 0, 0, [])
+            else:
+                fid = add(self.CONV_T, self.index[dst], w, k, st, pad, 0, 0, list(e.output_padding))
+        elif e.kind == "dense":
+            fid = add(self.DENSE, self.index[src], w, 0, 1, 0, 0, 0, []) if forward else \
+                add(self.DENSE_T, self.index[dst], w, 0, 1, 0, 0, 0, [self.batch, *e.src_shape])
+        else:
+            raise ValueError(f"the fused step has no kernel for {e.kind} edges")
+        self.fn_ids[key] = fid
+        return fid
 
-    def _plan(self, group, with_output: bool) -> dict:
+    def _plan(self, group, with_output: bool):
         """What one kernel call of this group gets that does not change between steps."""
-        plan = {"layers": [], "p_layer": [], "p_role": [], "p_owned": [], "p_late": [], "p_writable": [],
-                "refs": [], "bmaps": []}
+        layers, fns, p_layer, p_role, p_owned, p_late, p_writable, refs, bmaps = ([] for _ in range(9))
         for n in group:
             if n == OUTPUT and not with_output:
                 continue
-            j = len(plan["layers"])
-            edges = [(e, True) for e in self.net.incoming[n]] + [(e, False) for e in self.net.outgoing[n]]
+            j = len(layers)
+            edges = self._edges_of(n)
             for e, forward in edges:
-                plan["p_layer"].append(j)
-                plan["p_role"].append(self.ROLE["skip" if forward and e.kind == "skip" else
-                                                ("direct" if forward else "feedback")])
-                plan["p_owned"].append(int(self.owner[id(e)] == n))
-                plan["p_late"].append(int(forward and e in self.late_edges))
-                plan["p_writable"].append(int(not (forward and e in self.fixed)))
-            plan["layers"].append((n, edges, [self._part_fn(e, forward) for e, forward in edges]))
-            plan["refs"].append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
-            plan["bmaps"].append(self.bias_map[n])
-        return plan
+                p_layer.append(j)
+                p_role.append(self.ROLE["skip" if forward and e.kind == "skip" else
+                                        ("direct" if forward else "feedback")])
+                p_owned.append(int(self.owner[id(e)] == n))
+                p_late.append(int(forward and e in self.late_edges))
+                p_writable.append(int(not (forward and e in self.fixed)))
+            layers.append(self.index[n])
+            fns.append([] if n == OUTPUT else [self._part_fn(e, forward) for e, forward in edges])
+            refs.append(self.nudge_ref[n] if self.nudge_ref is not None else self.empty)
+            bmaps.append(self.bias_map[n])
+        return self.k.StepPlan(layers, fns, p_layer, p_role, p_owned, p_late, p_writable, refs, bmaps)
 
-    def step(self, s: dict, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
-        """One step; at level 2 it also completes ``pending`` (the previous step's record)."""
-        net, raws = self.net, []
-        for group, plans in zip(self.groups, self.plans):
-            plan = plans[level > 0]
-            y_new = None
-            if OUTPUT in group:   # as _pre_activation and _update do it; the outputs are kept when recorded
-                outs = [f(s) for f in self.y_fns]
-                pre = outs[0] + self.y_bias if level > 0 or self.y_first_shared else outs[0].add_(self.y_bias)
-                for o in outs[1:]:
-                    pre.add_(o)
-                y_new = _update(net, OUTPUT, pre, s[OUTPUT], self.beta, self.target_1h, self.omega)
-            parts, olds, given = [], [], []
-            for n, _, fns in plan["layers"]:
-                if n == OUTPUT:
-                    parts.extend(outs)
-                    given.append(y_new)
-                else:
-                    parts.extend(f(s) for f in fns)
-                    given.append(self.empty)
-                olds.append(s[n])
-            if olds:
-                res = self.k.group_step(parts, plan["p_layer"], plan["p_role"], plan["p_owned"], plan["p_late"],
-                                        plan["p_writable"], olds, plan["refs"], plan["bmaps"], given,
-                                        self.alpha, self.omega, level)
-                for (n, _, _), v in zip(plan["layers"], res):
-                    s[n] = v
-                raws.append(res[-1])
-            if y_new is not None and level == 0:
-                s[OUTPUT] = y_new
+    def step(self, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
+        """One step; at level 2 it also completes ``pending`` (the previous step's record). The states
+        stay in the Stepper until :meth:`sync`."""
+        r = self.cpp.step(level, t, pending.energy if pending is not None and level == 2 else self.empty)
         out = _StepOut.empty(t)
-        if level == 0:
-            return out
-        units = self.unit_offsets is not None and level == 2
-        pending_energy = pending.energy if pending is not None and level == 2 else self.empty
-        arena, slot = self.empty, 0
-        if level == 2:
-            if self.slot == self.rows:   # a block, or what is left of the run if less
-                self.rows = max(1, min(self.BLOCK_STEPS, self.steps - t + 1))
-                self.arena, self.slot = s[OUTPUT].new_empty(self.rows, self.record_numbers), 0
-            arena, slot = self.arena, self.slot
-            self.slot += 1
-        stats, energy, unit_rows, summary = self.k.finalize(
-            raws, self.row_of, self.size, self.hidden, self.bias_norm, self.inv_beta, s[OUTPUT],
-            self.onehot, self.cost_kind, self.beta, [s[n] for n in self.names] if units else [],
-            self.unit_offsets if units else [], self.nudge_ref is not None, level == 2, pending_energy,
-            arena, slot)
-        summary = summary.tolist()
-        if pending_energy.numel():
-            pending.f_sum = summary[1 + 4 * len(self.names)]
-        L = len(self.names)
-        out.max_rel = summary[2 + 4 * L]
-        if level == 2:
-            out.stats, out.energy, out.units = stats, energy, unit_rows if units else None
-            out.f_sum = summary[0]
-            out.fractions = summary[1 + 2 * L:1 + 4 * L]
-            out.max_fraction = summary[3 + 4 * L]
+        if level == 1:
+            out.max_rel = r
+        elif level == 2:
+            out.stats, out.energy, out.units, out.f_sum, out.max_rel, out.max_fraction, out.fractions, late_f = r
+            if late_f is not None:
+                pending.f_sum = late_f
         return out
+
+    def sync(self, s: dict) -> None:
+        """The current states into ``s``."""
+        for n, v in zip(self.names, self.cpp.states()):
+            s[n] = v
 
     def close(self, out: _StepOut, s: dict) -> None:
         """Complete the energy of the last step (``s`` is its state) with the late terms, computed here."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from explorer import HopfieldNetwork, RecordConfig, hopfield_family, native, relax
+from explorer.dynamics import _FusedStep
 from explorer.record import STAT_INDEX
 
 
@@ -98,7 +99,6 @@ def test_fused_step_splits_large_groups_across_threads_and_records_what_eager_re
 def test_records_kept_in_shared_blocks_match_eager_over_several_blocks_and_stay_as_emitted():
     # The fused path writes each record into a row of a block of _FusedStep.BLOCK_STEPS steps:
     # a run over three blocks must give every step its own numbers, and none may change later.
-    from explorer.dynamics import _FusedStep
     dtype = torch.float64
     net = _net(True, "cross_entropy", dtype)
     gen = torch.Generator().manual_seed(11)
@@ -211,25 +211,33 @@ def test_small_convolutions_match_torch_both_ways(dtype, c_in, c_out, size, stri
 def test_relax_runs_the_last_small_maps_as_skinny_products_at_batch_1(monkeypatch):
     # Hopfield-ResNet13's 4x4 and 2x2 maps at batch 1, in miniature: the fused run must use the
     # skinny kernels there (and torch's convolutions elsewhere), and agree with the eager run.
-    calls = {"small_conv_forward": 0, "small_conv_feedback": 0}
+    # The Stepper evaluates the edges in C++: count the kinds of edge functions it is given.
+    kinds = []
     real = native.get(block=True)
 
-    class Spy:
-        def __getattr__(self, name):
-            fn = getattr(real, name)
-            if name not in calls:
-                return fn
+    class Recorded:
+        def __init__(self, states):
+            self.stepper = real.Stepper(states)
 
-            def counted(*args):
-                calls[name] += 1
-                return fn(*args)
-            return counted
+        def add_fn(self, kind, *args):
+            kinds.append(kind)
+            return self.stepper.add_fn(kind, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.stepper, name)
+
+    class Spy:
+        Stepper = Recorded
+
+        def __getattr__(self, name):
+            return getattr(real, name)
     monkeypatch.setattr(native, "get", lambda *a, **kw: Spy())
     net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 16, 16), width=8, n_classes=5, alpha=2.0),
                           seed=0, dtype=torch.float64)
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     fused = relax(net, x, steps=6, record=RecordConfig(), fused=True)
-    assert calls["small_conv_forward"] > 0 and calls["small_conv_feedback"] > 0
+    assert kinds.count(_FusedStep.SMALL) > 0 and kinds.count(_FusedStep.SMALL_T) > 0   # the 2x2 maps
+    assert kinds.count(_FusedStep.CONV) > 0 and kinds.count(_FusedStep.CONV_T) > 0     # the 16x16 maps
     eager = relax(net, x, steps=6, record=RecordConfig(), fused=False)
     for n in net.layer_names:
         _close(fused.state[n], eager.state[n], torch.float64)

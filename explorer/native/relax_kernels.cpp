@@ -678,9 +678,193 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
   return {stats, energy, units, summary};
 }
 
+// ---------------------------------------------------------------------------
+// Stepper: a whole relaxation step in one call, the edges' products included. It holds what a run
+// does not change (edges, the groups' plans, the record's constants) and the states. At batch 1
+// on a small network the Python that assembled each group's call (about 20 us a step, 40 with
+// records) cost as much as a third of the arithmetic.
+
+class Stepper {
+ public:
+  // The function of the states that gives one edge output (the Python side's _FusedStep._part_fns).
+  enum Kind { FIXED = 0, CONV = 1, CONV_T = 2, SMALL = 3, SMALL_T = 4, DENSE = 5, DENSE_T = 6 };
+  struct Fn {
+    int64_t kind, state;
+    at::Tensor w;                  // weight (detached); the fixed drive; or the small kernels' matrix
+    int64_t k, stride, pad, a, b;  // small kernels: the output's (ho, wo) forward, (H, W) feedback
+    std::vector<int64_t> extra;    // conv_transpose2d's output padding, or the dense feedback's shape
+  };
+  struct Plan {
+    std::vector<int64_t> layers;             // state index per layer of the kernel call
+    std::vector<std::vector<int64_t>> fns;   // per layer: its edge functions (y: the output's own)
+    std::vector<int64_t> p_layer, p_role, p_owned, p_late, p_writable;
+    std::vector<at::Tensor> refs, bmaps;
+  };
+
+  explicit Stepper(std::vector<at::Tensor> states) : states_(std::move(states)) {}
+
+  int64_t add_fn(int64_t kind, int64_t state, at::Tensor w, int64_t k, int64_t stride, int64_t pad, int64_t a,
+                 int64_t b, std::vector<int64_t> extra) {
+    TORCH_CHECK(kind >= FIXED && kind <= DENSE_T && (kind == FIXED || (state >= 0 && state < (int64_t)states_.size())),
+                "Stepper.add_fn: kind ", kind, ", state ", state);
+    fns_.push_back({kind, state, w.detach(), k, stride, pad, a, b, std::move(extra)});
+    return (int64_t)fns_.size() - 1;
+  }
+
+  // One schedule group: `bare` for level 0, `recorded` for levels 1 and 2 (which also run y through
+  // the kernel, for its statistics). y_fns: the output layer's edge functions when it is in this group.
+  void add_group(Plan bare, Plan recorded, std::vector<int64_t> y_fns) {
+    groups_.push_back({std::move(bare), std::move(recorded), std::move(y_fns)});
+  }
+
+  void set_output(int64_t y, at::Tensor bias, bool first_shared, double beta, double omega, int64_t cost,
+                  at::Tensor onehot, double alpha) {
+    y_ = y; y_bias_ = bias.detach(); y_first_shared_ = first_shared; beta_ = beta; omega_ = omega;
+    cost_ = cost; onehot_ = onehot; alpha_ = alpha;
+  }
+
+  void set_record(at::Tensor row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm, double inv_beta,
+                  std::vector<at::Tensor> unit_offsets, bool use_nudge, int64_t record_numbers, int64_t steps) {
+    row_of_ = row_of; size_ = size; hidden_ = hidden; bias_norm_ = bias_norm; inv_beta_ = inv_beta;
+    unit_offsets_ = std::move(unit_offsets); use_nudge_ = use_nudge; record_numbers_ = record_numbers;
+    steps_ = steps;
+  }
+
+  std::vector<at::Tensor> states() const { return states_; }
+
+  // One step. level 0: None; 1: the largest relative step; 2: (stats, energy, units or None, F summed,
+  // largest relative step, largest saturation fraction, [frac_zero, frac_alpha] batch means per
+  // layer, the pending energy's F summed or None). `pending`: the previous record's energy (numel 0:
+  // none), completed in place with the late terms this step supplies.
+  py::object step(int64_t level, int64_t t, at::Tensor pending) {
+    std::vector<at::Tensor> rec;
+    {
+      py::gil_scoped_release nogil;   // a server thread serves pages meanwhile
+      at::NoGradGuard no_grad;
+      std::vector<at::Tensor> raws;
+      for (Group& g : groups_) {
+        const Plan& plan = level > 0 ? g.recorded : g.bare;
+        std::vector<at::Tensor> y_parts;
+        at::Tensor y_new;
+        if (!g.y_fns.empty()) {   // as dynamics._pre_activation and _update do it
+          for (int64_t f : g.y_fns) y_parts.push_back(eval(f));
+          at::Tensor pre = (level > 0 || y_first_shared_) ? y_parts[0] + y_bias_ : y_parts[0].add_(y_bias_);
+          for (size_t i = 1; i < y_parts.size(); ++i) pre.add_(y_parts[i]);
+          y_new = update_output(pre, states_[y_]);
+        }
+        std::vector<at::Tensor> parts, olds, given;
+        for (size_t i = 0; i < plan.layers.size(); ++i) {
+          if (plan.layers[i] == y_) {
+            parts.insert(parts.end(), y_parts.begin(), y_parts.end());
+            given.push_back(y_new);
+          } else {
+            for (int64_t f : plan.fns[i]) parts.push_back(eval(f));
+            given.push_back(empty_);
+          }
+          olds.push_back(states_[plan.layers[i]]);
+        }
+        if (!olds.empty()) {
+          std::vector<at::Tensor> res = group_step(parts, plan.p_layer, plan.p_role, plan.p_owned, plan.p_late,
+                                                   plan.p_writable, olds, plan.refs, plan.bmaps, given, alpha_,
+                                                   omega_, level);
+          for (size_t i = 0; i < plan.layers.size(); ++i) states_[plan.layers[i]] = res[i];
+          raws.push_back(res.back());
+        }
+        if (y_new.defined() && level == 0) states_[y_] = y_new;
+      }
+      if (level > 0) {
+        at::Tensor arena = empty_;
+        int64_t slot = 0;
+        if (level == 2) {
+          if (slot_ == rows_) {   // a block, or what is left of the run if less
+            rows_ = std::max<int64_t>(1, std::min<int64_t>(BLOCK_STEPS, steps_ - t + 1));
+            arena_ = at::empty({rows_, record_numbers_}, states_[y_].options());
+            slot_ = 0;
+          }
+          arena = arena_;
+          slot = slot_++;
+        }
+        std::vector<at::Tensor> no_states;
+        const bool units = level == 2 && !unit_offsets_.empty();
+        rec = finalize(raws, row_of_, size_, hidden_, bias_norm_, inv_beta_, states_[y_], onehot_, cost_, beta_,
+                       units ? states_ : no_states, units ? unit_offsets_ : no_states, use_nudge_, level == 2,
+                       level == 2 ? pending : empty_, arena, slot);
+      }
+    }
+    if (level == 0) return py::none();
+    const int64_t nl = row_of_.numel();
+    const double* sm = rec[3].data_ptr<double>();
+    if (level == 1) return py::float_(sm[2 + 4 * nl]);
+    py::list fractions(2 * nl);
+    for (int64_t i = 0; i < 2 * nl; ++i) fractions[i] = py::float_(sm[1 + 2 * nl + i]);
+    return py::make_tuple(rec[0], rec[1], unit_offsets_.empty() ? py::object(py::none()) : py::cast(rec[2]),
+                          sm[0], sm[2 + 4 * nl], sm[3 + 4 * nl], fractions,
+                          pending.numel() ? py::object(py::float_(sm[1 + 4 * nl])) : py::object(py::none()));
+  }
+
+  static constexpr int64_t BLOCK_STEPS = 64;   // records per allocation (dynamics._FusedStep.BLOCK_STEPS)
+
+ private:
+  struct Group { Plan bare, recorded; std::vector<int64_t> y_fns; };
+
+  at::Tensor eval(int64_t id) {
+    const Fn& f = fns_[id];
+    switch (f.kind) {
+      case FIXED: return f.w;
+      case CONV: return at::conv2d(states_[f.state], f.w, {}, {f.stride, f.stride}, {f.pad, f.pad});
+      case CONV_T:
+        return at::conv_transpose2d(states_[f.state], f.w, {}, {f.stride, f.stride}, {f.pad, f.pad}, f.extra);
+      case SMALL: return small_conv_forward(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
+      case SMALL_T: return small_conv_feedback(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
+      case DENSE: return at::matmul(states_[f.state].flatten(1), f.w.t());
+      default: return at::matmul(states_[f.state], f.w).view(f.extra);
+    }
+  }
+
+  // dynamics._update for the output layer: y is unboxed and, in a nudged phase, pulled to the target.
+  at::Tensor update_output(const at::Tensor& pre, const at::Tensor& old) const {
+    at::Tensor y = pre;
+    if (beta_ != 0.0 && cost_ != 0) {
+      if (cost_ == 1) y = (pre + onehot_ * beta_) / (1.0 + beta_);
+      else y = pre - (at::softmax(old, 1) - onehot_) * beta_;
+    }
+    return omega_ == 1.0 ? y : old + (y - old) * omega_;
+  }
+
+  std::vector<at::Tensor> states_;
+  std::vector<Fn> fns_;
+  std::vector<Group> groups_;
+  at::Tensor empty_ = at::empty({0});
+  int64_t y_ = 0, cost_ = 0;
+  at::Tensor y_bias_, onehot_;
+  bool y_first_shared_ = false;
+  double beta_ = 0, omega_ = 1, alpha_ = 1;
+  at::Tensor row_of_, size_, hidden_, bias_norm_;
+  double inv_beta_ = 0;
+  std::vector<at::Tensor> unit_offsets_;
+  bool use_nudge_ = false;
+  int64_t record_numbers_ = 0, steps_ = 0, rows_ = 0, slot_ = 0;
+  at::Tensor arena_;
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_step", &group_step, "one schedule group: fused update and raw statistics");
   m.def("finalize", &finalize, "one step's record from the raw statistics");
   m.def("small_conv_forward", &small_conv_forward, "a convolution with few output positions");
   m.def("small_conv_feedback", &small_conv_feedback, "its transpose");
+  py::class_<Stepper::Plan>(m, "StepPlan")
+      .def(py::init([](std::vector<int64_t> layers, std::vector<std::vector<int64_t>> fns,
+                       std::vector<int64_t> p_layer, std::vector<int64_t> p_role, std::vector<int64_t> p_owned,
+                       std::vector<int64_t> p_late, std::vector<int64_t> p_writable, std::vector<at::Tensor> refs,
+                       std::vector<at::Tensor> bmaps) {
+        return Stepper::Plan{layers, fns, p_layer, p_role, p_owned, p_late, p_writable, refs, bmaps};
+      }));
+  py::class_<Stepper>(m, "Stepper", "a relaxation step in one call (dynamics._FusedStep builds it)")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("add_fn", &Stepper::add_fn)
+      .def("add_group", &Stepper::add_group)
+      .def("set_output", &Stepper::set_output)
+      .def("set_record", &Stepper::set_record)
+      .def("states", &Stepper::states)
+      .def("step", &Stepper::step);
 }
