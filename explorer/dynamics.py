@@ -590,7 +590,7 @@ class _FusedStep:
         units = len(unit_offsets[0]) if unit_offsets else 0
         order = [n for g in groups for n in g]
         self.cpp.set_record(
-            torch.tensor([order.index(n) for n in self.names], dtype=torch.long),
+            [order.index(n) for n in self.names],
             torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64),
             torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long), _bias_norms(net).cpu(),
             1.0 / abs(beta) if beta != 0 else 0.0, unit_offsets, nudge_ref is not None,

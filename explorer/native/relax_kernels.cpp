@@ -421,13 +421,13 @@ at::Tensor small_conv_feedback(at::Tensor y, at::Tensor wt, int64_t k, int64_t s
 // into the first one marked writable, else into a new tensor), old state, ref (numel 0: none),
 // bias map (numel = units per sample), given (numel 0: update mode, else the new state).
 // level 0: update only; 1: also ||s_t - s_(t-1)||^2, ||s_t||^2, ||s_t - s*||^2; 2: every RAW column.
-// Returns the new states and raw [L, NRAW, B] (float64).
+// Returns the new states; adds the raw statistics into `raw` [L, NRAW, B] (float64, zeroed by the caller).
 std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
                                    std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
                                    std::vector<int64_t> part_late, std::vector<int64_t> part_writable,
                                    std::vector<at::Tensor> olds, std::vector<at::Tensor> refs,
                                    std::vector<at::Tensor> bias_maps, std::vector<at::Tensor> given,
-                                   double alpha, double omega, int64_t level) {
+                                   double alpha, double omega, int64_t level, double* raw) {
   const int64_t nl = (int64_t)olds.size();
   TORCH_CHECK(nl > 0, "group_step needs at least one layer");
   TORCH_CHECK(refs.size() == (size_t)nl && bias_maps.size() == (size_t)nl && given.size() == (size_t)nl,
@@ -438,7 +438,6 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
               "group_step: per-part lists differ in length");
   const at::Tensor& first = olds[0];
   const int64_t batch = first.size(0);
-  at::Tensor raw = at::zeros({nl, NRAW, batch}, at::TensorOptions().dtype(at::kDouble));
   std::vector<at::Tensor> out(nl);
   std::vector<at::Tensor> keep;  // converted copies must outlive the pointers
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "group_step", [&] {
@@ -506,14 +505,21 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
         layers[l].out = out[l].data_ptr<scalar_t>();
       }
     }
-    run_group<scalar_t>(layers, batch, level, (scalar_t)alpha, (scalar_t)omega, raw.data_ptr<double>());
+    run_group<scalar_t>(layers, batch, level, (scalar_t)alpha, (scalar_t)omega, raw);
   });
-  out.push_back(raw);
   return out;
 }
 
-// The step's record from the groups' raw rows ([L_g, NRAW, B] float64 each, in the order the
-// groups ran; layer l's rows are row row_of[l] of their concatenation).
+// A tensor over `base`'s storage, without the dispatcher's view bookkeeping (as_strided's cost more
+// than the rest of a batch-1 record); records are read, never differentiated.
+at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef strides, int64_t offset) {
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(c10::Storage(base.storage()), base.key_set(), base.dtype());
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  return t;
+}
+
+// The step's record from the groups' raw rows (`rows`: per layer, in the order of the layers, its
+// [NRAW, B] float64 block).
 // size, bias_norm: [L] float64; hidden: [L] int64 (0/1).
 // y [B, K], onehot [B, K] or numel 0;
 // cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
@@ -523,34 +529,24 @@ std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<in
 // row `slot`. Records kept for a whole phase, each in blocks of its own, fragmented the heap
 // that the convolutions allocate from (their time rose 6 % with records kept at batch 1).
 // Returns stats [L, S, B], energy [3, B] (in y's dtype; without the late terms, which the next
-// step supplies), units [L, U, B] (numel 0 when none asked), summary float64: [F summed over the
+// step supplies), units [L, U, B] (undefined when none asked); writes `sm` [4 + 4L]: [F summed over the
 // batch, then per layer the batch norms (delta, scale), then per layer the batch means
 // (frac_zero, frac_alpha), then the pending energy's F summed, the largest relative step
 // max_l delta / (scale + 1e-12) (NaN when one is not finite), the largest of those means];
 // scale is ||s - s*|| when use_nudge else ||s||.
-std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of, at::Tensor size,
-                                 at::Tensor hidden, at::Tensor bias_norm, double inv_beta, at::Tensor y,
-                                 at::Tensor onehot, int64_t cost, double beta, std::vector<at::Tensor> states,
-                                 std::vector<at::Tensor> unit_offsets, bool use_nudge, bool stats_wanted,
-                                 at::Tensor pending, at::Tensor arena, int64_t slot) {
-  const int64_t nl = row_of.numel();
-  TORCH_CHECK(!raws.empty() && row_of.scalar_type() == at::kLong, "finalize: raws, row_of");
-  const int64_t batch = raws[0].size(2);
-  std::vector<const double*> rows;   // every raw row block, in the order the groups ran
-  for (const at::Tensor& r : raws) {
-    TORCH_CHECK(r.scalar_type() == at::kDouble && r.is_contiguous() && r.dim() == 3 && r.size(1) == NRAW &&
-                r.size(2) == batch, "finalize: raw");
-    for (int64_t i = 0; i < r.size(0); ++i) rows.push_back(r.data_ptr<double>() + i * NRAW * batch);
-  }
-  TORCH_CHECK((int64_t)rows.size() == nl, "finalize: raw rows do not match the layers");
+std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t batch, const at::Tensor& size,
+                                 const at::Tensor& hidden, const at::Tensor& bias_norm, double inv_beta,
+                                 const at::Tensor& y, const at::Tensor& onehot, int64_t cost, double beta,
+                                 const std::vector<at::Tensor>& states, const std::vector<at::Tensor>& unit_offsets,
+                                 bool use_nudge, bool stats_wanted, const at::Tensor& pending, const at::Tensor& arena,
+                                 int64_t slot, double* sm) {
+  const int64_t nl = (int64_t)rows.size();
   constexpr int S = 11;  // len(LAYER_STATS)
-  const int64_t* row = row_of.data_ptr<int64_t>();
-  auto at_ = [&](int64_t l, int k, int64_t b) { return rows[row[l]][k * batch + b]; };
+  auto at_ = [&](int64_t l, int k, int64_t b) { return rows[l][k * batch + b]; };
   const double* sz = size.data_ptr<double>();
   const int64_t* hid = hidden.data_ptr<int64_t>();
   const double* bn = bias_norm.data_ptr<double>();
-  at::Tensor summary = at::zeros({4 + 4 * nl}, at::TensorOptions().dtype(at::kDouble));
-  double* sm = summary.data_ptr<double>();
+  std::fill_n(sm, 4 + 4 * nl, 0.0);
   if (pending.numel()) {  // the previous step's energy [3, B]: its late terms arrive now
     TORCH_CHECK(pending.dim() == 2 && pending.size(0) == 3 && pending.size(1) == batch && pending.is_contiguous(),
                 "finalize: pending energy");
@@ -583,7 +579,7 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
     if (std::isnan(max_rel)) break;
   }
   sm[2 + 4 * nl] = max_rel;
-  if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor(), summary};
+  if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor()};
 
   // Computed in float64, written once in the state's dtype.
   std::vector<double> st(nl * S * batch), en(3 * batch, 0.0);
@@ -621,9 +617,9 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
                 arena.size(1) == ns + ne + nun && slot >= 0 && slot < arena.size(0),
                 "finalize: record block of shape ", arena.sizes(), " for ", ns + ne + nun, " numbers, row ", slot);
     const int64_t at0 = arena.storage_offset() + slot * arena.size(1);
-    stats = arena.as_strided({nl, S, batch}, {S * batch, batch, 1}, at0);
-    energy = arena.as_strided({3, batch}, {batch, 1}, at0 + ns);
-    if (nu) units = arena.as_strided({nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
+    stats = alias(arena, {nl, S, batch}, {S * batch, batch, 1}, at0);
+    energy = alias(arena, {3, batch}, {batch, 1}, at0 + ns);
+    if (nu) units = alias(arena, {nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
   } else {
     stats = at::empty({nl, S, batch}, y.options());
     energy = at::empty({3, batch}, y.options());
@@ -675,7 +671,7 @@ std::vector<at::Tensor> finalize(std::vector<at::Tensor> raws, at::Tensor row_of
       }
     }
   });
-  return {stats, energy, units, summary};
+  return {stats, energy, units};
 }
 
 // ---------------------------------------------------------------------------
@@ -723,7 +719,7 @@ class Stepper {
     cost_ = cost; onehot_ = onehot; alpha_ = alpha;
   }
 
-  void set_record(at::Tensor row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm, double inv_beta,
+  void set_record(std::vector<int64_t> row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm, double inv_beta,
                   std::vector<at::Tensor> unit_offsets, bool use_nudge, int64_t record_numbers, int64_t steps) {
     row_of_ = row_of; size_ = size; hidden_ = hidden; bias_norm_ = bias_norm; inv_beta_ = inv_beta;
     unit_offsets_ = std::move(unit_offsets); use_nudge_ = use_nudge; record_numbers_ = record_numbers;
@@ -741,7 +737,10 @@ class Stepper {
     {
       py::gil_scoped_release nogil;   // a server thread serves pages meanwhile
       at::NoGradGuard no_grad;
-      std::vector<at::Tensor> raws;
+      // raw rows of every layer, in the order the groups run them (row_of_ maps a layer to its row)
+      const int64_t batch = states_[0].size(0), nl = (int64_t)states_.size();
+      raw_.assign(nl * NRAW * batch, 0.0);
+      int64_t raw_at = 0;
       for (Group& g : groups_) {
         const Plan& plan = level > 0 ? g.recorded : g.bare;
         std::vector<at::Tensor> y_parts;
@@ -766,9 +765,9 @@ class Stepper {
         if (!olds.empty()) {
           std::vector<at::Tensor> res = group_step(parts, plan.p_layer, plan.p_role, plan.p_owned, plan.p_late,
                                                    plan.p_writable, olds, plan.refs, plan.bmaps, given, alpha_,
-                                                   omega_, level);
+                                                   omega_, level, raw_.data() + raw_at * NRAW * batch);
           for (size_t i = 0; i < plan.layers.size(); ++i) states_[plan.layers[i]] = res[i];
-          raws.push_back(res.back());
+          raw_at += (int64_t)plan.layers.size();
         }
         if (y_new.defined() && level == 0) states_[y_] = y_new;
       }
@@ -784,16 +783,20 @@ class Stepper {
           arena = arena_;
           slot = slot_++;
         }
-        std::vector<at::Tensor> no_states;
+        TORCH_CHECK(raw_at == nl, "Stepper: the recorded groups cover ", raw_at, " of ", nl, " layers");
+        std::vector<const double*> rows(nl);
+        for (int64_t l = 0; l < nl; ++l) rows[l] = raw_.data() + row_of_[l] * NRAW * batch;
+        static const std::vector<at::Tensor> none;
         const bool units = level == 2 && !unit_offsets_.empty();
-        rec = finalize(raws, row_of_, size_, hidden_, bias_norm_, inv_beta_, states_[y_], onehot_, cost_, beta_,
-                       units ? states_ : no_states, units ? unit_offsets_ : no_states, use_nudge_, level == 2,
-                       level == 2 ? pending : empty_, arena, slot);
+        summary_.resize(4 + 4 * nl);
+        rec = finalize(rows, batch, size_, hidden_, bias_norm_, inv_beta_, states_[y_], onehot_, cost_, beta_,
+                       units ? states_ : none, units ? unit_offsets_ : none, use_nudge_, level == 2,
+                       level == 2 ? pending : empty_, arena, slot, summary_.data());
       }
     }
     if (level == 0) return py::none();
-    const int64_t nl = row_of_.numel();
-    const double* sm = rec[3].data_ptr<double>();
+    const int64_t nl = (int64_t)row_of_.size();
+    const double* sm = summary_.data();
     if (level == 1) return py::float_(sm[2 + 4 * nl]);
     py::list fractions(2 * nl);
     for (int64_t i = 0; i < 2 * nl; ++i) fractions[i] = py::float_(sm[1 + 2 * nl + i]);
@@ -839,7 +842,9 @@ class Stepper {
   at::Tensor y_bias_, onehot_;
   bool y_first_shared_ = false;
   double beta_ = 0, omega_ = 1, alpha_ = 1;
-  at::Tensor row_of_, size_, hidden_, bias_norm_;
+  std::vector<int64_t> row_of_;
+  at::Tensor size_, hidden_, bias_norm_;
+  std::vector<double> raw_, summary_;
   double inv_beta_ = 0;
   std::vector<at::Tensor> unit_offsets_;
   bool use_nudge_ = false;
@@ -848,18 +853,16 @@ class Stepper {
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("group_step", &group_step, "one schedule group: fused update and raw statistics");
-  m.def("finalize", &finalize, "one step's record from the raw statistics");
   m.def("small_conv_forward", &small_conv_forward, "a convolution with few output positions");
   m.def("small_conv_feedback", &small_conv_feedback, "its transpose");
-  py::class_<Stepper::Plan>(m, "StepPlan")
+  py::class_<Stepper::Plan>(m, "StepPlan", py::module_local())
       .def(py::init([](std::vector<int64_t> layers, std::vector<std::vector<int64_t>> fns,
                        std::vector<int64_t> p_layer, std::vector<int64_t> p_role, std::vector<int64_t> p_owned,
                        std::vector<int64_t> p_late, std::vector<int64_t> p_writable, std::vector<at::Tensor> refs,
                        std::vector<at::Tensor> bmaps) {
         return Stepper::Plan{layers, fns, p_layer, p_role, p_owned, p_late, p_writable, refs, bmaps};
       }));
-  py::class_<Stepper>(m, "Stepper", "a relaxation step in one call (dynamics._FusedStep builds it)")
+  py::class_<Stepper>(m, "Stepper", py::module_local(), "a relaxation step in one call (dynamics._FusedStep builds it)")
       .def(py::init<std::vector<at::Tensor>>())
       .def("add_fn", &Stepper::add_fn)
       .def("add_group", &Stepper::add_group)
