@@ -441,7 +441,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                 return finish(findings, t - 1)
             need_delta = scalars or tol is not None or t == steps
             level = 2 if scalars else (1 if need_delta else 0)
-            out = stepper.step(level, t, pending[0]) if stepper is not None else eager_step(t, level)
+            out = stepper.step(level, t, pending[0], 0.0 if sat_onset else SATURATED) if stepper is not None \
+                else eager_step(t, level)
             if pending[0] is not None:
                 settle(pending[0])   # its energy is complete now
                 pending[0] = None
@@ -666,10 +667,12 @@ class _FusedStep:
             bmaps.append(self.bias_map[n])
         return self.k.StepPlan(layers, fns, p_layer, p_role, p_owned, p_late, p_writable, refs, bmaps)
 
-    def step(self, level: int, t: int, pending: _StepOut | None = None) -> _StepOut:
-        """One step; at level 2 it also completes ``pending`` (the previous step's record). The states
-        stay in the Stepper until :meth:`sync`."""
-        r = self.cpp.step(level, t, pending.energy if pending is not None and level == 2 else self.empty)
+    def step(self, level: int, t: int, pending: _StepOut | None = None, fractions_from: float = 0.0) -> _StepOut:
+        """One step; at level 2 it also completes ``pending`` (the previous step's record), and gives the
+        fractions when the largest is at least ``fractions_from``. The states stay in the Stepper until
+        :meth:`sync`."""
+        r = self.cpp.step(level, t, pending.energy if pending is not None and level == 2 else self.empty,
+                          fractions_from)
         out = _StepOut.empty(t)
         if level == 1:
             out.max_rel = r

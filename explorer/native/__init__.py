@@ -1,8 +1,9 @@
 """Fused CPU kernels for the relaxation step, compiled on first use (relax_kernels.cpp).
 
 Eager PyTorch computes the record of one step in about 20 tensor ops per layer; at batch 1
-their dispatch costs more than the step. The kernel does the update and every statistic
-of a schedule group in one pass and one call. It needs a C++ compiler (g++) and Python's
+their dispatch costs more than the step. Here one call does a whole step: the edges'
+products, then per schedule group the update and every statistic in one pass, then the
+record. It needs a C++ compiler (g++) and Python's
 headers, and is built once per machine into torch's extension cache (about 30 s on 2 cores;
 ``TORCH_EXTENSIONS_DIR`` moves it). Where it cannot be built, or on a GPU, the engine uses
 its eager tensor code, which the tests check it against. ``EXPLORER_NATIVE=0`` turns it off.

@@ -1,13 +1,17 @@
 // Fused CPU kernels for one relaxation step (explorer/native/__init__.py builds and loads them).
 //
+// Stepper (exported; dynamics._FusedStep builds one per relax call): a whole step in one call.
+//   It evaluates the edge outputs (ATen convolutions and products, or the skinny kernels below),
+//   updates the output layer, runs each schedule group through group_step, and makes the record
+//   with finalize. It holds the states between steps.
 // group_step: for every layer of one schedule group, in one pass over its units,
 //   - the update s = clip_[0, alpha](b + sum of the edge outputs) (with over-relaxation omega),
 //     written in place into the first edge output the caller lets it overwrite (a fresh conv
 //     output), or into a new tensor;
 //   - and, as asked by `level`, the per-sample raw statistics of the record (RAW below).
-// small_conv_forward / small_conv_feedback: convolutions with few output positions (below).
+// small_conv_forward / small_conv_feedback (exported): convolutions with few output positions.
 // finalize: the per-step record (LAYER_STATS rows, Phi / C / F, a few units, and a summary
-//   for the loop's decisions) from the raw rows of all layers, in one call.
+//   for the loop's decisions) from the raw rows of all layers.
 // Eager PyTorch does the same in about 20 tensor ops per layer; at batch 1 the dispatch of
 // those ops costs more than the step itself (bench/RESULTS-engine.md), here it is one call.
 #include <torch/extension.h>
@@ -730,9 +734,10 @@ class Stepper {
 
   // One step. level 0: None; 1: the largest relative step; 2: (stats, energy, units or None, F summed,
   // largest relative step, largest saturation fraction, [frac_zero, frac_alpha] batch means per
-  // layer, the pending energy's F summed or None). `pending`: the previous record's energy (numel 0:
-  // none), completed in place with the late terms this step supplies.
-  py::object step(int64_t level, int64_t t, at::Tensor pending) {
+  // layer or None when the largest is under `fractions_from`, the pending energy's F summed or None).
+  // `pending`: the previous record's energy (numel 0: none), completed in place with the late terms
+  // this step supplies.
+  py::object step(int64_t level, int64_t t, at::Tensor pending, double fractions_from) {
     std::vector<at::Tensor> rec;
     {
       py::gil_scoped_release nogil;   // a server thread serves pages meanwhile
@@ -798,8 +803,12 @@ class Stepper {
     const int64_t nl = (int64_t)row_of_.size();
     const double* sm = summary_.data();
     if (level == 1) return py::float_(sm[2 + 4 * nl]);
-    py::list fractions(2 * nl);
-    for (int64_t i = 0; i < 2 * nl; ++i) fractions[i] = py::float_(sm[1 + 2 * nl + i]);
+    py::object fractions = py::none();   // mostly not wanted: a list a step is work for the GC
+    if (sm[3 + 4 * nl] >= fractions_from) {
+      py::list means(2 * nl);
+      for (int64_t i = 0; i < 2 * nl; ++i) means[i] = py::float_(sm[1 + 2 * nl + i]);
+      fractions = means;
+    }
     return py::make_tuple(rec[0], rec[1], unit_offsets_.empty() ? py::object(py::none()) : py::cast(rec[2]),
                           sm[0], sm[2 + 4 * nl], sm[3 + 4 * nl], fractions,
                           pending.numel() ? py::object(py::float_(sm[1 + 4 * nl])) : py::object(py::none()));
