@@ -342,7 +342,8 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
 
     def emit(t, stats, energy, units=None, states=None):
         states = capture(t) if states is None else states
-        if units is None and units_idx is not None:
+        if units is None and units_idx is not None:   # (the fused path hands its units in)
+            sync()
             units = torch.stack([s[n][(slice(None), *units_idx[n])].t() for n in names])
         if stats is None:
             stats = x.new_zeros(len(names), len(LAYER_STATS), batch)
@@ -544,10 +545,11 @@ def _transposed_matrix(w: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedStep:
-    """One relaxation step through :mod:`explorer.native`: per schedule group one call that
-    updates every hidden layer and sums its raw statistics in one pass, then one call that
-    turns the raw rows into the step's record. Same arithmetic as the eager path below
-    (which the tests compare it with); sums are accumulated in float64.
+    """Relaxation steps through :mod:`explorer.native`: a C++ ``Stepper``, built here once per run,
+    does a whole step in one call (the edge outputs, per schedule group one pass that updates
+    every hidden layer and sums its raw statistics, then the step's record) and holds the states
+    meanwhile (:meth:`sync` copies them out). Same arithmetic as the eager path below (which
+    the tests compare it with); sums are accumulated in float64.
 
     Edges whose two ends move together (skips under the paper schedule, every edge when
     synchronous) need <W s_src, s_dst> at the new states, one more product each. The next
@@ -556,7 +558,7 @@ class _FusedStep:
     from :meth:`close`."""
 
     ROLE = {"direct": 0, "skip": 1, "feedback": 2}
-    BLOCK_STEPS = 64   # records per allocation (the C++ Stepper's): a block outlives its last record kept
+    BLOCK_STEPS = 64   # records per allocation: a block outlives its last record kept
     # Edge function kinds of the C++ Stepper (relax_kernels.cpp, Stepper::Kind)
     FIXED, CONV, CONV_T, SMALL, SMALL_T, DENSE, DENSE_T = range(7)
 
@@ -595,7 +597,7 @@ class _FusedStep:
             torch.tensor([math.prod(net.spec.shape_of(n)) for n in self.names], dtype=torch.float64),
             torch.tensor([int(n != OUTPUT) for n in self.names], dtype=torch.long), _bias_norms(net).cpu(),
             1.0 / abs(beta) if beta != 0 else 0.0, unit_offsets, nudge_ref is not None,
-            len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch, steps)
+            len(self.names) * (len(LAYER_STATS) + units) * self.batch + 3 * self.batch, self.BLOCK_STEPS, steps)
 
     def _edges_of(self, n: str) -> list:
         """The edges into the drive of layer ``n``: (edge, True) forward, (edge, False) feedback."""
@@ -792,7 +794,7 @@ def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
     """A few fixed units per layer, the same in every run of this network."""
     device = net.device
     return {n: tuple(c.to(device) for c in coords)
-            for n, coords in zip(net.layer_names, _unit_coordinates(tuple(net.spec.shape_of(n) for n in
+            for n, coords in zip(net.layer_names, _unit_coordinates(tuple(tuple(net.spec.shape_of(n)) for n in
                                                                             net.layer_names), count))}
 
 

@@ -724,9 +724,11 @@ class Stepper {
   }
 
   void set_record(std::vector<int64_t> row_of, at::Tensor size, at::Tensor hidden, at::Tensor bias_norm, double inv_beta,
-                  std::vector<at::Tensor> unit_offsets, bool use_nudge, int64_t record_numbers, int64_t steps) {
+                  std::vector<at::Tensor> unit_offsets, bool use_nudge, int64_t record_numbers, int64_t block_steps,
+                  int64_t steps) {
     row_of_ = row_of; size_ = size; hidden_ = hidden; bias_norm_ = bias_norm; inv_beta_ = inv_beta;
     unit_offsets_ = std::move(unit_offsets); use_nudge_ = use_nudge; record_numbers_ = record_numbers;
+    block_steps_ = std::max<int64_t>(1, block_steps);
     steps_ = steps;
   }
 
@@ -781,7 +783,7 @@ class Stepper {
         int64_t slot = 0;
         if (level == 2) {
           if (slot_ == rows_) {   // a block, or what is left of the run if less
-            rows_ = std::max<int64_t>(1, std::min<int64_t>(BLOCK_STEPS, steps_ - t + 1));
+            rows_ = std::max<int64_t>(1, std::min<int64_t>(block_steps_, steps_ - t + 1));
             arena_ = at::empty({rows_, record_numbers_}, states_[y_].options());
             slot_ = 0;
           }
@@ -813,8 +815,6 @@ class Stepper {
                           sm[0], sm[2 + 4 * nl], sm[3 + 4 * nl], fractions,
                           pending.numel() ? py::object(py::float_(sm[1 + 4 * nl])) : py::object(py::none()));
   }
-
-  static constexpr int64_t BLOCK_STEPS = 64;   // records per allocation (dynamics._FusedStep.BLOCK_STEPS)
 
  private:
   struct Group { Plan bare, recorded; std::vector<int64_t> y_fns; };
@@ -857,7 +857,7 @@ class Stepper {
   double inv_beta_ = 0;
   std::vector<at::Tensor> unit_offsets_;
   bool use_nudge_ = false;
-  int64_t record_numbers_ = 0, steps_ = 0, rows_ = 0, slot_ = 0;
+  int64_t record_numbers_ = 0, block_steps_ = 64, steps_ = 0, rows_ = 0, slot_ = 0;
   at::Tensor arena_;
 };
 
