@@ -575,6 +575,8 @@ class _FusedStep:
         with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
             self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
                              for n in self.names}
+        self.channels_last = {n: s[n].dim() == 4 and not s[n].is_contiguous()
+                              and s[n].is_contiguous(memory_format=torch.channels_last) for n in self.names}
         self.cpp = kernels.Stepper([s[n] for n in self.names])
         self.fn_ids: dict = {}
         for g in groups:
@@ -640,9 +642,12 @@ class _FusedStep:
                 fid = add(self.CONV, self.index[src], w, k, st, pad, 0, 0, [])
             else:
                 fid = add(self.CONV_T, self.index[dst], w, k, st, pad, 0, 0, list(e.output_padding))
-        elif e.kind == "dense":
-            fid = add(self.DENSE, self.index[src], w, 0, 1, 0, 0, 0, []) if forward else \
-                add(self.DENSE_T, self.index[dst], w, 0, 1, 0, 0, 0, [self.batch, *e.src_shape])
+        elif e.kind == "dense":   # columns in the source's memory order: no copy of a channels-last map
+            cl = int(len(e.src_shape) == 3 and self.channels_last[src])
+            wm = w.detach().view(w.shape[0], *e.src_shape).permute(0, 2, 3, 1).reshape(w.shape[0], -1) \
+                .contiguous() if cl else w
+            fid = add(self.DENSE, self.index[src], wm, cl, 1, 0, 0, 0, []) if forward else \
+                add(self.DENSE_T, self.index[dst], wm, cl, 1, 0, 0, 0, [self.batch, *e.src_shape])
         else:
             raise ValueError(f"the fused step has no kernel for {e.kind} edges")
         self.fn_ids[key] = fid

@@ -828,8 +828,17 @@ class Stepper {
         return at::conv_transpose2d(states_[f.state], f.w, {}, {f.stride, f.stride}, {f.pad, f.pad}, f.extra);
       case SMALL: return small_conv_forward(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
       case SMALL_T: return small_conv_feedback(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
-      case DENSE: return at::matmul(states_[f.state].flatten(1), f.w.t());
-      default: return at::matmul(states_[f.state], f.w).view(f.extra);
+      // dense readout: k = 1 when the source map is channels-last and f.w's columns are in its
+      // (h, w, c) memory order, so neither direction copies the map (flatten(1) would)
+      case DENSE: {
+        const at::Tensor& x = states_[f.state];
+        return at::matmul(f.k ? x.permute({0, 2, 3, 1}).reshape({x.size(0), -1}) : x.flatten(1), f.w.t());
+      }
+      default: {
+        at::Tensor back = at::matmul(states_[f.state], f.w);
+        const std::vector<int64_t>& e = f.extra;   // the source's shape [B, C, H, W] (or [B, n])
+        return f.k ? back.view({e[0], e[2], e[3], e[1]}).permute({0, 3, 1, 2}) : back.view(e);
+      }
     }
   }
 
