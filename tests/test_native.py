@@ -260,3 +260,10 @@ def test_the_kept_transposed_weights_follow_in_place_updates():
         eager = relax(net, x, steps=6, fused=False)
         for n in net.layer_names:
             _close(fused.state[n], eager.state[n], torch.float64)
+
+
+def test_the_edge_function_kinds_agree_between_python_and_the_stepper():
+    # _FusedStep names the Stepper's edge-function kinds by number; a reordered enum would silently
+    # send every edge to the wrong function.
+    kinds = native.get(block=True).STEPPER_KINDS
+    assert [getattr(_FusedStep, name) for name in kinds] == list(range(len(kinds)))

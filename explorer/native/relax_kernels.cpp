@@ -873,6 +873,8 @@ class Stepper {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_conv_forward", &small_conv_forward, "a convolution with few output positions");
   m.def("small_conv_feedback", &small_conv_feedback, "its transpose");
+  // Stepper::Kind by name, in order: dynamics._FusedStep's constants are checked against it (tests)
+  m.attr("STEPPER_KINDS") = py::make_tuple("FIXED", "CONV", "CONV_T", "SMALL", "SMALL_T", "DENSE", "DENSE_T");
   py::class_<Stepper::Plan>(m, "StepPlan", py::module_local())
       .def(py::init([](std::vector<int64_t> layers, std::vector<std::vector<int64_t>> fns,
                        std::vector<int64_t> p_layer, std::vector<int64_t> p_role, std::vector<int64_t> p_owned,
