@@ -455,8 +455,12 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
                     findings.append(Finding("non_finite", f"layer {bad_layer} became non-finite at step {t}",
                                             t, bad_layer))
                     if record is not None:
+                        if scalars and stepper is not None:   # no next step brings its late energy terms
+                            stepper.close(out, s)
                         emit(t, out.stats, out.energy if scalars else x.new_full((3, batch), float("nan")),
                              out.units)
+                    if scalars:   # the result's Phi is the returned state's, on either path
+                        last_phi[0] = out.energy[0]
                     return finish(findings, t)
             if record is not None:
                 if scalars:

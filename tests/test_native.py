@@ -151,6 +151,11 @@ def test_non_finite_values_give_the_same_verdict_fused_and_eager():
     out = [relax(net, x, steps=5, state=start, record=RecordConfig(), fused=f) for f in (False, True)]
     assert out[0].verdict.status == out[1].verdict.status == "non_finite"
     assert out[0].verdict.message == out[1].verdict.message
+    # The last record's energy is complete on the fused path too (its late terms come from no next
+    # step), and the result's Phi is that record's on both paths.
+    assert out[0].steps == out[1].steps == len(out[1].records) - 1
+    torch.testing.assert_close(out[0].records[-1].energy, out[1].records[-1].energy, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0].phi, out[1].phi, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_is_refused_where_it_cannot_run(monkeypatch):
