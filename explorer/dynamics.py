@@ -206,11 +206,15 @@ def step(net: HopfieldNetwork, s: dict, groups, beta: float = 0.0, target_1h=Non
     return s
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    """A 4-d map laid out channels-last (and not also plain contiguous, as 1x1 maps are)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _flat(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
     """[batch, -1] without a copy: channels-last maps are flattened in memory
     order (h, w, c); ``like`` must share the layout when two are paired."""
-    cl = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    if cl and (like is None or like.is_contiguous(memory_format=torch.channels_last)):
+    if _channels_last(t) and (like is None or like.is_contiguous(memory_format=torch.channels_last)):
         return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
     return t.reshape(t.shape[0], -1)
 
@@ -325,7 +329,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         raise ValueError("fused kernels requested, but they are unavailable here: "
                          f"{native.status()} (device {x.device}, dtype {x.dtype})")
     stepper = _FusedStep(kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
-                         target_1h, nudge_ref, record, steps) if kernels is not None else None
+                         target_1h, nudge_ref, units_idx, steps) if kernels is not None else None
     layout = _StatsLayout(net, x, beta) if scalars and stepper is None else None
     scratch: dict[str, torch.Tensor] = {}   # per-layer buffers of the recorded statistics
 
@@ -567,8 +571,8 @@ class _FusedStep:
     FIXED, CONV, CONV_T, SMALL, SMALL_T, DENSE, DENSE_T = range(7)
 
     def __init__(self, kernels, net, weights, fixed, s, groups, owner, jacobi_edges, beta, omega, target,
-                 target_1h, nudge_ref, record, steps):
-        self.k, self.net, self.weights, self.fixed, self.groups = kernels, net, weights, fixed, groups
+                 target_1h, nudge_ref, units_idx, steps):
+        self.k, self.net, self.weights, self.fixed = kernels, net, weights, fixed
         self.names = net.layer_names
         self.index = {n: i for i, n in enumerate(self.names)}
         self.owner, self.jacobi_edges = owner, jacobi_edges
@@ -579,8 +583,7 @@ class _FusedStep:
         with torch.no_grad():  # the bias broadcast over one sample, in each state's memory order
             self.bias_map = {n: self._memory_order(net.bias_view(n).expand(1, *net.spec.shape_of(n)), s[n])
                              for n in self.names}
-        self.channels_last = {n: s[n].dim() == 4 and not s[n].is_contiguous()
-                              and s[n].is_contiguous(memory_format=torch.channels_last) for n in self.names}
+        self.channels_last = {n: _channels_last(s[n]) for n in self.names}
         self.cpp = kernels.Stepper([s[n] for n in self.names])
         self.fn_ids: dict = {}
         for g in groups:
@@ -591,10 +594,8 @@ class _FusedStep:
                             float(beta), float(omega), 0 if target is None else (1 if net.spec.cost == "mse" else 2),
                             target_1h if target_1h is not None else self.empty, float(net.alpha))
         # Memory offsets of the chosen units within one sample: the kernels keep every state's layout.
-        unit_offsets = []
-        if record is not None and record.scalars and record.units:
-            unit_offsets = [sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx))
-                            for n, idx in _unit_indices(net, record.units).items()]
+        unit_offsets = [] if units_idx is None else [
+            sum(c.cpu().long() * s[n].stride(d + 1) for d, c in enumerate(idx)) for n, idx in units_idx.items()]
         # The records' tensors are views into blocks of BLOCK_STEPS steps (see finalize).
         units = len(unit_offsets[0]) if unit_offsets else 0
         order = [n for g in groups for n in g]
@@ -612,7 +613,7 @@ class _FusedStep:
     @staticmethod
     def _memory_order(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``t`` (one sample) laid out like ``like``, flattened in memory order."""
-        if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        if _channels_last(like):
             return t.permute(0, 2, 3, 1).reshape(-1).contiguous()
         return t.reshape(-1).contiguous()
 

@@ -529,8 +529,7 @@ at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef 
 // cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
 // pending: the previous step's energy [3, B] (numel 0: none), from which this step's LATE sums
 // are subtracted in place (Phi and F).
-// arena [steps, L*S*B + 3*B + L*U*B] (numel 0: none): stats, energy and units become views into its
-// row `slot`. Records kept for a whole phase, each in blocks of its own, fragmented the heap
+// arena [steps, L*S*B + 3*B + L*U*B]: stats, energy and units become views into its row `slot`. Records kept for a whole phase, each in blocks of its own, fragmented the heap
 // that the convolutions allocate from (their time rose 6 % with records kept at batch 1).
 // Returns stats [L, S, B], energy [3, B] (in y's dtype; without the late terms, which the next
 // step supplies), units [L, U, B] (undefined when none asked); writes `sm` [4 + 4L]: [F summed over the
@@ -613,22 +612,16 @@ std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t
     sm[2 + 2 * nl + 2 * l] = fa / batch;
     sm[3 + 4 * nl] = std::max({sm[3 + 4 * nl], fz / batch, fa / batch});
   }
-  at::Tensor stats, energy, units;
+  at::Tensor stats, energy, units;   // views into row `slot` of the caller's block [steps, record size]
   const int64_t nu = unit_offsets.empty() ? 0 : unit_offsets[0].numel();
-  if (arena.numel()) {   // views into row `slot` of the caller's block [steps, record size]
-    const int64_t ns = nl * S * batch, ne = 3 * batch, nun = nl * nu * batch;
-    TORCH_CHECK(arena.dim() == 2 && arena.is_contiguous() && arena.scalar_type() == y.scalar_type() &&
-                arena.size(1) == ns + ne + nun && slot >= 0 && slot < arena.size(0),
-                "finalize: record block of shape ", arena.sizes(), " for ", ns + ne + nun, " numbers, row ", slot);
-    const int64_t at0 = arena.storage_offset() + slot * arena.size(1);
-    stats = alias(arena, {nl, S, batch}, {S * batch, batch, 1}, at0);
-    energy = alias(arena, {3, batch}, {batch, 1}, at0 + ns);
-    if (nu) units = alias(arena, {nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
-  } else {
-    stats = at::empty({nl, S, batch}, y.options());
-    energy = at::empty({3, batch}, y.options());
-    if (nu) units = at::empty({nl, nu, batch}, y.options());
-  }
+  const int64_t ns = nl * S * batch, ne = 3 * batch, nun = nl * nu * batch;
+  TORCH_CHECK(arena.dim() == 2 && arena.is_contiguous() && arena.scalar_type() == y.scalar_type() &&
+              arena.size(1) == ns + ne + nun && slot >= 0 && slot < arena.size(0),
+              "finalize: record block of shape ", arena.sizes(), " for ", ns + ne + nun, " numbers, row ", slot);
+  const int64_t at0 = arena.storage_offset() + slot * arena.size(1);
+  stats = alias(arena, {nl, S, batch}, {S * batch, batch, 1}, at0);
+  energy = alias(arena, {3, batch}, {batch, 1}, at0 + ns);
+  if (nu) units = alias(arena, {nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "finalize", [&] {
     if (cost != 0) {
       TORCH_CHECK(y.dim() == 2 && onehot.sizes() == y.sizes() && y.is_contiguous() && onehot.is_contiguous() &&
@@ -686,7 +679,7 @@ std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t
 
 class Stepper {
  public:
-  // The function of the states that gives one edge output (the Python side's _FusedStep._part_fns).
+  // The function of the states that gives one edge output (the Python side's _FusedStep._part_fn).
   enum Kind { FIXED = 0, CONV = 1, CONV_T = 2, SMALL = 3, SMALL_T = 4, DENSE = 5, DENSE_T = 6 };
   struct Fn {
     int64_t kind, state;
