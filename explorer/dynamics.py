@@ -533,23 +533,59 @@ def _patch_matrix(w: torch.Tensor) -> torch.Tensor:
     return w.detach().permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
-# id(weight) -> (version key, W^T). The feedback kernel reads W^T row by row; transposing a
-# 512x4608 weight takes about 6 ms, three per relax call for Hopfield-ResNet13, so the copy is kept
-# while the weight lives and is unchanged (an in-place update moves its version).
-_TRANSPOSED: dict[int, tuple] = {}
+# (id(weight), forward) -> (version key, packed matrix). The small kernels read W^T (forward) or W
+# (feedback) packed in column tiles (native.pack_columns); for a 512x4608 weight that copy takes
+# milliseconds, several per relax call for Hopfield-ResNet13, so it is kept while the weight lives
+# and is unchanged (an in-place update moves its version).
+_PACKED: dict[tuple[int, bool], tuple] = {}
 
 
-def _transposed_matrix(w: torch.Tensor) -> torch.Tensor:
-    """[k*k*c_in, c_out]: :func:`_patch_matrix` transposed, cached per weight version."""
+def _packed_matrix(kernels, w: torch.Tensor, forward: bool) -> torch.Tensor:
+    """:func:`_patch_matrix` transposed (``forward``) or as is, packed for the small kernels, cached
+    per weight version."""
     key = (w._version, w.data_ptr(), w.dtype, tuple(w.shape))
-    hit = _TRANSPOSED.get(id(w))
+    hit = _PACKED.get((id(w), forward))
     if hit is not None and hit[0] == key:
         return hit[1]
     if hit is None:   # (a weak-key dictionary would compare tensors with ==)
-        weakref.finalize(w, _TRANSPOSED.pop, id(w), None)
-    wt = _patch_matrix(w).t().contiguous()
-    _TRANSPOSED[id(w)] = (key, wt)
-    return wt
+        weakref.finalize(w, _PACKED.pop, (id(w), forward), None)
+    m = _patch_matrix(w)
+    packed = kernels.pack_columns(m.t() if forward else m)
+    _PACKED[(id(w), forward)] = (key, packed)
+    return packed
+
+
+# (shapes, batch, direction, dtype, layout) -> whether the small kernel beat torch's convolution
+_SMALL_CHOICE: dict[tuple, bool] = {}
+
+
+def _small_is_faster(kernels, e, w: torch.Tensor, batch: int, forward: bool, repeats: int = 3) -> bool:
+    """Times edge ``e``'s output (``forward``, or its feedback) at ``batch`` both ways, on random
+    channels-last states: the best of ``repeats`` calls each, after one that warms caches and packs."""
+    import time
+    k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
+    shape = e.src_shape if forward else e.dst_shape
+    s = torch.rand(batch, *shape, dtype=w.dtype).contiguous(memory_format=torch.channels_last)
+    packed = _packed_matrix(kernels, w, forward)
+    if forward:
+        small = lambda: kernels.small_conv_forward(s, packed, e.dst_shape[0], k, st, pad, *e.dst_shape[1:])
+    else:
+        small = lambda: kernels.small_conv_feedback(s, packed, e.src_shape[0], k, st, pad, *e.src_shape[1:])
+    conv = (lambda: e.forward(w, s)) if forward else (lambda: e.feedback(w, s))
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    with torch.no_grad():
+        faster = best(small) < best(conv)
+    if not faster:
+        _PACKED.pop((id(w), forward), None)   # not used: no copy kept
+    return faster
 
 
 class _FusedStep:
@@ -617,11 +653,31 @@ class _FusedStep:
             return t.permute(0, 2, 3, 1).reshape(-1).contiguous()
         return t.reshape(-1).contiguous()
 
+    # The product with few rows against torch's convolution, per edge, direction and batch: below
+    # TIMED_FLOPS per call the rule of thumb `_few_positions` decides; above, with at most
+    # MAX_SMALL_ROWS output positions, the two are timed once per process (the winner depends on the
+    # shapes and the direction: at Hopfield-ResNet13's batch 1, s3->s4's forward runs faster in
+    # oneDNN, its feedback twice as fast in the product; above 1024 positions oneDNN always won).
+    TIMED_FLOPS = 4_000_000
+    MAX_SMALL_ROWS = 1024
+
     @staticmethod
     def _few_positions(batch: int, pixels: int) -> bool:
-        """Where the skinny product beats torch's convolutions here (batch x output pixels up to 32,
-        up to 64 on 2x2 maps; measured on 512-channel edges from batch 1 to 16)."""
-        return batch * pixels <= 32 or (pixels <= 4 and batch * pixels <= 64)
+        """Where the product with few rows beats torch's convolutions here, on small edges."""
+        return batch * pixels <= 64
+
+    def _use_small(self, e, forward: bool) -> bool:
+        rows = self.batch * math.prod(e.dst_shape[1:])
+        if rows > self.MAX_SMALL_ROWS:
+            return False
+        if e.flops() * self.batch < self.TIMED_FLOPS:
+            return self._few_positions(self.batch, math.prod(e.dst_shape[1:]))
+        w = self.weights[e]
+        key = (e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, e.spec.padding, self.batch, forward, w.dtype,
+               _channels_last(w))
+        if key not in _SMALL_CHOICE:
+            _SMALL_CHOICE[key] = _small_is_faster(self.k, e, w, self.batch, forward)
+        return _SMALL_CHOICE[key]
 
     def _part_fn(self, e, forward: bool) -> int:
         """The Stepper's id of the function of the states that gives edge ``e``'s output in the drive
@@ -637,12 +693,13 @@ class _FusedStep:
             fid = add(self.FIXED, -1, self.fixed[e], 0, 1, 0, 0, 0, [])
         elif e.kind in ("conv", "skip"):
             k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
-            if self._few_positions(self.batch, math.prod(e.dst_shape[1:])):
+            if self._use_small(e, forward):
                 if forward:
-                    fid = add(self.SMALL, self.index[src], _patch_matrix(w).contiguous(), k, st, pad, *e.dst_shape[1:],
-                              [])
+                    fid = add(self.SMALL, self.index[src], _packed_matrix(self.k, w, True), k, st, pad,
+                              *e.dst_shape[1:], [e.dst_shape[0]])
                 else:
-                    fid = add(self.SMALL_T, self.index[dst], _transposed_matrix(w), k, st, pad, *e.src_shape[1:], [])
+                    fid = add(self.SMALL_T, self.index[dst], _packed_matrix(self.k, w, False), k, st, pad,
+                              *e.src_shape[1:], [e.src_shape[0]])
             elif forward:
                 fid = add(self.CONV, self.index[src], w, k, st, pad, 0, 0, [])
             else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from explorer import HopfieldNetwork, RecordConfig, hopfield_family, native, relax
+from explorer import dynamics
 from explorer.dynamics import _FusedStep
 from explorer.record import STAT_INDEX
 
@@ -185,7 +186,8 @@ def test_the_output_layer_reports_no_fractions_at_zero_or_alpha_on_either_path()
 
 SMALL_CONVS = [  # (c_in, c_out, size, stride, kernel, batch): few output positions, as on the last maps
     (64, 48, 8, 2, 3, 1), (48, 48, 4, 1, 3, 1), (48, 40, 4, 2, 3, 1), (48, 40, 4, 2, 1, 1),
-    (3, 5, 5, 2, 3, 2), (4, 6, 3, 1, 3, 3), (7, 3, 6, 2, 1, 2), (5, 9, 2, 1, 3, 4)]
+    (3, 5, 5, 2, 3, 2), (4, 6, 3, 1, 3, 3), (7, 3, 6, 2, 1, 2), (5, 9, 2, 1, 3, 4),
+    (40, 130, 4, 1, 3, 2)]   # partial column tiles, several row chunks and blocks of the product
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -199,24 +201,24 @@ def test_small_convolutions_match_torch_both_ways(dtype, c_in, c_out, size, stri
     x = torch.rand(batch, c_in, size, size, generator=gen, dtype=dtype).contiguous(memory_format=cl)
     ref = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
     ho, wo = ref.shape[-2:]
-    wmat = w.permute(0, 2, 3, 1).reshape(c_out, -1).contiguous()
-    got = k.small_conv_forward(x, wmat, kernel, stride, pad, ho, wo)
+    wmat = w.permute(0, 2, 3, 1).reshape(c_out, -1)   # [c_out, (ky, kx, c)]
+    got = k.small_conv_forward(x, k.pack_columns(wmat.t()), c_out, kernel, stride, pad, ho, wo)
     y = torch.rand(ref.shape, generator=gen, dtype=dtype).contiguous(memory_format=cl)
     out_pad = size - ((ho - 1) * stride - 2 * pad + kernel)
     ref_back = torch.nn.functional.conv_transpose2d(y, w, stride=stride, padding=pad, output_padding=out_pad)
-    got_back = k.small_conv_feedback(y, wmat.t().contiguous(), kernel, stride, pad, size, size)
+    got_back = k.small_conv_feedback(y, k.pack_columns(wmat), c_in, kernel, stride, pad, size, size)
     tol = 1e-11 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
     torch.testing.assert_close(got_back, ref_back, rtol=tol, atol=tol)
     assert got.is_contiguous(memory_format=cl) and got_back.is_contiguous(memory_format=cl)
     with pytest.raises(RuntimeError, match="channels-last"):   # NCHW memory is refused, not misread
-        k.small_conv_forward(x.contiguous(), wmat, kernel, stride, pad, ho, wo)
+        k.small_conv_forward(x.contiguous(), k.pack_columns(wmat.t()), c_out, kernel, stride, pad, ho, wo)
+    with pytest.raises(RuntimeError, match="packed matrix"):   # an unpacked or mismatched matrix is refused
+        k.small_conv_forward(x, wmat.t().contiguous(), c_out, kernel, stride, pad, ho, wo)
 
 
-def test_relax_runs_the_last_small_maps_as_skinny_products_at_batch_1(monkeypatch):
-    # Hopfield-ResNet13's 4x4 and 2x2 maps at batch 1, in miniature: the fused run must use the
-    # skinny kernels there (and torch's convolutions elsewhere), and agree with the eager run.
-    # The Stepper evaluates the edges in C++: count the kinds of edge functions it is given.
+def _spy_on_stepper(monkeypatch) -> list:
+    """The kinds of edge functions every Stepper built from here on is given, in order."""
     kinds = []
     real = native.get(block=True)
 
@@ -237,16 +239,60 @@ def test_relax_runs_the_last_small_maps_as_skinny_products_at_batch_1(monkeypatc
         def __getattr__(self, name):
             return getattr(real, name)
     monkeypatch.setattr(native, "get", lambda *a, **kw: Spy())
-    net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 16, 16), width=8, n_classes=5, alpha=2.0),
-                          seed=0, dtype=torch.float64)
-    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fused = relax(net, x, steps=6, record=RecordConfig(), fused=True)
-    assert kinds.count(_FusedStep.SMALL) > 0 and kinds.count(_FusedStep.SMALL_T) > 0   # the 2x2 maps
-    assert kinds.count(_FusedStep.CONV) > 0 and kinds.count(_FusedStep.CONV_T) > 0     # the 16x16 maps
-    eager = relax(net, x, steps=6, record=RecordConfig(), fused=False)
+    return kinds
+
+
+def _fused_agrees_with_eager(net, x, steps=6):
+    fused = relax(net, x, steps=steps, record=RecordConfig(), fused=True)
+    eager = relax(net, x, steps=steps, record=RecordConfig(), fused=False)
     for n in net.layer_names:
-        _close(fused.state[n], eager.state[n], torch.float64)
-    _close(fused.series("phi"), eager.series("phi"), torch.float64)
+        _close(fused.state[n], eager.state[n], net.dtype)
+    _close(fused.series("phi"), eager.series("phi"), net.dtype)
+
+
+def test_relax_runs_the_last_small_maps_as_few_row_products_at_batch_1(monkeypatch):
+    # Hopfield-ResNet13's last maps at batch 1, in miniature (every edge under the timed size): the
+    # fused run must use the few-row kernels up to 64 output positions (8x8 and smaller) and torch's
+    # convolutions on the 16x16 maps, and agree with the eager run. The Stepper evaluates the edges
+    # in C++: count the kinds of edge functions it is given.
+    kinds = _spy_on_stepper(monkeypatch)
+    net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 32, 32), width=8, n_classes=5, alpha=2.0),
+                          seed=0, dtype=torch.float64)
+    assert all(e.flops() < _FusedStep.TIMED_FLOPS for e in net.edges)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _fused_agrees_with_eager(net, x)
+    assert kinds.count(_FusedStep.SMALL) > 0 and kinds.count(_FusedStep.SMALL_T) > 0   # 8x8 and smaller
+    assert kinds.count(_FusedStep.CONV) > 0 and kinds.count(_FusedStep.CONV_T) > 0     # the 16x16 maps
+
+
+@pytest.mark.parametrize("small_wins", [True, False])
+def test_larger_edges_take_the_kernel_timed_faster_once_per_shape(monkeypatch, small_wins):
+    # Above TIMED_FLOPS per call (and at most MAX_SMALL_ROWS positions) the few-row kernel and
+    # torch's convolution are timed once per edge shape, direction and batch; the run uses the
+    # winner, whichever it is, and agrees with the eager run.
+    kinds = _spy_on_stepper(monkeypatch)
+    monkeypatch.setattr(dynamics, "_SMALL_CHOICE", {})
+    timed, really_timed = [], dynamics._small_is_faster
+
+    def verdict(kernels, e, w, batch, forward):
+        assert isinstance(really_timed(kernels, e, w, batch, forward, repeats=1), bool)
+        timed.append((e.spec.name, batch, forward))
+        return small_wins
+    monkeypatch.setattr(dynamics, "_small_is_faster", verdict)
+    net = HopfieldNetwork(hopfield_family(4, input_shape=(3, 16, 16), width=64, n_classes=5, alpha=2.0),
+                          seed=0, dtype=torch.float64)
+    big = [e for e in net.edges if e.kind != "dense" and e.spec.src != "s0" and e.flops() >= _FusedStep.TIMED_FLOPS
+           and math.prod(e.dst_shape[1:]) <= _FusedStep.MAX_SMALL_ROWS]
+    assert big, "the network must have an edge the choice is timed for"
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _fused_agrees_with_eager(net, x)
+    assert sorted(timed) == sorted((e.spec.name, 1, f) for e in big for f in (True, False))
+    by_rule = sum(2 for e in net.edges if e.kind != "dense" and e.spec.src != "s0" and e not in big
+                  and _FusedStep._few_positions(1, math.prod(e.dst_shape[1:])))
+    chosen = kinds.count(_FusedStep.SMALL) + kinds.count(_FusedStep.SMALL_T)
+    assert chosen == by_rule + (2 * len(big) if small_wins else 0)
+    relax(net, x, steps=2)   # the same shapes: no new timing
+    assert len(timed) == 2 * len(big)
 
 
 def test_the_kept_transposed_weights_follow_in_place_updates():

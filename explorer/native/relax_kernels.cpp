@@ -1,7 +1,7 @@
 // Fused CPU kernels for one relaxation step (explorer/native/__init__.py builds and loads them).
 //
 // Stepper (exported; dynamics._FusedStep builds one per relax call): a whole step in one call.
-//   It evaluates the edge outputs (ATen convolutions and products, or the skinny kernels below),
+//   It evaluates the edge outputs (ATen convolutions and products, or the few-row kernels below),
 //   updates the output layer, runs each schedule group through group_step, and makes the record
 //   with finalize. It holds the states between steps.
 // group_step: for every layer of one schedule group, in one pass over its units,
@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -265,76 +266,90 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 
 // ---------------------------------------------------------------------------
 // Convolutions with few output positions (batch x output pixels, as dynamics._FusedStep decides:
-// the small last maps of a deep network at small batches), as im2col and a skinny matrix product
-// that streams each weight once. PyTorch's kernels take 1.2-8x longer on these shapes here (MKL's
-// skinny products); the 4x4 and 2x2 maps' convolutions were 40 % of a Hopfield-ResNet13 step at
-// batch 1.
+// the small last maps of a deep network at small batches), as im2col and a matrix product with few
+// rows. Here PyTorch's kernels (oneDNN, MKL) reach a third to a half of the conv ceiling on these
+// shapes; the 4x4 and 2x2 maps' convolutions were 40 % of a Hopfield-ResNet13 step at batch 1.
+//
+// The product C [N, P] = A [N, Q] . B [Q, P] runs as outer products: R <= 6 rows of A (broadcast)
+// against four vectors of B's columns, 24 vector accumulators held in registers across a block of
+// Q. B is packed (pack_columns) into column tiles of four vectors, each tile's Q rows contiguous, so
+// the weights, which do not stay in cache between steps, stream from memory in order (unpacked,
+// with rows 2 KB apart, the hardware prefetcher lost the stream and a cold 512x4608 product ran at
+// half the speed).
+constexpr int64_t VECTOR_BYTES = 64;
 
-// o[n, m] = sum_k x[n, k] w[m, k] for four rows of w and four of x, in vector accumulators (summed
-// across lanes once, at the end), prefetching the next block's four rows of w (``next``, row stride
-// ldn) meanwhile: the weights of the small maps do not stay in cache between steps, and without the
-// prefetch each block's first pass waited on DRAM (the small-map edges of a Hopfield-ResNet13 step
-// took 4.8-5.0 ms instead of 3.3-4.0).
 template <typename T>
-__attribute__((noinline)) void mm_4x4(int64_t K, const T* __restrict__ w0, const T* __restrict__ w1,
-                                      const T* __restrict__ w2, const T* __restrict__ w3,
-                                      const T* __restrict__ x0, const T* __restrict__ x1,
-                                      const T* __restrict__ x2, const T* __restrict__ x3,
-                                      const T* next, int64_t ldn, T* __restrict__ o) {
-  typedef T V __attribute__((vector_size(32)));
-  constexpr int L = 32 / sizeof(T);
-  constexpr int LINE = 64 / sizeof(T);
-  V a[4][4] = {};
-  const T* wr[4] = {w0, w1, w2, w3};
-  const T* xr[4] = {x0, x1, x2, x3};
-  int64_t k = 0;
-  for (; k + L <= K; k += L) {
-    if (next != nullptr && k % LINE == 0)
-      for (int r = 0; r < 4; ++r) __builtin_prefetch(next + r * ldn + k, 0, 1);
-    V wv[4], xv[4];
-    for (int r = 0; r < 4; ++r) std::memcpy(&wv[r], wr[r] + k, sizeof(V));
-    for (int c = 0; c < 4; ++c) std::memcpy(&xv[c], xr[c] + k, sizeof(V));
-    for (int r = 0; r < 4; ++r)
-      for (int c = 0; c < 4; ++c) a[r][c] += wv[r] * xv[c];
-  }
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) {
-      T sum = 0;
-      for (int l = 0; l < L; ++l) sum += a[r][c][l];
-      for (int64_t kk = k; kk < K; ++kk) sum += wr[r][kk] * xr[c][kk];
-      o[r * 4 + c] = sum;
+constexpr int64_t column_tile() { return 4 * VECTOR_BYTES / (int64_t)sizeof(T); }
+
+template <typename T, int R, int VC>
+inline void outer_tile(const T* __restrict__ A, int64_t lda, const T* __restrict__ B, int64_t ldb,
+                       T* __restrict__ C, int64_t ldc, int64_t q0, int64_t q1, bool first) {
+  typedef T V __attribute__((vector_size(VECTOR_BYTES)));
+  constexpr int L = VECTOR_BYTES / sizeof(T);
+  V acc[R][VC];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < VC; ++v) {
+      if (first) acc[r][v] = V{};
+      else std::memcpy(&acc[r][v], C + r * ldc + v * L, sizeof(V));
     }
+  for (int64_t q = q0; q < q1; ++q) {
+    const T* b = B + q * ldb;
+    V bv[VC];
+#pragma GCC unroll 4
+    for (int v = 0; v < VC; ++v) std::memcpy(&bv[v], b + v * L, sizeof(V));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const V a = V{} + A[r * lda + q];
+#pragma GCC unroll 4
+      for (int v = 0; v < VC; ++v) acc[r][v] += a * bv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < VC; ++v) std::memcpy(C + r * ldc + v * L, &acc[r][v], sizeof(V));
 }
 
 template <typename T>
-__attribute__((noinline)) T dot(int64_t K, const T* __restrict__ a, const T* __restrict__ b) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < K; ++k) s += a[k] * b[k];
-  return s;
+inline void rows_tile(int64_t R, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t q0,
+                      int64_t q1, bool first) {
+  switch (R) {
+    case 1: outer_tile<T, 1, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+    case 2: outer_tile<T, 2, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+    case 3: outer_tile<T, 3, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+    case 4: outer_tile<T, 4, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+    case 5: outer_tile<T, 5, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+    default: outer_tile<T, 6, 4>(A, lda, B, ldb, C, ldc, q0, q1, first); break;
+  }
 }
 
-// out [N, M] = x [N, K] . w [M, K]^T, parallel over blocks of four rows of w.
+// C [N, P] = A [N, Q] . B, B packed by pack_columns; parallel over B's column tiles.
 template <typename T>
-void skinny_mm(const T* x, const T* w, T* out, int64_t N, int64_t K, int64_t M) {
-  const int64_t blocks = (M + 3) / 4;
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * N));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    T tile[16];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t m = 4 * blk;
-      int64_t n0 = 0;
-      if (m + 4 <= M) {
-        for (; n0 + 4 <= N; n0 += 4) {
-          const T* next = (n0 == 0 && m + 8 <= M) ? w + (m + 4) * K : nullptr;
-          mm_4x4<T>(K, w + m * K, w + (m + 1) * K, w + (m + 2) * K, w + (m + 3) * K, x + n0 * K,
-                    x + (n0 + 1) * K, x + (n0 + 2) * K, x + (n0 + 3) * K, next, K, tile);
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j) out[(n0 + j) * M + m + i] = tile[i * 4 + j];
-        }
+void few_rows_mm(const T* A, const T* packed, T* C, int64_t N, int64_t Q, int64_t P) {
+  constexpr int64_t TILE = column_tile<T>(), QB = 256;   // a block of B: 64 KB, in L2
+  const int64_t tiles = (P + TILE - 1) / TILE;
+  const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(1, TILE * Q * N));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> tail;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t p0 = t * TILE, width = std::min(P - p0, TILE);
+      T* c = C + p0;
+      int64_t ldc = P;
+      if (width < TILE) {   // the last, partial tile (its padding columns are zeros) goes through a buffer
+        tail.assign(N * TILE, T(0));
+        c = tail.data();
+        ldc = TILE;
       }
-      for (int64_t mm = m; mm < std::min(M, m + 4); ++mm)
-        for (int64_t n = (m + 4 <= M ? n0 : 0); n < N; ++n) out[n * M + mm] = dot<T>(K, w + mm * K, x + n * K);
+      const T* b = packed + t * Q * TILE;
+      for (int64_t q0 = 0; q0 < Q; q0 += QB) {
+        const int64_t q1 = std::min(Q, q0 + QB);
+        for (int64_t n0 = 0; n0 < N; n0 += 6)
+          rows_tile<T>(std::min<int64_t>(6, N - n0), A + n0 * Q, Q, b, TILE, c + n0 * ldc, ldc, q0, q1, q0 == 0);
+      }
+      if (width < TILE)
+        for (int64_t n = 0; n < N; ++n) std::copy_n(tail.data() + n * TILE, width, C + n * P + p0);
     }
   });
 }
@@ -376,15 +391,41 @@ void check_nhwc(const at::Tensor& t, const char* what) {
 
 }  // namespace
 
+// B [Q, P] packed for few_rows_mm: [tiles, Q, column tile], the last tile's padding zero.
+at::Tensor pack_columns(at::Tensor b) {
+  TORCH_CHECK(b.device().is_cpu() && b.dim() == 2, "pack_columns: a CPU matrix, got shape ", b.sizes());
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "pack_columns", [&] {
+    constexpr int64_t TILE = column_tile<scalar_t>();
+    const int64_t Q = b.size(0), P = b.size(1), tiles = (P + TILE - 1) / TILE;
+    out = at::zeros({tiles, Q, TILE}, b.options());
+    const at::Tensor bc = b.contiguous();
+    const scalar_t* src = bc.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < tiles; ++t)
+      for (int64_t q = 0; q < Q; ++q)
+        std::copy_n(src + q * P + t * TILE, std::min(TILE, P - t * TILE), dst + (t * Q + q) * TILE);
+  });
+  return out;
+}
+
+static void check_packed(const at::Tensor& packed, const at::Tensor& like, int64_t Q, int64_t P, const char* what) {
+  int64_t tile = 0;
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "check_packed", [&] { tile = column_tile<scalar_t>(); });
+  TORCH_CHECK(packed.is_contiguous() && packed.scalar_type() == like.scalar_type() && packed.dim() == 3 &&
+              packed.size(0) == (P + tile - 1) / tile && packed.size(1) == Q && packed.size(2) == tile,
+              what, ": packed matrix of shape ", packed.sizes(), " for ", Q, " x ", P, " (pack_columns)");
+}
+
 // W s for a k x k convolution (stride, padding) of x [B, C, H, W] (channels-last) to
-// [B, Co, ho, wo] (channels-last); wmat [Co, k*k*C]: the weight in (ky, kx, c) order.
-at::Tensor small_conv_forward(at::Tensor x, at::Tensor wmat, int64_t k, int64_t stride, int64_t pad,
+// [B, Co, ho, wo] (channels-last); packed: pack_columns of the [k*k*C, Co] matrix W^T with its rows
+// in the (ky, kx, c) order of a channels-last patch.
+at::Tensor small_conv_forward(at::Tensor x, at::Tensor packed, int64_t Co, int64_t k, int64_t stride, int64_t pad,
                               int64_t ho, int64_t wo) {
   check_nhwc(x, "small_conv_forward: the source state");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Co = wmat.size(0);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K = k * k * C, N = B * ho * wo;
-  TORCH_CHECK(wmat.is_contiguous() && wmat.dim() == 2 && wmat.size(1) == K && wmat.scalar_type() == x.scalar_type(),
-              "small_conv_forward: weight matrix of shape ", wmat.sizes(), " for ", K, " inputs");
+  check_packed(packed, x, K, Co, "small_conv_forward");
   at::Tensor out = at::empty({B, Co, ho, wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "small_conv_forward", [&] {
     const scalar_t* src = x.data_ptr<scalar_t>();
@@ -392,24 +433,22 @@ at::Tensor small_conv_forward(at::Tensor x, at::Tensor wmat, int64_t k, int64_t 
     for_each_patch_cell(B, ho, wo, k, stride, pad, H, W, [&](int64_t n, int64_t tap, int64_t pixel) {
       std::copy_n(src + pixel * C, C, cols + n * K + tap * C);
     });
-    skinny_mm<scalar_t>(cols, wmat.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, K, Co);
+    few_rows_mm<scalar_t>(cols, packed.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, K, Co);
   });
   return out;
 }
 
 // W^T s: the transpose of small_conv_forward, from y [B, Co, ho, wo] (channels-last) back to
-// [B, C, H, W] (channels-last); wt [k*k*C, Co] is wmat transposed.
-at::Tensor small_conv_feedback(at::Tensor y, at::Tensor wt, int64_t k, int64_t stride, int64_t pad, int64_t H,
-                               int64_t W) {
+// [B, C, H, W] (channels-last); packed: pack_columns of the [Co, k*k*C] matrix W.
+at::Tensor small_conv_feedback(at::Tensor y, at::Tensor packed, int64_t C, int64_t k, int64_t stride, int64_t pad,
+                               int64_t H, int64_t W) {
   check_nhwc(y, "small_conv_feedback: the destination state");
-  const int64_t B = y.size(0), Co = y.size(1), ho = y.size(2), wo = y.size(3), K = wt.size(0);
-  TORCH_CHECK(wt.is_contiguous() && wt.dim() == 2 && wt.size(1) == Co && K % (k * k) == 0 &&
-              wt.scalar_type() == y.scalar_type(), "small_conv_feedback: transposed weight of shape ", wt.sizes());
-  const int64_t C = K / (k * k), N = B * ho * wo;
+  const int64_t B = y.size(0), Co = y.size(1), ho = y.size(2), wo = y.size(3), K = k * k * C, N = B * ho * wo;
+  check_packed(packed, y, Co, K, "small_conv_feedback");
   at::Tensor out = at::empty({B, C, H, W}, y.options().memory_format(at::MemoryFormat::ChannelsLast)).zero_();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "small_conv_feedback", [&] {
     scalar_t* cols = scratch<scalar_t>(N * K, false);
-    skinny_mm<scalar_t>(y.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), cols, N, Co, K);
+    few_rows_mm<scalar_t>(y.data_ptr<scalar_t>(), packed.data_ptr<scalar_t>(), cols, N, Co, K);
     scalar_t* dst = out.data_ptr<scalar_t>();
     // scatter each patch back, in a fixed order
     for_each_patch_cell(B, ho, wo, k, stride, pad, H, W, [&](int64_t n, int64_t tap, int64_t pixel) {
@@ -683,9 +722,10 @@ class Stepper {
   enum Kind { FIXED = 0, CONV = 1, CONV_T = 2, SMALL = 3, SMALL_T = 4, DENSE = 5, DENSE_T = 6 };
   struct Fn {
     int64_t kind, state;
-    at::Tensor w;                  // weight (detached); the fixed drive; or the small kernels' matrix
+    at::Tensor w;                  // weight (detached); the fixed drive; or the small kernels' packed matrix
     int64_t k, stride, pad, a, b;  // small kernels: the output's (ho, wo) forward, (H, W) feedback
-    std::vector<int64_t> extra;    // conv_transpose2d's output padding, or the dense feedback's shape
+    std::vector<int64_t> extra;    // conv_transpose2d's output padding, the dense feedback's shape, or the
+                                 // small kernels' output channels (forward) or source channels (feedback)
   };
   struct Plan {
     std::vector<int64_t> layers;             // state index per layer of the kernel call
@@ -819,8 +859,8 @@ class Stepper {
       case CONV: return at::conv2d(states_[f.state], f.w, {}, {f.stride, f.stride}, {f.pad, f.pad});
       case CONV_T:
         return at::conv_transpose2d(states_[f.state], f.w, {}, {f.stride, f.stride}, {f.pad, f.pad}, f.extra);
-      case SMALL: return small_conv_forward(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
-      case SMALL_T: return small_conv_feedback(states_[f.state], f.w, f.k, f.stride, f.pad, f.a, f.b);
+      case SMALL: return small_conv_forward(states_[f.state], f.w, f.extra[0], f.k, f.stride, f.pad, f.a, f.b);
+      case SMALL_T: return small_conv_feedback(states_[f.state], f.w, f.extra[0], f.k, f.stride, f.pad, f.a, f.b);
       // dense readout: k = 1 when the source map is channels-last and f.w's columns are in its
       // (h, w, c) memory order, so neither direction copies the map (flatten(1) would)
       case DENSE: {
@@ -866,6 +906,7 @@ class Stepper {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("small_conv_forward", &small_conv_forward, "a convolution with few output positions");
   m.def("small_conv_feedback", &small_conv_feedback, "its transpose");
+  m.def("pack_columns", &pack_columns, "a matrix packed for the small convolutions' product");
   // Stepper::Kind by name, in order: dynamics._FusedStep's constants are checked against it (tests)
   m.attr("STEPPER_KINDS") = py::make_tuple("FIXED", "CONV", "CONV_T", "SMALL", "SMALL_T", "DENSE", "DENSE_T");
   py::class_<Stepper::Plan>(m, "StepPlan", py::module_local())
