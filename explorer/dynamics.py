@@ -555,7 +555,7 @@ def _packed_matrix(kernels, w: torch.Tensor, forward: bool) -> torch.Tensor:
     return packed
 
 
-# (shapes, batch, direction, dtype, layout) -> whether the small kernel beat torch's convolution
+# (shapes, batch, direction, dtype, layout, threads) -> whether the small kernel beat torch's convolution
 _SMALL_CHOICE: dict[tuple, bool] = {}
 
 
@@ -674,16 +674,16 @@ class _FusedStep:
             return self._few_positions(self.batch, math.prod(e.dst_shape[1:]))
         w = self.weights[e]
         key = (e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, e.spec.padding, self.batch, forward, w.dtype,
-               _channels_last(w))
+               _channels_last(w), torch.get_num_threads())
         if key not in _SMALL_CHOICE:
             _SMALL_CHOICE[key] = _small_is_faster(self.k, e, w, self.batch, forward)
         return _SMALL_CHOICE[key]
 
     def _part_fn(self, e, forward: bool) -> int:
         """The Stepper's id of the function of the states that gives edge ``e``'s output in the drive
-        of its destination (``forward``) or source: the input's fixed drive, a skinny-product kernel
-        where the edge has few output positions (the 4x4 and 2x2 maps of Hopfield-ResNet13 at small
-        batches), else the tensor code of :mod:`explorer.edges`, as ATen calls."""
+        of its destination (``forward``) or source: the input's fixed drive, the few-row product
+        where the edge has few output positions and that kernel is faster (:meth:`_use_small`), else
+        the tensor code of :mod:`explorer.edges`, as ATen calls."""
         key = (id(e), forward)
         if key in self.fn_ids:
             return self.fn_ids[key]
