@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import weakref
 from typing import Callable
 
@@ -565,7 +566,8 @@ def _small_is_faster(kernels, e, w: torch.Tensor, batch: int, forward: bool, rep
     import time
     k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
     shape = e.src_shape if forward else e.dst_shape
-    s = torch.rand(batch, *shape, dtype=w.dtype).contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)   # not the global stream: training's augmentation draws from it
+    s = torch.rand(batch, *shape, generator=gen, dtype=w.dtype).contiguous(memory_format=torch.channels_last)
     packed = _packed_matrix(kernels, w, forward)
     if forward:
         small = lambda: kernels.small_conv_forward(s, packed, e.dst_shape[0], k, st, pad, *e.dst_shape[1:])
@@ -583,8 +585,8 @@ def _small_is_faster(kernels, e, w: torch.Tensor, batch: int, forward: bool, rep
         return min(times)
     with torch.no_grad():
         faster = best(small) < best(conv)
-    if not faster:
-        _PACKED.pop((id(w), forward), None)   # not used: no copy kept
+    if not faster:   # no copy kept for this batch's sake (another batch that uses the kernel repacks)
+        _PACKED.pop((id(w), forward), None)
     return faster
 
 
@@ -655,9 +657,11 @@ class _FusedStep:
 
     # The product with few rows against torch's convolution, per edge, direction and batch: below
     # TIMED_FLOPS per call the rule of thumb `_few_positions` decides; above, with at most
-    # MAX_SMALL_ROWS output positions, the two are timed once per process (the winner depends on the
-    # shapes and the direction: at Hopfield-ResNet13's batch 1, s3->s4's forward runs faster in
-    # oneDNN, its feedback twice as fast in the product; above 1024 positions oneDNN always won).
+    # MAX_SMALL_ROWS output positions, the two are timed once per process and shape (the winner
+    # depends on the shapes and the direction: at Hopfield-ResNet13's batch 1, s3->s4's forward
+    # runs faster in oneDNN, its feedback twice as fast in the product; above 1024 positions oneDNN
+    # always won). EXPLORER_TIME_KERNELS=0 leaves every choice to the rule, the same in every
+    # process (timed choices may differ between processes, and with them a float32 result's last bits).
     TIMED_FLOPS = 4_000_000
     MAX_SMALL_ROWS = 1024
 
@@ -670,7 +674,7 @@ class _FusedStep:
         rows = self.batch * math.prod(e.dst_shape[1:])
         if rows > self.MAX_SMALL_ROWS:
             return False
-        if e.flops() * self.batch < self.TIMED_FLOPS:
+        if e.flops() * self.batch < self.TIMED_FLOPS or os.environ.get("EXPLORER_TIME_KERNELS", "1") == "0":
             return self._few_positions(self.batch, math.prod(e.dst_shape[1:]))
         w = self.weights[e]
         key = (e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, e.spec.padding, self.batch, forward, w.dtype,

@@ -187,7 +187,7 @@ def test_the_output_layer_reports_no_fractions_at_zero_or_alpha_on_either_path()
 SMALL_CONVS = [  # (c_in, c_out, size, stride, kernel, batch): few output positions, as on the last maps
     (64, 48, 8, 2, 3, 1), (48, 48, 4, 1, 3, 1), (48, 40, 4, 2, 3, 1), (48, 40, 4, 2, 1, 1),
     (3, 5, 5, 2, 3, 2), (4, 6, 3, 1, 3, 3), (7, 3, 6, 2, 1, 2), (5, 9, 2, 1, 3, 4),
-    (40, 130, 4, 1, 3, 2)]   # partial column tiles, several row chunks and blocks of the product
+    (40, 130, 4, 1, 3, 2), (8, 300, 2, 1, 1, 3)]   # partial column tiles, several row chunks and blocks of Q
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -275,8 +275,10 @@ def test_larger_edges_take_the_kernel_timed_faster_once_per_shape(monkeypatch, s
     timed, really_timed = [], dynamics._small_is_faster
 
     def verdict(kernels, e, w, batch, forward):
+        state = torch.get_rng_state()
         assert isinstance(really_timed(kernels, e, w, batch, forward, repeats=1), bool)
-        timed.append((e.spec.name, batch, forward))
+        assert torch.equal(torch.get_rng_state(), state)   # training's random stream is left alone
+        timed.append((e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, batch, forward))
         return small_wins
     monkeypatch.setattr(dynamics, "_small_is_faster", verdict)
     net = HopfieldNetwork(hopfield_family(4, input_shape=(3, 16, 16), width=64, n_classes=5, alpha=2.0),
@@ -286,18 +288,22 @@ def test_larger_edges_take_the_kernel_timed_faster_once_per_shape(monkeypatch, s
     assert big, "the network must have an edge the choice is timed for"
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     _fused_agrees_with_eager(net, x)
-    assert sorted(timed) == sorted((e.spec.name, 1, f) for e in big for f in (True, False))
+    shapes = {(e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, 1, f) for e in big for f in (True, False)}
+    assert sorted(timed) == sorted(shapes)   # once per shape and direction
     by_rule = sum(2 for e in net.edges if e.kind != "dense" and e.spec.src != "s0" and e not in big
                   and _FusedStep._few_positions(1, math.prod(e.dst_shape[1:])))
     chosen = kinds.count(_FusedStep.SMALL) + kinds.count(_FusedStep.SMALL_T)
     assert chosen == by_rule + (2 * len(big) if small_wins else 0)
     relax(net, x, steps=2)   # the same shapes: no new timing
-    assert len(timed) == 2 * len(big)
+    assert len(timed) == len(shapes)
+    monkeypatch.setenv("EXPLORER_TIME_KERNELS", "0")   # the rule everywhere: nothing timed
+    relax(net, x.repeat(2, 1, 1, 1), steps=2)
+    assert len(timed) == len(shapes)
 
 
-def test_the_kept_transposed_weights_follow_in_place_updates():
-    # The feedback kernel keeps W^T per weight between runs; an optimiser step or a loaded
-    # state dict changes the weight in place, and the next run must use the new values.
+def test_the_kept_packed_weights_follow_in_place_updates():
+    # The small kernels keep packed copies of W and W^T per weight between runs; an optimiser step
+    # or a loaded state dict changes the weight in place, and the next run must use the new values.
     net = HopfieldNetwork(hopfield_family(6, input_shape=(3, 16, 16), width=8, n_classes=5, alpha=2.0),
                           seed=0, dtype=torch.float64)
     other = HopfieldNetwork(net.spec, seed=7, dtype=torch.float64)

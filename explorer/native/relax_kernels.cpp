@@ -271,8 +271,9 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 // shapes; the 4x4 and 2x2 maps' convolutions were 40 % of a Hopfield-ResNet13 step at batch 1.
 //
 // The product C [N, P] = A [N, Q] . B [Q, P] runs as outer products: R <= 6 rows of A (broadcast)
-// against four vectors of B's columns, 24 vector accumulators held in registers across a block of
-// Q. B is packed (pack_columns) into column tiles of four vectors, each tile's Q rows contiguous, so
+// against four 64-byte vectors of B's columns, 24 vector accumulators held in registers across a
+// block of Q (AVX-512 has 32; without it the compiler splits the vectors and spills, and only the
+// timed choice in dynamics._FusedStep keeps this kernel where it is the faster). B is packed (pack_columns) into column tiles of four vectors, each tile's Q rows contiguous, so
 // the weights, which do not stay in cache between steps, stream from memory in order (unpacked,
 // with rows 2 KB apart, the hardware prefetcher lost the stream and a cold 512x4608 product ran at
 // half the speed).
@@ -329,6 +330,10 @@ inline void rows_tile(int64_t R, const T* A, int64_t lda, const T* B, int64_t ld
 template <typename T>
 void few_rows_mm(const T* A, const T* packed, T* C, int64_t N, int64_t Q, int64_t P) {
   constexpr int64_t TILE = column_tile<T>(), QB = 256;   // a block of B: 64 KB, in L2
+  if (Q == 0) {   // an empty sum
+    std::fill_n(C, N * P, T(0));
+    return;
+  }
   const int64_t tiles = (P + TILE - 1) / TILE;
   const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(1, TILE * Q * N));
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
@@ -412,7 +417,8 @@ at::Tensor pack_columns(at::Tensor b) {
 static void check_packed(const at::Tensor& packed, const at::Tensor& like, int64_t Q, int64_t P, const char* what) {
   int64_t tile = 0;
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "check_packed", [&] { tile = column_tile<scalar_t>(); });
-  TORCH_CHECK(packed.is_contiguous() && packed.scalar_type() == like.scalar_type() && packed.dim() == 3 &&
+  TORCH_CHECK(packed.device().is_cpu() && packed.is_contiguous() && packed.scalar_type() == like.scalar_type() &&
+              packed.dim() == 3 &&
               packed.size(0) == (P + tile - 1) / tile && packed.size(1) == Q && packed.size(2) == tile,
               what, ": packed matrix of shape ", packed.sizes(), " for ", Q, " x ", P, " (pack_columns)");
 }
@@ -740,6 +746,8 @@ class Stepper {
                  int64_t b, std::vector<int64_t> extra) {
     TORCH_CHECK(kind >= FIXED && kind <= DENSE_T && (kind == FIXED || (state >= 0 && state < (int64_t)states_.size())),
                 "Stepper.add_fn: kind ", kind, ", state ", state);
+    TORCH_CHECK((kind != SMALL && kind != SMALL_T) || extra.size() == 1,
+                "Stepper.add_fn: the small kernels take their channel count in `extra`");
     fns_.push_back({kind, state, w.detach(), k, stride, pad, a, b, std::move(extra)});
     return (int64_t)fns_.size() - 1;
   }
