@@ -295,7 +295,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     s[INPUT] = x
     records: list[StepRecord] = []
 
-    last_phi = [state_phi if state is not None else None]
+    last_phi = [state_phi if state is not None else None]   # Phi [batch], or a record's energy rows [3, batch]
 
     stepper = None
 
@@ -307,7 +307,10 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     def finish(findings, t):
         sync()
         out = {n: s[n] for n in net.layer_names}
-        return PhaseResult(phase, beta, out, t, _verdict(findings), records, last_phi[0])
+        p = last_phi[0]
+        if p is not None and p.dim() == 2:   # indexed once here, not at every recorded step (about 1 us)
+            p = p[0]
+        return PhaseResult(phase, beta, out, t, _verdict(findings), records, p)
 
     bad = _first_non_finite_parameter(net)
     if bad is not None:
@@ -370,7 +373,7 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
     def settle(out):
         nonlocal prev_f
         emit(out.t, out.stats, out.energy, out.units, out.states)
-        last_phi[0] = out.energy[0]
+        last_phi[0] = out.energy
         if out.f_sum - prev_f > 1e-5 * (abs(prev_f) + 1.0):
             rose.append(out.t)
         prev_f = out.f_sum
