@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 import weakref
 from typing import Callable
 
@@ -566,7 +567,6 @@ _SMALL_CHOICE: dict[tuple, bool] = {}
 def _small_is_faster(kernels, e, w: torch.Tensor, batch: int, forward: bool, repeats: int = 3) -> bool:
     """Times edge ``e``'s output (``forward``, or its feedback) at ``batch`` both ways, on random
     channels-last states: the best of ``repeats`` calls each, after one that warms caches and packs."""
-    import time
     k, st, pad = e.spec.kernel, e.spec.stride, e.spec.padding
     shape = e.src_shape if forward else e.dst_shape
     gen = torch.Generator().manual_seed(0)   # not the global stream: training's augmentation draws from it
@@ -674,11 +674,11 @@ class _FusedStep:
         return batch * pixels <= 64
 
     def _use_small(self, e, forward: bool) -> bool:
-        rows = self.batch * math.prod(e.dst_shape[1:])
-        if rows > self.MAX_SMALL_ROWS:
+        pixels = math.prod(e.dst_shape[1:])
+        if self.batch * pixels > self.MAX_SMALL_ROWS:
             return False
         if e.flops() * self.batch < self.TIMED_FLOPS or os.environ.get("EXPLORER_TIME_KERNELS", "1") == "0":
-            return self._few_positions(self.batch, math.prod(e.dst_shape[1:]))
+            return self._few_positions(self.batch, pixels)
         w = self.weights[e]
         key = (e.src_shape, e.dst_shape, e.spec.kernel, e.spec.stride, e.spec.padding, self.batch, forward, w.dtype,
                _channels_last(w), torch.get_num_threads())

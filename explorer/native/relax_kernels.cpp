@@ -257,6 +257,7 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
       for (int64_t q = begin; q < end; ++q) work(cut[q], cut[q + 1]);
     });
   }
+  if (level == 0) return;   // an update only: no statistics, and `raw` may be null
   // raw is [layers, NRAW, batch]
   for (size_t k = 0; k < items.size(); ++k) {
     const Item& it = items[k];
@@ -273,14 +274,17 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
 // The product C [N, P] = A [N, Q] . B [Q, P] runs as outer products: R <= 6 rows of A (broadcast)
 // against four 64-byte vectors of B's columns, 24 vector accumulators held in registers across a
 // block of Q (AVX-512 has 32; without it the compiler splits the vectors and spills, and only the
-// timed choice in dynamics._FusedStep keeps this kernel where it is the faster). B is packed (pack_columns) into column tiles of four vectors, each tile's Q rows contiguous, so
-// the weights, which do not stay in cache between steps, stream from memory in order (unpacked,
+// timed choice in dynamics._FusedStep keeps this kernel where it is the faster). B is packed
+// (pack_columns) into column tiles of four vectors, each tile's Q rows contiguous, so the weights, which do not stay in cache between steps, stream from memory in order (unpacked,
 // with rows 2 KB apart, the hardware prefetcher lost the stream and a cold 512x4608 product ran at
 // half the speed).
 constexpr int64_t VECTOR_BYTES = 64;
 
 template <typename T>
 constexpr int64_t column_tile() { return 4 * VECTOR_BYTES / (int64_t)sizeof(T); }
+
+template <typename T>
+constexpr int64_t column_tiles(int64_t P) { return (P + column_tile<T>() - 1) / column_tile<T>(); }
 
 template <typename T, int R, int VC>
 inline void outer_tile(const T* __restrict__ A, int64_t lda, const T* __restrict__ B, int64_t ldb,
@@ -334,7 +338,7 @@ void few_rows_mm(const T* A, const T* packed, T* C, int64_t N, int64_t Q, int64_
     std::fill_n(C, N * P, T(0));
     return;
   }
-  const int64_t tiles = (P + TILE - 1) / TILE;
+  const int64_t tiles = column_tiles<T>(P);
   const int64_t grain = std::max<int64_t>(1, 262144 / std::max<int64_t>(1, TILE * Q * N));
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> tail;
@@ -402,7 +406,7 @@ at::Tensor pack_columns(at::Tensor b) {
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "pack_columns", [&] {
     constexpr int64_t TILE = column_tile<scalar_t>();
-    const int64_t Q = b.size(0), P = b.size(1), tiles = (P + TILE - 1) / TILE;
+    const int64_t Q = b.size(0), P = b.size(1), tiles = column_tiles<scalar_t>(P);
     out = at::zeros({tiles, Q, TILE}, b.options());
     const at::Tensor bc = b.contiguous();
     const scalar_t* src = bc.data_ptr<scalar_t>();
@@ -415,11 +419,13 @@ at::Tensor pack_columns(at::Tensor b) {
 }
 
 static void check_packed(const at::Tensor& packed, const at::Tensor& like, int64_t Q, int64_t P, const char* what) {
-  int64_t tile = 0;
-  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "check_packed", [&] { tile = column_tile<scalar_t>(); });
+  int64_t tile = 0, tiles = 0;
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "check_packed", [&] {
+    tile = column_tile<scalar_t>();
+    tiles = column_tiles<scalar_t>(P);
+  });
   TORCH_CHECK(packed.device().is_cpu() && packed.is_contiguous() && packed.scalar_type() == like.scalar_type() &&
-              packed.dim() == 3 &&
-              packed.size(0) == (P + tile - 1) / tile && packed.size(1) == Q && packed.size(2) == tile,
+              packed.dim() == 3 && packed.size(0) == tiles && packed.size(1) == Q && packed.size(2) == tile,
               what, ": packed matrix of shape ", packed.sizes(), " for ", Q, " x ", P, " (pack_columns)");
 }
 
@@ -470,7 +476,8 @@ at::Tensor small_conv_feedback(at::Tensor y, at::Tensor packed, int64_t C, int64
 // into the first one marked writable, else into a new tensor), old state, ref (numel 0: none),
 // bias map (numel = units per sample), given (numel 0: update mode, else the new state).
 // level 0: update only; 1: also ||s_t - s_(t-1)||^2, ||s_t||^2, ||s_t - s*||^2; 2: every RAW column.
-// Returns the new states; adds the raw statistics into `raw` [L, NRAW, B] (float64, zeroed by the caller).
+// Returns the new states; adds the raw statistics into `raw` [L, NRAW, B] (float64, zeroed by the caller;
+// unused, and may be null, at level 0).
 std::vector<at::Tensor> group_step(std::vector<at::Tensor> parts, std::vector<int64_t> part_layer,
                                    std::vector<int64_t> part_role, std::vector<int64_t> part_owned,
                                    std::vector<int64_t> part_late, std::vector<int64_t> part_writable,
@@ -787,7 +794,7 @@ class Stepper {
       at::NoGradGuard no_grad;
       // raw rows of every layer, in the order the groups run them (row_of_ maps a layer to its row)
       const int64_t batch = states_[0].size(0), nl = (int64_t)states_.size();
-      raw_.assign(nl * NRAW * batch, 0.0);
+      if (level > 0) raw_.assign(nl * NRAW * batch, 0.0);   // level 0 records nothing
       int64_t raw_at = 0;
       for (Group& g : groups_) {
         const Plan& plan = level > 0 ? g.recorded : g.bare;
@@ -813,7 +820,8 @@ class Stepper {
         if (!olds.empty()) {
           std::vector<at::Tensor> res = group_step(parts, plan.p_layer, plan.p_role, plan.p_owned, plan.p_late,
                                                    plan.p_writable, olds, plan.refs, plan.bmaps, given, alpha_,
-                                                   omega_, level, raw_.data() + raw_at * NRAW * batch);
+                                                   omega_, level,
+                                                   level > 0 ? raw_.data() + raw_at * NRAW * batch : nullptr);
           for (size_t i = 0; i < plan.layers.size(); ++i) states_[plan.layers[i]] = res[i];
           raw_at += (int64_t)plan.layers.size();
         }
