@@ -133,14 +133,23 @@ def test_fused_float32_and_channels_last_states_agree_with_eager():
     torch.testing.assert_close(eager.series("residual_share"), fused.series("residual_share"), rtol=1e-4, atol=1e-5)
 
 
-def test_recording_does_not_change_the_fused_dynamics():
-    net = _net(True, "mse", torch.float32)
+@pytest.mark.parametrize("schedule", ["paper", "descent_safe", "synchronous"])
+def test_recording_does_not_change_the_fused_dynamics(schedule):
+    # The record's one-pass kernel (every layer here: two to four edge outputs, owned energy terms
+    # from none to all) against the bare and the tolerance-checking ones, free and nudged.
+    net = _net(True, "mse", torch.float32, depth=6)
     x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
-    bare = relax(net, x, steps=10, fused=True)
-    tol = relax(net, x, steps=10, tol=1e-12, fused=True)
-    full = relax(net, x, steps=10, record=RecordConfig(), fused=True)
-    for n in net.layer_names:   # bit for bit: the update is the same sum at every recording level
-        assert torch.equal(bare.state[n], full.state[n]) and torch.equal(bare.state[n], tol.state[n])
+    target = torch.tensor([1, 4])
+    runs = []
+    for kwargs in ({}, {"tol": 1e-12}, {"record": RecordConfig()}):
+        free = relax(net, x, steps=10, schedule=schedule, fused=True, **kwargs)
+        nudged = relax(net, x, steps=5, beta=0.5, target=target, state=free.state, free_state=free.state,
+                       schedule=schedule, fused=True, **kwargs)
+        runs.append((free, nudged))
+    for phase in (0, 1):
+        bare, tol, full = (r[phase] for r in runs)
+        for n in net.layer_names:   # bit for bit: the update is the same sum at every recording level
+            assert torch.equal(bare.state[n], full.state[n]) and torch.equal(bare.state[n], tol.state[n]), n
 
 
 def test_non_finite_values_give_the_same_verdict_fused_and_eager():

@@ -43,10 +43,11 @@ def _build():
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU hosts
     from torch.utils import cpp_extension
-    # Reassociation lets the compiler vectorise the sums (not finite-math: NaN must survive).
+    # The sums vectorise through `omp simd reduction`; no -fassociative-math, which would let the
+    # compiler reorder the update's sum of edge outputs differently in different kernels (every
+    # recording level must give the same state, bit for bit). Not finite-math: NaN must survive.
     # OpenMP for at::parallel_for; libgomp.so.1 resolves to the copy torch has already loaded.
-    flags = ["-O3", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math", "-fno-math-errno",
-             "-fopenmp"]
+    flags = ["-O3", "-fno-trapping-math", "-fno-signed-zeros", "-fno-math-errno", "-fopenmp"]
     if os.environ.get("EXPLORER_NATIVE_ARCH", "native") == "native":
         flags.append("-march=native")   # built on, and for, the machine it runs on
     try:

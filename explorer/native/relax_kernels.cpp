@@ -138,6 +138,143 @@ const T* block_sum(const Layer<T>& L, const bool* which, int64_t at, int64_t m, 
   return buf;
 }
 
+// The record's pass in one sweep over the edge outputs themselves, for the layers of every network
+// the builders make (see record_plan): the generic path above sums each role's outputs and the
+// owned ones into blocks and copies the one `out` overwrites first, which at level 2 cost as many
+// loads and stores as the statistics themselves (Fashion-MNIST network, batch 64).
+// The update is the same left-to-right sum as sum_of's, so every level gives the same state (the
+// build has no -fassociative-math, which could reorder it: see native/__init__.py).
+// `out` is one of the parts: each i is read before it is written and nothing depends across i,
+// hence omp simd and no restrict on them. OWN gives the owned sum w - b from the fewest parts:
+// ADD: b + q1 (+ q2), SUB: pre - q1 (- q2), with NQ of them; <w, v> goes into EDGE_ENERGY with the
+// bias term folded in (BIAS_DOT stays 0: finalize uses only their difference from NORM2 / 2).
+enum Own { ADD = 0, SUB = 1 };
+
+template <typename T, bool REF, int NP, int OWN, int NQ>
+__attribute__((noinline)) void record_block(int64_t m, const T* const* P, const T* q1, const T* q2, const T* old,
+                                           const T* __restrict__ ref, const T* __restrict__ bm, T* out, T alpha,
+                                           double* __restrict__ a) {
+  const T* p0 = P[0];
+  const T* p1 = P[1];
+  const T* p2 = NP > 2 ? P[2] : nullptr;
+  const T* p3 = NP > 3 ? P[3] : nullptr;
+  T dd = 0, nn = 0, tot = 0, rr = 0, ee = 0;
+  int32_t nz = 0, aa = 0;   // exact counts, and cheaper than float ones
+#pragma omp simd reduction(+ : dd, nn, tot, rr, ee, nz, aa)
+  for (int64_t i = 0; i < m; ++i) {
+    const T oi = old[i], b = bm[i];
+    T sum = p0[i] + p1[i];
+    if constexpr (NP > 2) sum = sum + p2[i];
+    if constexpr (NP > 3) sum = sum + p3[i];
+    T owned = NQ > 0 ? q1[i] : T(0);
+    if constexpr (NQ > 1) owned = owned + q2[i];
+    const T pre = sum + b;
+    const T w = OWN == ADD ? b + owned : pre - owned;
+    const T v = std::min(std::max(pre, T(0)), alpha);   // as fused_block's
+    out[i] = v;
+    const T dv = v - oi;
+    dd += dv * dv;
+    nn += v * v;
+    if constexpr (REF) { const T dr = v - ref[i]; rr += dr * dr; }
+    tot += v;
+    nz += v > T(0);
+    aa += v >= alpha;
+    ee += w * v;
+  }
+  a[DELTA2] += dd; a[NORM2] += nn; a[NUDGE2] += rr; a[TOTAL] += tot; a[NONZERO] += nz; a[AT_ALPHA] += aa;
+  a[EDGE_ENERGY] += ee;
+}
+
+// sum (x + y)^2, or x^2 without y
+template <typename T>
+__attribute__((noinline)) double sum_squares(const T* __restrict__ x, const T* __restrict__ y, int64_t m) {
+  T q = 0;
+  if (y) {
+#pragma omp simd reduction(+ : q)
+    for (int64_t i = 0; i < m; ++i) { const T u = x[i] + y[i]; q += u * u; }
+  } else {
+#pragma omp simd reduction(+ : q)
+    for (int64_t i = 0; i < m; ++i) q += x[i] * x[i];
+  }
+  return q;
+}
+
+// sum (x + y) z, or x z without y
+template <typename T>
+__attribute__((noinline)) double dot(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ z,
+                                     int64_t m) {
+  T q = 0;
+  if (y) {
+#pragma omp simd reduction(+ : q)
+    for (int64_t i = 0; i < m; ++i) q += (x[i] + y[i]) * z[i];
+  } else {
+#pragma omp simd reduction(+ : q)
+    for (int64_t i = 0; i < m; ++i) q += x[i] * z[i];
+  }
+  return q;
+}
+
+// Which parts record_block and its side sums read, by index (-1: none); ok false where the layer
+// needs the generic path (more parts, a role or the late terms from three, over-relaxation).
+struct RecordPlan {
+  bool ok = false;
+  int role[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}}, late[2] = {-1, -1}, q[2] = {-1, -1};
+  int own = ADD, nq = 0;
+};
+
+template <typename T>
+RecordPlan record_plan(const Layer<T>& L, bool omega) {
+  RecordPlan r;
+  if (omega || L.nparts < 2 || L.nparts > 4) return r;
+  int nrole[3] = {0, 0, 0}, nlate = 0, nown = 0;
+  for (int p = 0; p < L.nparts; ++p) {
+    int& k = nrole[L.role[p]];
+    if (k == 2) return r;
+    r.role[L.role[p]][k++] = p;
+    if (L.late[p]) {
+      if (nlate == 2) return r;
+      r.late[nlate++] = p;
+    }
+    nown += L.owned[p];
+  }
+  // the owned sum from the fewer parts: the owned ones added to b, or the others taken from pre
+  r.own = nown <= L.nparts - nown ? ADD : SUB;
+  for (int p = 0; p < L.nparts; ++p)
+    if (L.owned[p] == (r.own == ADD)) r.q[r.nq++] = p;
+  r.ok = r.nq <= 2;
+  return r;
+}
+
+template <typename T, bool REF>
+void record_item(const Layer<T>& L, const RecordPlan& r, const Item& it, T alpha, double* a) {
+  const int64_t off = it.sample * L.n;
+  const T* P[4];
+  for (int64_t base = it.lo; base < it.hi; base += BLOCK) {
+    const int64_t m = std::min(BLOCK, it.hi - base), at = off + base;
+    for (int p = 0; p < L.nparts; ++p) P[p] = L.part[p] + at;
+    auto part = [&](int k) { return k >= 0 ? P[k] : nullptr; };
+    // first: record_block overwrites one of the parts
+    for (int role = 0; role < 3; ++role)
+      if (r.role[role][0] >= 0)
+        a[DIRECT2 + role] += sum_squares(P[r.role[role][0]], part(r.role[role][1]), m);
+    if (r.late[0] >= 0) a[LATE] += dot(P[r.late[0]], part(r.late[1]), L.old + at, m);
+    const T *q1 = part(r.q[0]), *q2 = part(r.q[1]), *old = L.old + at, *ref = REF ? L.ref + at : nullptr,
+            *bm = L.bias_map + base;
+    T* out = L.out + at;
+    switch ((L.nparts * 2 + r.own) * 3 + r.nq) {
+#define EXPLORER_CASE(NP, OWN, NQ) \
+      case (NP * 2 + OWN) * 3 + NQ: record_block<T, REF, NP, OWN, NQ>(m, P, q1, q2, old, ref, bm, out, alpha, a); break;
+#define EXPLORER_NP(NP) \
+      EXPLORER_CASE(NP, ADD, 0) EXPLORER_CASE(NP, ADD, 1) EXPLORER_CASE(NP, ADD, 2) \
+      EXPLORER_CASE(NP, SUB, 0) EXPLORER_CASE(NP, SUB, 1) EXPLORER_CASE(NP, SUB, 2)
+      EXPLORER_NP(2) EXPLORER_NP(3) EXPLORER_NP(4)
+#undef EXPLORER_NP
+#undef EXPLORER_CASE
+      default: TORCH_CHECK(false, "record_item: no kernel for this layer's parts");
+    }
+  }
+}
+
 template <typename T, int LEVEL, bool UPDATE, bool OMEGA, bool REF>
 void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
   alignas(64) T t[BLOCK], d[BLOCK], s[BLOCK], f[BLOCK], o[BLOCK], lb[BLOCK];
@@ -186,8 +323,12 @@ void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) 
 }
 
 template <typename T, int LEVEL>
-void dispatch_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
+void dispatch_item(const Layer<T>& L, const RecordPlan& plan, const Item& it, T alpha, T omega, double* acc) {
   const bool update = L.given == nullptr, om = omega != T(1), ref = L.ref != nullptr;
+  if (LEVEL == 2 && update && plan.ok) {
+    std::fill_n(acc, NRAW, 0.0);
+    return ref ? record_item<T, true>(L, plan, it, alpha, acc) : record_item<T, false>(L, plan, it, alpha, acc);
+  }
 #define EXPLORER_CASE(U, O, R) \
   if (update == U && om == O && ref == R) return run_item<T, LEVEL, U, O, R>(L, it, alpha, omega, acc);
   EXPLORER_CASE(true, false, false) EXPLORER_CASE(true, false, true)
@@ -228,13 +369,17 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
       for (int64_t lo = 0; lo < n; lo += CHUNK) items.push_back({l, b, lo, std::min(n, lo + CHUNK)});
   }
   std::vector<double> partial(items.size() * NRAW, 0.0);
+  std::vector<RecordPlan> plans(layers.size());
+  if (level == 2)
+    for (size_t l = 0; l < layers.size(); ++l) plans[l] = record_plan(layers[l], omega != T(1));
   auto work = [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const Item& it = items[k];
       double* acc = partial.data() + k * NRAW;
-      if (level == 0) dispatch_item<T, 0>(layers[it.layer], it, alpha, omega, acc);
-      else if (level == 1) dispatch_item<T, 1>(layers[it.layer], it, alpha, omega, acc);
-      else dispatch_item<T, 2>(layers[it.layer], it, alpha, omega, acc);
+      const RecordPlan& plan = plans[it.layer];
+      if (level == 0) dispatch_item<T, 0>(layers[it.layer], plan, it, alpha, omega, acc);
+      else if (level == 1) dispatch_item<T, 1>(layers[it.layer], plan, it, alpha, omega, acc);
+      else dispatch_item<T, 2>(layers[it.layer], plan, it, alpha, omega, acc);
     }
   };
   // Recording makes a unit about three times the work (Fashion-MNIST network, batch 64):
