@@ -15,6 +15,7 @@ Run it on an otherwise idle machine: a second busy process halves every figure.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -118,6 +119,11 @@ def per_iteration(net, batch, iters, repeats, ceiling):
             best[k] = min(best[k], this[k])
         ratios.append(this["recorded"] / this["explicit"])
         local_ceiling = max(local_ceiling, conv_ceiling(x.device, rounds=-(-8 // repeats)))   # >= 8 in all
+    faults = {}   # page faults per iteration, one more run of each (0 where freed memory is reused)
+    for k in ("explicit", "recorded"):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        variants[k]()
+        faults[k] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / iters
     with torch.no_grad():
         auto_t = timed(auto, repeats) / iters
     explicit = best["explicit"]
@@ -128,7 +134,8 @@ def per_iteration(net, batch, iters, repeats, ceiling):
             "record_overhead": best["recorded"] / explicit - 1,
             "record_overhead_paired": statistics.median(ratios) - 1,
             "eager_ms": best["eager"] * 1e3, "eager_recorded_ms": best["eager_recorded"] * 1e3,
-            "eager_overhead": best["eager_recorded"] / best["eager"] - 1}
+            "eager_overhead": best["eager_recorded"] / best["eager"] - 1,
+            "faults": faults["explicit"], "faults_recorded": faults["recorded"]}
 
 
 def to_equilibrium(net, batch, cap, ms_per_iter):
@@ -227,8 +234,8 @@ def main(argv=None):
     print("| network | batch | GFLOP/iter | explicit ms | autograd ms | explicit speed-up | GFLOP/s "
           "| ceiling GFLOP/s | fraction of conv2d ceiling | fraction of first ceiling "
           "| with records ms | record overhead | record overhead, paired median "
-          "| eager ms | eager with records ms | eager record overhead |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| eager ms | eager with records ms | eager record overhead | page faults / iter (explicit, recorded) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     speeds = {}
     for net, batch in cases:
         iters = (3 if batch == 16 else 10) if quick else (10 if batch == 16 else 40)
@@ -241,7 +248,8 @@ def main(argv=None):
               f"| {r['fraction']:.0%} | {r['fraction_of_first']:.0%} "
               f"| {r['recorded_ms']:.2f} | {r['record_overhead']:+.1%} | {r['record_overhead_paired']:+.1%} "
               f"| {r['eager_ms']:.2f} "
-              f"| {r['eager_recorded_ms']:.2f} | {r['eager_overhead']:+.1%} |", flush=True)
+              f"| {r['eager_recorded_ms']:.2f} | {r['eager_overhead']:+.1%} "
+              f"| {r['faults']:.0f}, {r['faults_recorded']:.0f} |", flush=True)
 
     print("\n## To equilibrium (relative step < 1e-4, from zeros, free phase)")
     print("| network | batch | schedule | iterations | converged | seconds | time / (120 fixed iterations) |")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -75,10 +76,14 @@ def get(block: bool | None = None):
     global _module, _error, _tried
     if _module is not None or _tried or not enabled():
         return _module
+    keep_freed_memory()   # for the CPU steps this serves; here, not in a build thread
     if not (_blocking if block is None else block):
         return None
     with _lock:
         return _build_once()
+
+
+_malloc_tuned: bool | None = None
 
 
 def keep_freed_memory() -> bool:
@@ -88,25 +93,30 @@ def keep_freed_memory() -> bool:
     returns the heap's free top to the kernel beyond 128 KiB or an adaptive threshold, so the
     next step faulted the same pages in again: about 480 page faults a step for the Fashion-MNIST
     network at batch 64 (200-step runs), which under this host's hypervisor cost about a tenth of
-    the step and much of its jitter (bench/RESULTS-engine.md). Here blocks up to 32 MiB come from
-    the heap, which keeps 64 MiB of free top (per malloc arena): no faults in steady state.
-    Process-wide, and memory stays with the process up to that much; ``EXPLORER_MALLOC_TUNING=0``
-    leaves malloc as it is. Returns whether it applied (glibc only)."""
-    if os.environ.get("EXPLORER_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL(None).mallopt   # glibc's; absent from musl and other C libraries
-    except (OSError, AttributeError):
-        return False
-    M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3   # glibc's malloc.h
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TOP_PAD, 64 << 20))
+    the step and much of its jitter (bench/RESULTS-engine.md). Here blocks up to 32 MiB (the most
+    glibc allows) come from the heap, which keeps 64 MiB of free top (per malloc arena; a
+    thread's arena holds 64 MiB at most): no faults in steady state. Process-wide, and memory
+    stays with the process up to that much; ``EXPLORER_MALLOC_TUNING=0`` leaves malloc as it is.
+    Once per process, on the first call (:func:`get`, :func:`build_in_background`, in the calling
+    thread); returns whether it applied (glibc on Linux only)."""
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        off = os.environ.get("EXPLORER_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off")
+        if not off and sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                mallopt = ctypes.CDLL(None).mallopt   # glibc's; absent from musl
+                M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3   # glibc's malloc.h
+                _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TOP_PAD, 64 << 20))
+            except Exception:   # another C library: leave it alone
+                _malloc_tuned = False
+    return _malloc_tuned
 
 
 def _build_once():
     global _module, _error, _tried
     if not _tried:
-        keep_freed_memory()   # for the steps of the fused CPU path, which this serves
         try:
             _module = _build()
         except Exception as exc:  # no compiler, no headers, a failed build: eager code instead
@@ -121,6 +131,7 @@ def build_in_background() -> threading.Thread:
     """For a server: start building (or loading) the kernels in a background thread, once, and
     from now on never let ``get()`` wait for them (it answers None until they are ready)."""
     global _warm_thread
+    keep_freed_memory()   # in the caller's thread, before the build thread starts
     set_blocking(False)
     with _lock_warm:
         if _warm_thread is None:

@@ -27,6 +27,8 @@ namespace {
 // Raw columns; sums of squares where the record wants a norm (finalize takes the root).
 // LATE: <W s_src, s_dst> of edges whose two ends move together, from this step's forward output
 // (W s_src of the previous step) and the old state: the previous step's missing energy terms.
+// BIAS_DOT and EDGE_ENERGY only ever enter Phi as NORM2 / 2 - BIAS_DOT - EDGE_ENERGY: the one-pass
+// path (record_block) puts <b, s> into EDGE_ENERGY and leaves BIAS_DOT 0.
 enum Raw { DELTA2, NORM2, TOTAL, NONZERO, AT_ALPHA, DIRECT2, SKIP2, FEEDBACK2, NUDGE2, BIAS_DOT, EDGE_ENERGY, LATE,
            NRAW };
 enum Role { DIRECT = 0, SKIP = 1, FEEDBACK = 2 };
@@ -146,8 +148,8 @@ const T* block_sum(const Layer<T>& L, const bool* which, int64_t at, int64_t m, 
 // build has no -fassociative-math, which could reorder it: see native/__init__.py).
 // `out` is one of the parts: each i is read before it is written and nothing depends across i,
 // hence omp simd and no restrict on them. OWN gives the owned sum w - b from the fewest parts:
-// ADD: b + q1 (+ q2), SUB: pre - q1 (- q2), with NQ of them; <w, v> goes into EDGE_ENERGY with the
-// bias term folded in (BIAS_DOT stays 0: finalize uses only their difference from NORM2 / 2).
+// ADD: b + q1 (+ q2), SUB: pre - q1 (- q2), with NQ of them; <w, v> goes into EDGE_ENERGY, the
+// bias term folded in (BIAS_DOT stays 0; see Raw).
 enum Own { ADD = 0, SUB = 1 };
 
 template <typename T, bool REF, int NP, int OWN, int NQ>
