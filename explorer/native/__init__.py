@@ -29,13 +29,17 @@ _warm_thread: threading.Thread | None = None
 _lock_warm = threading.Lock()
 
 
+def _switched_on(name: str) -> bool:
+    """An on/off environment variable, on unless set to 0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def enabled() -> bool:
-    return os.environ.get("EXPLORER_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switched_on("EXPLORER_NATIVE")
 
 
 def _build():
     import shutil
-    import sys
     import warnings
 
     venv_bin = os.path.dirname(sys.executable)   # pip's ninja lives next to python in a venv
@@ -102,8 +106,7 @@ def keep_freed_memory() -> bool:
     global _malloc_tuned
     if _malloc_tuned is None:
         _malloc_tuned = False
-        off = os.environ.get("EXPLORER_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off")
-        if not off and sys.platform.startswith("linux"):
+        if _switched_on("EXPLORER_MALLOC_TUNING") and sys.platform.startswith("linux"):
             try:
                 import ctypes
                 mallopt = ctypes.CDLL(None).mallopt   # glibc's; absent from musl

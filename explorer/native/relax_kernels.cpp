@@ -37,6 +37,17 @@ constexpr int64_t CHUNK = 16384;      // units per parallel work item
 constexpr int64_t SERIAL_BELOW = 65536;  // total units under which threads cost more than they save
 constexpr int MAX_PARTS = 8;
 
+// How record_block forms the owned energy weight (see there).
+enum Own { ADD = 0, SUB = 1 };
+
+// Which parts record_block and its side sums read, by index (-1: none); ok false where the layer
+// needs the generic path (more parts, a role or the late terms from three, over-relaxation).
+struct RecordPlan {
+  bool ok = false;
+  int role[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}}, late[2] = {-1, -1}, q[2] = {-1, -1};
+  int own = ADD, nq = 0;
+};
+
 template <typename T>
 struct Layer {
   const T* part[MAX_PARTS];
@@ -51,6 +62,7 @@ struct Layer {
   T* out = nullptr;             // where the update goes (update mode)
   bool out_is_part = false;     // `out` is an edge output (else a fresh tensor)
   int64_t n = 0;                // units per sample
+  RecordPlan record;            // level 2: the one-pass kernel's plan (record_plan)
 };
 
 struct Item { int layer; int64_t sample, lo, hi; };
@@ -150,7 +162,6 @@ const T* block_sum(const Layer<T>& L, const bool* which, int64_t at, int64_t m, 
 // hence omp simd and no restrict on them. OWN gives the owned sum w - b from the fewest parts:
 // ADD: b + q1 (+ q2), SUB: pre - q1 (- q2), with NQ of them; <w, v> goes into EDGE_ENERGY, the
 // bias term folded in (BIAS_DOT stays 0; see Raw).
-enum Own { ADD = 0, SUB = 1 };
 
 template <typename T, bool REF, int NP, int OWN, int NQ>
 __attribute__((noinline)) void record_block(int64_t m, const T* const* P, const T* q1, const T* q2, const T* old,
@@ -215,14 +226,6 @@ __attribute__((noinline)) double dot(const T* __restrict__ x, const T* __restric
   }
   return q;
 }
-
-// Which parts record_block and its side sums read, by index (-1: none); ok false where the layer
-// needs the generic path (more parts, a role or the late terms from three, over-relaxation).
-struct RecordPlan {
-  bool ok = false;
-  int role[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}}, late[2] = {-1, -1}, q[2] = {-1, -1};
-  int own = ADD, nq = 0;
-};
 
 template <typename T>
 RecordPlan record_plan(const Layer<T>& L, bool omega) {
@@ -325,11 +328,11 @@ void run_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) 
 }
 
 template <typename T, int LEVEL>
-void dispatch_item(const Layer<T>& L, const RecordPlan& plan, const Item& it, T alpha, T omega, double* acc) {
+void dispatch_item(const Layer<T>& L, const Item& it, T alpha, T omega, double* acc) {
   const bool update = L.given == nullptr, om = omega != T(1), ref = L.ref != nullptr;
-  if (LEVEL == 2 && update && plan.ok) {
+  if (LEVEL == 2 && update && L.record.ok) {
     std::fill_n(acc, NRAW, 0.0);
-    return ref ? record_item<T, true>(L, plan, it, alpha, acc) : record_item<T, false>(L, plan, it, alpha, acc);
+    return ref ? record_item<T, true>(L, L.record, it, alpha, acc) : record_item<T, false>(L, L.record, it, alpha, acc);
   }
 #define EXPLORER_CASE(U, O, R) \
   if (update == U && om == O && ref == R) return run_item<T, LEVEL, U, O, R>(L, it, alpha, omega, acc);
@@ -371,17 +374,15 @@ void run_group(std::vector<Layer<T>>& layers, int64_t batch, int64_t level, T al
       for (int64_t lo = 0; lo < n; lo += CHUNK) items.push_back({l, b, lo, std::min(n, lo + CHUNK)});
   }
   std::vector<double> partial(items.size() * NRAW, 0.0);
-  std::vector<RecordPlan> plans(layers.size());
   if (level == 2)
-    for (size_t l = 0; l < layers.size(); ++l) plans[l] = record_plan(layers[l], omega != T(1));
+    for (Layer<T>& L : layers) L.record = record_plan(L, omega != T(1));
   auto work = [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const Item& it = items[k];
       double* acc = partial.data() + k * NRAW;
-      const RecordPlan& plan = plans[it.layer];
-      if (level == 0) dispatch_item<T, 0>(layers[it.layer], plan, it, alpha, omega, acc);
-      else if (level == 1) dispatch_item<T, 1>(layers[it.layer], plan, it, alpha, omega, acc);
-      else dispatch_item<T, 2>(layers[it.layer], plan, it, alpha, omega, acc);
+      if (level == 0) dispatch_item<T, 0>(layers[it.layer], it, alpha, omega, acc);
+      else if (level == 1) dispatch_item<T, 1>(layers[it.layer], it, alpha, omega, acc);
+      else dispatch_item<T, 2>(layers[it.layer], it, alpha, omega, acc);
     }
   };
   // Recording makes a unit about three times the work (Fashion-MNIST network, batch 64):
