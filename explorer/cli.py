@@ -199,11 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Commands that live in other modules (training, evaluation), if present."""
-    try:
-        from . import train
-    except ImportError:
-        return []
-    return getattr(train, "CLI_COMMANDS", [])
+    out = []
+    for name in ("train", "cli_scan"):
+        try:
+            module = __import__(f"{__package__}.{name}", fromlist=["CLI_COMMANDS"])
+        except ImportError:
+            continue
+        out += getattr(module, "CLI_COMMANDS", [])
+    return out
 
 
 def main(argv=None) -> int:
@@ -211,6 +214,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
-    except (CheckpointError, SpecError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, SpecError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

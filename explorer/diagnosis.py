@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from .record import ENERGY_INDEX, STAT_INDEX, PhaseResult
 
@@ -210,22 +211,31 @@ def _engine_notes(result: PhaseResult) -> list[dict]:
     return [f.to_dict() for f in result.verdict.findings if f.kind not in ("converged", "not_converged")]
 
 
+def _traces(result: PhaseResult) -> tuple[np.ndarray, np.ndarray]:
+    """All samples' statistics [T+1, L, S, B] and F [T+1, B] of a recorded phase, stacked once."""
+    stats = torch.stack([rec.stats for rec in result.records]).detach().double().cpu().numpy()
+    f = torch.stack([rec.energy[ENERGY_INDEX["F"]] for rec in result.records]).detach().double().cpu().numpy()
+    return stats, f
+
+
+def _unrecorded(result: PhaseResult, tol: float, sample: int, notes: list[dict]) -> Diagnosis:
+    kind = "no_steps" if result.steps == 0 else "not_converged"
+    kind = next((n["kind"] for n in notes if n["kind"] in ("non_finite", "cancelled")), kind)
+    return Diagnosis(result.phase, sample, kind, tol, result.steps, float("nan"), notes=notes)
+
+
 def diagnose(result: PhaseResult, tol: float, sample: int = 0) -> Diagnosis:
     """Diagnose one sample of a recorded phase (it needs the scalar records: RecordConfig(keep=True))."""
-    notes = _engine_notes(result)
+    return diagnose_all(result, tol, samples=[sample])[0]
+
+
+def diagnose_all(result: PhaseResult, tol: float, samples=None) -> list[Diagnosis]:
+    """Every sample of a recorded phase (or those in ``samples``)."""
     if not result.records:
-        kind = "no_steps" if result.steps == 0 else "not_converged"
-        d = Diagnosis(result.phase, sample, kind, tol, result.steps, float("nan"), notes=notes)
-        if any(n["kind"] in ("non_finite", "cancelled") for n in notes):
-            d.kind = next(n["kind"] for n in notes if n["kind"] in ("non_finite", "cancelled"))
-        return d
-    stats = np.stack([rec.stats[:, :, sample].detach().double().cpu().numpy() for rec in result.records])
-    f = np.array([float(rec.energy[ENERGY_INDEX["F"], sample]) for rec in result.records])
-    return classify(stats[:, :, STAT_INDEX["step_size"]], result.records[0].layers, tol, phase=result.phase,
-                    sample=sample, f=f, activity=stats[:, :, STAT_INDEX["activity"]], notes=notes)
-
-
-def diagnose_all(result: PhaseResult, tol: float) -> list[Diagnosis]:
-    """Every sample of a recorded phase."""
-    batch = result.records[0].stats.shape[-1] if result.records else 1
-    return [diagnose(result, tol, b) for b in range(batch)]
+        return [_unrecorded(result, tol, b, _engine_notes(result)) for b in (samples or [0])]
+    stats, f = _traces(result)
+    layers = result.records[0].layers
+    rel, act = stats[:, :, STAT_INDEX["step_size"]], stats[:, :, STAT_INDEX["activity"]]
+    return [classify(rel[:, :, b], layers, tol, phase=result.phase, sample=b, f=f[:, b], activity=act[:, :, b],
+                     notes=_engine_notes(result))
+            for b in (range(stats.shape[-1]) if samples is None else samples)]

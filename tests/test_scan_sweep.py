@@ -1,0 +1,132 @@
+"""Scans and sweeps (issue 17): batched verdicts equal single-image ones; grids check their values."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from explorer import HopfieldNetwork, RecordConfig, hopfield_family
+from explorer.diagnosis import diagnose
+from explorer.ep import run_phases
+from explorer.scan import ScanSettings, scan, scan_batch
+from explorer.sweep import Base, GridError, grid_cells, parse_grid, sweep
+
+
+def tiny(depth=3, residual=True, seed=0):
+    spec = hopfield_family(depth, input_shape=(1, 8, 8), width=3, n_classes=4, residual=residual)
+    return HopfieldNetwork(spec, seed=seed)
+
+
+def images(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 4, (n,), generator=gen)
+
+
+def single_image_verdicts(net, x, labels, s: ScanSettings):
+    out = []
+    for i in range(len(labels)):
+        ph = run_phases(net, x[i:i + 1], labels[i:i + 1], beta=s.beta, t_free=s.t_free, t_nudge=s.t_nudge,
+                        schedule=s.schedule, record=RecordConfig(units=0))
+        out.append({p.phase: (d.kind, d.met_at) for p in ph.phases for d in [diagnose(p, s.tol)]} |
+                   {"prediction": int(ph.free.state["y"].argmax(1))})
+    return out
+
+
+def test_a_batched_scan_gives_each_image_the_verdict_it_gets_alone():
+    net, (x, labels) = tiny(), images()
+    s = ScanSettings(beta=0.2, t_free=60, t_nudge=20, schedule="paper", tol=1e-4, stop_at_tol=False)
+    result = scan(net, x, labels, s, batch_size=4)          # two batches: 4 + 2 images
+    alone = single_image_verdicts(net, x, labels, s)
+    assert [o.index for o in result.outcomes] == list(range(6))
+    for o, ref in zip(result.outcomes, alone):
+        assert {p: (d["kind"], d["met_at"]) for p, d in o.phases.items()} | {"prediction": o.prediction} == ref
+    summary = result.summary()
+    assert summary["images"] == 6 and set(summary["fraction_converged"]) == {"free", "nudged+", "nudged-"}
+    assert summary["accuracy"] == sum(o.prediction == o.label for o in result.outcomes) / 6
+
+
+def test_stop_at_tol_ends_a_phase_once_every_image_is_under_tol_and_keeps_the_first_steps():
+    net, (x, labels) = tiny(), images(4)
+    full = scan(net, x, labels, ScanSettings(t_free=200, stop_at_tol=False))
+    early = scan(net, x, labels, ScanSettings(t_free=200, stop_at_tol=True))
+    assert early.steps_run["free"] < full.steps_run["free"]
+    for a, b in zip(early.outcomes, full.outcomes):
+        assert a.phases["free"]["kind"] == b.phases["free"]["kind"] == "converged"
+        assert a.phases["free"]["met_at"] == b.phases["free"]["met_at"]
+
+
+def test_a_sweep_cell_equals_relax_on_the_same_images_and_settings():
+    net, (x, labels) = tiny(), images(4)
+    base = Base(net, "tiny")
+    s = ScanSettings(beta=0.2, t_free=50, t_nudge=15, stop_at_tol=False)
+    result = sweep(base, {"alpha": [1.0, 6.0]}, x, labels, s)
+    assert [c["settings"]["alpha"] for c in result.cells] == [1.0, 6.0]
+    for cell in result.cells:
+        clipped = HopfieldNetwork(net.spec.with_alpha(cell["settings"]["alpha"]))
+        clipped.load_state_dict(net.state_dict())
+        alone = single_image_verdicts(clipped, x, labels, s)
+        for phase in ("free", "nudged+", "nudged-"):
+            expected = sum(v[phase][0] == "converged" for v in alone) / 4
+            assert cell["fraction_converged"][phase] == expected
+        assert cell["accuracy"] == sum(v["prediction"] == int(t) for v, t in zip(alone, labels)) / 4
+
+
+def test_depth_cells_build_untrained_siblings_and_a_cancelled_grid_keeps_finished_cells():
+    base = Base.untrained(depth=3, width=3, input_shape=(1, 8, 8), n_classes=4)
+    x, labels = images(3)
+    done = []
+    result = sweep(base, {"depth": [2, 3, 4], "residual": [True]}, x, labels, ScanSettings(t_free=20, t_nudge=5),
+                   on_cell=lambda c, k, n: done.append(c), should_stop=lambda: len(done) >= 2)
+    assert result.cancelled and [c["settings"]["depth"] for c in result.cells] == [2, 3]
+
+
+@pytest.mark.parametrize("items,words", [
+    ([], "the grid is empty"),
+    (["beta=0.05,1.5"], "beta = 1.5 is outside its bounds"),
+    (["alpha=-2"], "alpha = -2 is outside"),
+    (["depth=3,x"], "depth = 'x' is not an integer"),
+    (["schedule=gauss"], "schedule = 'gauss' is unknown"),
+    (["gamma=1"], "one of alpha"),
+    (["beta="], "beta has no values"),
+    (["alpha=" + ",".join(str(1 + i / 10) for i in range(30)), "beta=" + ",".join(
+        str(0.01 * (i + 1)) for i in range(30))], "more than 400"),
+])
+def test_bad_grids_name_the_value(items, words):
+    with pytest.raises(GridError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        grid_cells(parse_grid(items))
+
+
+def test_a_depth_the_trained_family_lacks_is_refused_by_name():
+    from explorer.checkpoint import load_checkpoint
+    from explorer.zoo import ZOO_DIR
+    stem = ZOO_DIR / "fmnist-resnet3-ep"
+    base = Base.checkpoint(load_checkpoint(stem)[0], stem)
+    assert {(3, True), (5, True), (7, True), (3, False)} <= set(base.family)
+    base.check({"depth": [3, 5, 7]})
+    with pytest.raises(GridError, match="no residual network of depth 11"):
+        base.check({"depth": [3, 11]})
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_scan_and_sweep_print_json_and_refuse_bad_grids(tmp_path):
+    net_options = ["--builder", "resnet", "--depth", "2", "--width", "3"]
+    r = _cli("scan", *net_options, "--images", "5", "--t-free", "30", "--t-nudge", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["images"]) == 5 and set(out["summary"]["fraction_converged"]) == {"free", "nudged+", "nudged-"}
+    csv_file = tmp_path / "cells.csv"
+    r = _cli("sweep", *net_options, "--grid", "alpha=2,6", "--grid", "beta=0.1,0.3", "--images", "3",
+             "--t-free", "20", "--t-nudge", "5", "--yes", "--json", "--csv", str(csv_file))
+    assert r.returncode == 0, r.stderr
+    cells = json.loads(r.stdout)["cells"]
+    assert len(cells) == 4 and all({"fraction_converged", "median_steps", "energy_rose", "accuracy",
+                                    "median_spectral_radius"} <= set(c) for c in cells)
+    assert len(csv_file.read_text().strip().splitlines()) == 5
+    r = _cli("sweep", *net_options, "--grid", "beta=0.1,1.5", "--images", "3")
+    assert r.returncode == 2 and "beta = 1.5 is outside its bounds" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("sweep", *net_options, "--grid", "alpha=2,6", "--images", "3", "--ask-above", "0")
+    assert r.returncode == 3 and "add --yes" in r.stderr
