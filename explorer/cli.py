@@ -57,7 +57,8 @@ def make_network(args) -> tuple[HopfieldNetwork, dict]:
     if args.checkpoint:
         net, meta = load_checkpoint(args.checkpoint, dtype=dtype)
         if meta["conversions"]:  # said once, on one line, so that a conversion is never silent
-            print(f"note: {args.checkpoint}: converted {len(meta['conversions'])} tensors: "
+            n = len(meta["conversions"])
+            print(f"note: {args.checkpoint}: converted {n} tensor{'s' * (n != 1)}: "
                   + "; ".join(meta["conversions"][:3]) + ("; ..." if len(meta["conversions"]) > 3 else ""),
                   file=sys.stderr)
     else:

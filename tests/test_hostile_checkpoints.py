@@ -239,9 +239,10 @@ def test_other_float_weights_are_converted_and_the_conversion_is_said(dtype, val
     rc, err = _cli(_write(tmp_path, pair), capsys, monkeypatch)
     name = str(dtype).replace("torch.", "")
     assert rc == 0, err
-    assert err.count("\n") == 1 and f"converted 1 tensors: weights.s1_s2: {name} -> float32" in err
+    assert err.count("\n") == 1 and f"converted 1 tensor: weights.s1_s2: {name} -> float32" in err
     _, loaded = load_upload({f"{NAME}.json": pair[0], f"{NAME}.safetensors": pair[1]})
     assert loaded.description["conversions"] == [f"weights.s1_s2: {name} -> float32"]
+    assert loaded.source == f"uploaded checkpoint {NAME} (1 tensor converted to float32)"
     w = loaded.net.weights["s1_s2"]
     assert w.dtype == torch.float32 and torch.equal(w, valid[1]["weights.s1_s2"].to(dtype).float())
 
