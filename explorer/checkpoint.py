@@ -6,6 +6,7 @@ file that does not match its description names the tensor and the mismatch.
 """
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import math
@@ -106,8 +107,8 @@ def load_checkpoint(path, device=None, dtype=torch.float32, allow_nonfinite: boo
         # Sizes first: a hostile file is refused before it is read into memory.
         limit = _tensor_file_limit()
         if jpath.stat().st_size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{jpath.name} is {jpath.stat().st_size:,} bytes; a checkpoint "
-                                  f"description is at most {MAX_JSON_BYTES:,}")
+            raise CheckpointError(f"{jpath.name} is {jpath.stat().st_size:,} bytes; at most "
+                                  f"{MAX_JSON_BYTES:,} are read")
         if spath.stat().st_size > limit:
             raise CheckpointError(f"{spath.name} is {spath.stat().st_size:,} bytes, over {limit:,} (four "
                                   f"times the memory budget; set {BUDGET_ENV} to allow more)")
@@ -151,10 +152,11 @@ def _tensor_file_limit() -> int:
 
 
 def _object_without_repeats(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"a key repeats in one object: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) != len(pairs):  # json.loads would keep the last silently
+        counts = collections.Counter(k for k, _ in pairs)
+        raise ValueError(f"a key repeats in one object: {sorted(k for k, n in counts.items() if n > 1)[:5]}")
+    return out
 
 
 def _short_int(text: str) -> int:
@@ -164,6 +166,8 @@ def _short_int(text: str) -> int:
 
 
 def _parse_json(data: bytes, what: str):
+    if len(data) > MAX_JSON_BYTES:
+        raise CheckpointError(f"{what} is {len(data):,} bytes; at most {MAX_JSON_BYTES:,} are read")
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_object_without_repeats,
                           parse_int=_short_int)

@@ -364,8 +364,8 @@ def hopfield_family(depth: int, input_shape=(1, 28, 28), width: int = 16, n_clas
     also receives a learned 1x1 projection from s_{k-2} with the same stride.
     ``gains`` is a float for all edges or a dict edge-key -> gain.
     """
-    if not isinstance(depth, int) or depth < 1:
-        raise SpecError(f"depth must be a positive integer, got {depth!r}")
+    if not isinstance(depth, int) or not 1 <= depth < MAX_LAYERS:
+        raise SpecError(f"depth must be an integer from 1 to {MAX_LAYERS - 1}, got {depth!r}")
     if width < 1:
         raise SpecError(f"width must be a positive integer, got {width!r}")
     if len(input_shape) != 3:

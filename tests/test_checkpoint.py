@@ -103,3 +103,11 @@ def test_every_shipped_zoo_checkpoint_loads_without_a_complaint():
         net, meta = entry.load()
         assert meta["conversions"] == [] and net.spec.input_shape == (1, 28, 28), entry.name
         assert all(k.startswith("extra.") for k in meta["extra_tensors"])
+
+
+def test_a_tensor_file_over_the_budget_is_refused_before_it_is_read(saved, monkeypatch):
+    _, stem = saved
+    size = stem.with_suffix(".safetensors").stat().st_size
+    monkeypatch.setenv("EXPLORER_NETWORK_BUDGET_GIB", str((size - 1) / 4 / 2 ** 30))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors is {size:,} bytes, over .*EXPLORER_NETWORK_BUDGET_GIB"):
+        load_checkpoint(stem)
