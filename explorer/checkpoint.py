@@ -3,6 +3,13 @@
 The JSON holds the network description, the tensor names per edge and layer,
 alpha, the schedule and settings, and provenance. Loading never unpickles; a
 file that does not match its description names the tensor and the mismatch.
+
+Loading trusts nothing and allocates nothing before every check has passed
+(the CLI and an upload run the same checks): the description field by field
+and its sizes against the memory budget (network.py), then the safetensors
+header (names, dtypes, extents), then the values. Integer and boolean weights
+are refused; other float dtypes are converted and listed in
+``description["conversions"]``.
 """
 from __future__ import annotations
 
