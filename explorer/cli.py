@@ -56,6 +56,11 @@ def make_network(args) -> tuple[HopfieldNetwork, dict]:
     dtype = torch.float64 if getattr(args, "float64", False) else torch.float32
     if args.checkpoint:
         net, meta = load_checkpoint(args.checkpoint, dtype=dtype)
+        if meta["conversions"]:  # said once, on one line, so that a conversion is never silent
+            n = len(meta["conversions"])
+            print(f"note: {args.checkpoint}: converted {n} tensor{'s' * (n != 1)}: "
+                  + "; ".join(meta["conversions"][:3]) + ("; ..." if len(meta["conversions"]) > 3 else ""),
+                  file=sys.stderr)
     else:
         options = dict(n_classes=args.classes, cost=args.cost)
         if args.builder == "resnet13":

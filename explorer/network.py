@@ -12,14 +12,19 @@ Energy (MODEL.md, authors' sign convention)::
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import numbers
+import operator
+import os
+import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .edges import EDGE_KINDS, Edge
+from .edges import EDGE_KINDS, ConvEdge, Edge
 
 INPUT = "s0"
 OUTPUT = "y"
@@ -74,12 +79,21 @@ class NetworkSpec:
     name: str = "network"
 
     def __post_init__(self):
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        object.__setattr__(self, "layers", tuple(
-            l if isinstance(l, LayerSpec) else LayerSpec(l["name"], tuple(l["shape"]))
-            for l in self.layers))
-        object.__setattr__(self, "edges", tuple(
-            e if isinstance(e, EdgeSpec) else EdgeSpec(**e) for e in self.edges))
+        # Normalise and type-check first, so that validate() sees well-typed values only.
+        object.__setattr__(self, "input_shape", _dims(self.input_shape, f"input_shape of {INPUT}"))
+        if not isinstance(self.layers, (list, tuple)):
+            raise SpecError(f"layers must be a list, got {type(self.layers).__name__}")
+        if not isinstance(self.edges, (list, tuple)):
+            raise SpecError(f"edges must be a list, got {type(self.edges).__name__}")
+        if len(self.layers) > MAX_LAYERS or len(self.edges) > MAX_EDGES:
+            raise SpecError(f"a network has at most {MAX_LAYERS} layers and {MAX_EDGES} edges, got "
+                            f"{len(self.layers)} and {len(self.edges)}")
+        object.__setattr__(self, "layers", tuple(_layer_from(l, i) for i, l in enumerate(self.layers)))
+        object.__setattr__(self, "edges", tuple(_edge_from(e, i) for i, e in enumerate(self.edges)))
+        object.__setattr__(self, "alpha", _number(self.alpha, "clipping threshold alpha"))
+        object.__setattr__(self, "bias_gain", _number(self.bias_gain, "bias_gain"))
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 200:
+            raise SpecError(f"the network's name must be a text of 1 to 200 characters, got {self.name!r:.60}")
         self.validate()
 
     # -- descriptive helpers -------------------------------------------------
@@ -136,42 +150,197 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkSpec":
-        try:
-            return cls(input_shape=tuple(d["input_shape"]), layers=tuple(d["layers"]),
-                       edges=tuple(d["edges"]), alpha=float(d.get("alpha", 6.0)),
-                       cost=d.get("cost", "mse"), bias_gain=float(d.get("bias_gain", 0.5)),
-                       name=d.get("name", "network"))
-        except (KeyError, TypeError) as exc:
-            raise SpecError(f"network description is missing or has a malformed field: {exc}") from exc
+        """Build from plain data (a checkpoint's JSON); every missing, unknown or mistyped field is named."""
+        if not isinstance(d, dict):
+            raise SpecError(f"the network description must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - NETWORK_FIELDS)
+        if unknown:
+            raise SpecError(f"the network description has unknown fields {unknown}; known: {sorted(NETWORK_FIELDS)}")
+        missing = [k for k in ("input_shape", "layers", "edges") if k not in d]
+        if missing:
+            raise SpecError(f"the network description lacks the fields {missing}")
+        return cls(input_shape=d["input_shape"], layers=d["layers"], edges=d["edges"],
+                   alpha=d.get("alpha", 6.0), cost=d.get("cost", "mse"),
+                   bias_gain=d.get("bias_gain", 0.5), name=d.get("name", "network"))
 
     def step_flops(self) -> int:
         """FLOPs of one relaxation step for one image: every edge forward, and back unless from x."""
         return sum(EDGE_KINDS[e.kind](e, self.shape_of(e.src), self.shape_of(e.dst)).flops()
                    * (1 if e.src == INPUT else 2) for e in self.edges)
 
+    def memory_bytes(self, itemsize: int = 4) -> tuple[int, int]:
+        """(parameters, one sample's states) in bytes, computed from the shapes alone."""
+        params = sum(math.prod(EDGE_KINDS[e.kind](e, self.shape_of(e.src), self.shape_of(e.dst)).weight_shape)
+                     for e in self.edges) + sum(l.shape[0] for l in self.layers)
+        states = math.prod(self.input_shape) + sum(l.size for l in self.layers)
+        return params * itemsize, states * itemsize
+
     # -- checks ----------------------------------------------------------------
     def validate(self) -> None:
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise SpecError(f"clipping threshold alpha must be a positive finite number, got {self.alpha!r}")
+        if not math.isfinite(self.bias_gain):
+            raise SpecError(f"bias_gain must be a finite number, got {self.bias_gain!r}")
         if self.cost not in COSTS:
-            raise SpecError(f"cost must be one of {COSTS}, got {self.cost!r}")
-        names = [l.name for l in self.layers]
-        if len(set(names)) != len(names):
-            raise SpecError(f"layer names repeat: {names}")
-        if not names or names[-1] != OUTPUT:
-            raise SpecError("the last layer must be the output 'y'")
-        known = set(names) | {INPUT}
+            raise SpecError(f"cost must be one of {COSTS}, got {self.cost!r:.60}")
+        self._validate_layers()
+        order = {INPUT: 0, **{l.name: i + 1 for i, l in enumerate(self.layers)}}
+        keys = {}
         for e in self.edges:
-            if e.kind not in EDGE_KINDS:
-                raise SpecError(f"edge {e.name}: unknown kind {e.kind!r}")
-            if e.src not in known or e.dst not in known:
-                raise SpecError(f"edge {e.name}: unknown layer")
-            if e.dst == INPUT:
-                raise SpecError(f"edge {e.name}: the input s0 is clamped and cannot receive an edge")
-            expected = EDGE_KINDS[e.kind].output_shape(e, self.shape_of(e.src), self.shape_of(e.dst))
-            if tuple(expected) != tuple(self.shape_of(e.dst)):
-                raise SpecError(f"edge {e.name}: maps {self.shape_of(e.src)} to {tuple(expected)}, "
-                                f"but {e.dst} has shape {self.shape_of(e.dst)}")
+            self._validate_edge(e, order)
+            if e.key in keys:
+                raise SpecError(f"edges {keys[e.key]} and {e.name} join the same two layers "
+                                f"(one edge per pair of layers)")
+            keys[e.key] = e.name
+        self._check_budget()
+
+    def _validate_layers(self) -> None:
+        names = [l.name for l in self.layers]
+        repeated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
+        if repeated:
+            raise SpecError(f"layer names repeat: {repeated}")
+        if not names or names[-1] != OUTPUT:
+            raise SpecError(f"the last layer must be the output {OUTPUT!r}, got {names[-1:] or 'no layers'}")
+        if INPUT in names:
+            raise SpecError(f"no layer may be called {INPUT!r}: that is the clamped input")
+        if len(self.input_shape) not in (1, 3):
+            raise SpecError(f"input_shape must be (C, H, W) or (N,), got {self.input_shape}")
+        for l in self.layers:
+            if len(l.shape) not in (1, 3) or (l.name == OUTPUT and len(l.shape) != 1):
+                want = "(N,): one entry per class" if l.name == OUTPUT else "(C, H, W) or (N,)"
+                raise SpecError(f"layer {l.name}: shape must be {want}, got {l.shape}")
+
+    def _validate_edge(self, e: EdgeSpec, order: dict) -> None:
+        if e.kind not in EDGE_KINDS:
+            raise SpecError(f"edge {e.name}: unknown kind {e.kind!r:.40}; choose one of {sorted(EDGE_KINDS)}")
+        for end in (e.src, e.dst):
+            if end not in order:
+                raise SpecError(f"edge {e.name}: unknown layer {end!r}; the layers are {list(order)}")
+        if e.dst == INPUT:
+            raise SpecError(f"edge {e.name}: the input s0 is clamped and cannot receive an edge")
+        if order[e.src] >= order[e.dst]:
+            raise SpecError(f"edge {e.name}: edges run from a lower layer to a higher one in the listed "
+                            f"order (no self-loops, no cycles)")
+        for field_name, value, least in (("kernel", e.kernel, 1), ("stride", e.stride, 1), ("padding", e.padding, 0)):
+            if value < least:
+                raise SpecError(f"edge {e.name}: {field_name} must be at least {least}, got {value}")
+        if not math.isfinite(e.gain):
+            raise SpecError(f"edge {e.name}: gain must be a finite number, got {e.gain!r}")
+        src, dst = self.shape_of(e.src), self.shape_of(e.dst)
+        if issubclass(EDGE_KINDS[e.kind], ConvEdge):
+            _validate_conv(e, src, dst)
+        expected = EDGE_KINDS[e.kind].output_shape(e, src, dst)
+        if tuple(expected) != tuple(dst):
+            raise SpecError(f"edge {e.name}: maps {src} to {tuple(expected)}, but {e.dst} has shape {dst}")
+
+    def _check_budget(self) -> None:
+        params, states = self.memory_bytes()
+        budget = memory_budget()
+        if params + states > budget:
+            raise SpecError(f"network {self.name!r:.60} needs {_gib(params + states)} in float32 "
+                            f"(parameters {_gib(params)}, one sample's states {_gib(states)}), over the "
+                            f"memory budget of {_gib(budget)}; set {BUDGET_ENV} (in GiB) to allow more")
+
+
+NETWORK_FIELDS = {f.name for f in dataclasses.fields(NetworkSpec)}  # what to_dict writes
+EDGE_FIELDS = {f.name for f in dataclasses.fields(EdgeSpec)}
+BUDGET_ENV = "EXPLORER_NETWORK_BUDGET_GIB"
+DEFAULT_BUDGET_GIB = 2.0
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_RESERVED = set(dir(nn.ParameterDict()))  # a layer called "keys" or "training" would shadow these
+MAX_LAYERS, MAX_EDGES = 1024, 4096
+
+
+def memory_budget() -> int:
+    """Bytes a network description may ask for (parameters + one sample's states): EXPLORER_NETWORK_BUDGET_GIB."""
+    text = os.environ.get(BUDGET_ENV, "").strip()
+    try:
+        gib = float(text) if text else DEFAULT_BUDGET_GIB
+    except ValueError:
+        gib = float("nan")
+    if not (math.isfinite(gib) and gib > 0):
+        raise SpecError(f"{BUDGET_ENV} must be a positive number of GiB, got {text!r:.40}")
+    return int(gib * 2 ** 30)
+
+
+def _gib(n: int) -> str:
+    gib = n // 2 ** 30
+    if gib >= 10 ** 6:  # beyond a float's comfort; say the order of magnitude
+        return f"about 10^{len(str(gib)) - 1} GiB"
+    return f"{n / 2 ** 30:.3g} GiB" if gib < 100 else f"{gib:,} GiB"
+
+
+def _validate_conv(e: EdgeSpec, src: tuple, dst: tuple) -> None:
+    """The convolution's geometry: 3-D maps at both ends, a kernel that fits, padding under the kernel."""
+    if len(src) != 3 or len(dst) != 3:
+        raise SpecError(f"edge {e.name}: a {e.kind} edge joins (C, H, W) maps, but {e.src} has shape {src} "
+                        f"and {e.dst} has shape {dst}")
+    if e.padding >= e.kernel:
+        raise SpecError(f"edge {e.name}: padding {e.padding} must be below the kernel size {e.kernel}")
+    if e.kernel > min(src[1:]) + 2 * e.padding:
+        raise SpecError(f"edge {e.name}: kernel {e.kernel} is larger than {e.src}'s padded map "
+                        f"{src[1] + 2 * e.padding}x{src[2] + 2 * e.padding}")
+    if e.stride > max(src[1:]) + 2 * e.padding:
+        raise SpecError(f"edge {e.name}: stride {e.stride} is larger than {e.src}'s padded map")
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise SpecError(f"{what} must be a whole number, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise SpecError(f"{what} must be a whole number, got {type(value).__name__} {value!r:.40}") from None
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpecError(f"{what} must be a number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def _dims(value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(f"{what} must be a non-empty list of sizes, got {value!r:.60}")
+    dims = tuple(_whole(v, f"{what}: each size") for v in value)
+    if min(dims) < 1:
+        raise SpecError(f"{what} must hold positive sizes, got {list(dims)}")
+    return dims
+
+
+def _layer_name(value, what: str) -> str:
+    # Names become tensor and module attribute names: weights.<src>_<dst>, biases.<layer>.
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in _RESERVED:
+        raise SpecError(f"{what} must be a name of letters, digits and _ starting with a letter "
+                        f"(at most 64, not a torch attribute name), got {value!r:.60}")
+    return value
+
+
+def _layer_from(l, index: int) -> LayerSpec:
+    if isinstance(l, LayerSpec):
+        l = {"name": l.name, "shape": l.shape}
+    if not isinstance(l, dict) or set(l) != {"name", "shape"}:
+        raise SpecError(f"layer {index + 1} must be an object with exactly 'name' and 'shape', got {l!r:.80}")
+    name = _layer_name(l["name"], f"layer {index + 1}'s name")
+    return LayerSpec(name, _dims(l["shape"], f"layer {name}: shape"))
+
+
+def _edge_from(e, index: int) -> EdgeSpec:
+    if isinstance(e, EdgeSpec):
+        e = dataclasses.asdict(e)
+    if not isinstance(e, dict):
+        raise SpecError(f"edge {index + 1} must be an object, got {type(e).__name__}")
+    unknown, missing = sorted(set(e) - EDGE_FIELDS), sorted({"src", "dst", "kind"} - set(e))
+    if unknown or missing:
+        raise SpecError(f"edge {index + 1}: " + (f"unknown fields {unknown} " if unknown else "")
+                        + (f"missing fields {missing} " if missing else "") + f"(fields: {sorted(EDGE_FIELDS)})")
+    src = _layer_name(e["src"], f"edge {index + 1}'s src")
+    dst = _layer_name(e["dst"], f"edge {index + 1}'s dst")
+    if not isinstance(e["kind"], str):
+        raise SpecError(f"edge {src}->{dst}: kind must be a text, got {e['kind']!r:.40}")
+    ints = {k: _whole(e[k], f"edge {src}->{dst}: {k}") for k in ("kernel", "stride", "padding") if k in e}
+    gain = _number(e["gain"], f"edge {src}->{dst}: gain") if "gain" in e else EdgeSpec.gain
+    return EdgeSpec(src, dst, e["kind"], gain=gain, **ints)
 
 
 # ---------------------------------------------------------------------------
@@ -195,8 +364,8 @@ def hopfield_family(depth: int, input_shape=(1, 28, 28), width: int = 16, n_clas
     also receives a learned 1x1 projection from s_{k-2} with the same stride.
     ``gains`` is a float for all edges or a dict edge-key -> gain.
     """
-    if not isinstance(depth, int) or depth < 1:
-        raise SpecError(f"depth must be a positive integer, got {depth!r}")
+    if not isinstance(depth, int) or not 1 <= depth < MAX_LAYERS:
+        raise SpecError(f"depth must be an integer from 1 to {MAX_LAYERS - 1}, got {depth!r}")
     if width < 1:
         raise SpecError(f"width must be a positive integer, got {width!r}")
     if len(input_shape) != 3:

@@ -18,7 +18,8 @@ class ZooEntry:
 
     @property
     def title(self) -> str:
-        card = self.description.get("card", {})
+        card = self.description.get("card")
+        card = card if isinstance(card, dict) else {}  # the description is checked only when loaded
         acc = card.get("test_accuracy")
         acc_text = f", {100 * acc:.1f} % test" if isinstance(acc, (int, float)) else ""
         return f"{self.name}{acc_text}"
@@ -35,8 +36,8 @@ def list_entries(folder: Path | None = None) -> list[ZooEntry]:
         if not js.with_suffix(".safetensors").is_file():
             continue
         try:
-            desc = json.loads(js.read_text())
-        except (OSError, json.JSONDecodeError):
+            desc = json.loads(js.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):  # unreadable: not a checkpoint to list
             continue
         if isinstance(desc, dict) and desc.get("format") == FORMAT:
             entries.append(ZooEntry(js.stem, js.with_suffix(""), desc))

@@ -81,3 +81,33 @@ def test_corrupt_json_and_pickles_are_refused(saved, tmp_path):
         load_checkpoint(other)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_auxiliary_tensors_keep_their_dtype_and_other_names_cannot_be_saved(tmp_path):
+    net = HopfieldNetwork(hopfield_family(3, width=2), seed=1)
+    extra = {"extra.train.position": torch.tensor([1, 2, 3]), "extra.rng.cpu": torch.get_rng_state()}
+    stem = save_checkpoint(net, tmp_path / "aux", extra_tensors=extra)
+    _, meta = load_checkpoint(stem, dtype=torch.float64)
+    assert meta["conversions"] == []  # float32 asked as float64 is the caller's choice, not news
+    assert {k: v.dtype for k, v in meta["extra_tensors"].items()} == {
+        "extra.train.position": torch.int64, "extra.rng.cpu": torch.uint8}
+    with pytest.raises(ValueError, match="extra tensor 'momentum' must be named under one of"):
+        save_checkpoint(net, tmp_path / "bad", extra_tensors={"momentum": torch.zeros(1)})
+
+
+def test_every_shipped_zoo_checkpoint_loads_without_a_complaint():
+    from explorer.zoo import list_entries
+    entries = list_entries()
+    assert len(entries) >= 20
+    for entry in entries:
+        net, meta = entry.load()
+        assert meta["conversions"] == [] and net.spec.input_shape == (1, 28, 28), entry.name
+        assert all(k.startswith("extra.") for k in meta["extra_tensors"])
+
+
+def test_a_tensor_file_over_the_budget_is_refused_before_it_is_read(saved, monkeypatch):
+    _, stem = saved
+    size = stem.with_suffix(".safetensors").stat().st_size
+    monkeypatch.setenv("EXPLORER_NETWORK_BUDGET_GIB", str((size - 1) / 4 / 2 ** 30))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors is {size:,} bytes, over .*EXPLORER_NETWORK_BUDGET_GIB"):
+        load_checkpoint(stem)

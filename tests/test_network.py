@@ -95,3 +95,45 @@ def test_wrong_input_shape_names_both_shapes():
     net = HopfieldNetwork(hopfield_family(3, width=2))
     with pytest.raises(ValueError, match=r"\(2, 3, 32, 32\).*\(batch, 1, 28, 28\)"):
         net.check_input(torch.zeros(2, 3, 32, 32))
+
+
+def test_memory_bytes_counts_the_parameters_and_one_samples_states():
+    spec = hopfield_family(3, width=2)
+    params, states = spec.memory_bytes()
+    assert params == 4 * HopfieldNetwork(spec).parameter_count()
+    assert states == 4 * (28 * 28 + sum(math.prod(l.shape) for l in spec.layers))
+
+
+def test_a_description_over_the_memory_budget_is_refused_before_anything_is_allocated(monkeypatch):
+    # 10^9 channels would ask for hundreds of GB of weights: refused from the shapes alone.
+    with pytest.raises(SpecError, match=r"parameters about 10\^11 GiB.*budget of 2 GiB; set EXPLORER_NETWORK_BUDGET_GIB"):
+        hopfield_family(3, width=10 ** 9)
+    spec = hopfield_family(3, width=8)
+    params, states = spec.memory_bytes()
+    monkeypatch.setenv("EXPLORER_NETWORK_BUDGET_GIB", str((params + states - 1) / 2 ** 30))
+    with pytest.raises(SpecError, match="over the memory budget"):
+        NetworkSpec.from_dict(spec.to_dict())
+    monkeypatch.setenv("EXPLORER_NETWORK_BUDGET_GIB", str((params + states) / 2 ** 30))
+    assert NetworkSpec.from_dict(spec.to_dict()) == spec
+    monkeypatch.setenv("EXPLORER_NETWORK_BUDGET_GIB", "lots")
+    with pytest.raises(SpecError, match="EXPLORER_NETWORK_BUDGET_GIB must be a positive number of GiB, got 'lots'"):
+        NetworkSpec.from_dict(spec.to_dict())
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["edges"][0].update(stride=0), r"edge s0->s1: stride must be at least 1, got 0"),
+    (lambda d: d["edges"][0].update(kernel=True), r"edge s0->s1: kernel must be a whole number, got True"),
+    (lambda d: d["edges"].append(dict(d["edges"][0], kind="skip")), r"edges s0->s1 and s0->s1 \(skip\) join the same"),
+    (lambda d: d["edges"].append(dict(d["edges"][1], src="s2")), r"edge s2->s2: edges run from a lower layer"),
+    (lambda d: d["edges"][-1].update(kind="conv"), r"edge s3->y: a conv edge joins \(C, H, W\) maps"),
+    (lambda d: d["layers"][-1].update(shape=[10, 1, 1]), r"layer y: shape must be \(N,\)"),
+    (lambda d: d["layers"][0].update(name="s.1"), r"name of letters, digits and _ .* got 's\.1'"),
+    (lambda d: d["layers"][0].update(name="s0"), r"no layer may be called 's0'"),
+    (lambda d: d.update(name=["x"]), r"the network's name must be a text"),
+    (lambda d: d.update(bias_gain=float("nan")), r"bias_gain must be a finite number"),
+])
+def test_an_impossible_description_is_refused_naming_the_value(change, message):
+    d = hopfield_family(3, width=2).to_dict()
+    change(d)
+    with pytest.raises(SpecError, match=message):
+        NetworkSpec.from_dict(d)

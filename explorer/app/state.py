@@ -195,7 +195,9 @@ def load_upload(files: dict[str, bytes]) -> tuple[str, LoadedModel]:
     except CheckpointError as exc:
         raise SettingError(f"cannot load checkpoint {stem_j}: {exc}") from exc
     check_fits_samples(net.spec, stem_j)
-    return stem_j, LoadedModel(net, meta, f"uploaded checkpoint {stem_j}")
+    n = len(meta["conversions"])
+    converted = f" ({n} tensor{'s' * (n != 1)} converted to float32)" if n else ""
+    return stem_j, LoadedModel(net, meta, f"uploaded checkpoint {stem_j}{converted}")
 
 
 def check_fits_samples(spec: NetworkSpec, name: str) -> None:
