@@ -54,11 +54,6 @@ def _usable(feature: str, *present: bool) -> bool:
     return False
 
 
-def status() -> str:
-    """One line for people: which tuning is on."""
-    return "all on" if not fallbacks else "plain behaviour for " + ", ".join(sorted(fallbacks))
-
-
 # ---------------------------------------------------------------------------------------------
 # Server side
 # ---------------------------------------------------------------------------------------------

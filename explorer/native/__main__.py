@@ -24,8 +24,8 @@ def build() -> tuple[int, str]:
     started = time.time()
     module = get(block=True)
     if module is None:
-        return 1, (f"fused CPU kernels not available: {status()}; the engine uses its eager tensor "
-                   "code (slower). Install a C++ compiler and Python's headers (g++, python3-dev) for them")
+        return 1, (f"fused CPU kernels could not be built, so the engine uses its {status()}, slower; "
+                   "a C++ compiler and Python's headers (Debian: g++, python3-dev) build them")
     library = getattr(module, "__file__", None)
     # The library was written before this call started: torch's cache already held it, current.
     if library and os.path.getmtime(library) < started:
