@@ -86,7 +86,6 @@ def test_another_panel_version_gets_plain_behaviour_and_one_log_line(fresh, app,
     monkeypatch.setattr(pn, "__version__", "1.10.0")
     assert all(w._debounce == Syncable._debounce > 0 for w in widgets(app))   # Panel's own
     assert "const internals = false;" in transport.page_js()
-    assert "const internals = __EXPLORER_INTERNALS__;" in transport.PAGE_JS
     assert transport.websockets(a_session("ws1")) == frozenset()
     assert transport.offline_design().__module__.startswith("panel.")
     relax_and_drain(app)

@@ -48,9 +48,10 @@ def _usable(feature: str, *present: bool) -> bool:
     fallbacks.add(feature)
     if not _logged:   # once per process, whichever feature notices first
         _logged = True
-        log.warning("explorer: %s; %s and any other tuning that needs Panel or Bokeh internals "
-                    "falls back to their plain behaviour (correct, slower updates)",
-                    problem or f"{feature} needs a Panel/Bokeh internal this version lacks", feature)
+        why = problem or (f"panel {pn.__version__} / bokeh {bokeh.__version__} lacks an internal that "
+                          f"the page's {feature} use")
+        log.warning("explorer: %s: that and any other tuning on Panel/Bokeh internals falls back to "
+                    "their plain behaviour (correct, slower updates); logged once", why)
     return False
 
 
