@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up everything the tests need (venv, Chromium, Fashion-MNIST), then runs pytest.
+# The test command: sets up everything the tests need (venv, the fused CPU kernels, Chromium,
+# Fashion-MNIST), then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser

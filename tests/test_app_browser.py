@@ -23,7 +23,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 JS_SOURCES = """() => {
   const out = {};
   if (!window.Bokeh || !Bokeh.documents.length) return out;
-  for (const m of Bokeh.documents[0]._all_models.values()) {
+  for (const m of Bokeh.documents[0].all_models) {
     if (m.name && m.name.startsWith('explorer.') && m.data) {
       const cols = Object.keys(m.data);
       let rows = cols.length ? m.data[cols[0]].length : 0;
@@ -40,7 +40,7 @@ JS_SOURCES = """() => {
 }"""
 JS_TITLES = """() => {
   const out = [];
-  for (const m of Bokeh.documents[0]._all_models.values())
+  for (const m of Bokeh.documents[0].all_models)
     if (m.constructor.__name__ === 'Title' && m.text) out.push(m.text);
   return out;
 }"""
@@ -216,7 +216,7 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
 # Returns how many it set: the tab's widgets exist only once the tab has been opened.
 JS_SET_BY_TITLE = """(values) => {
   let n = 0;
-  for (const m of Bokeh.documents[0]._all_models.values())
+  for (const m of Bokeh.documents[0].all_models)
     if (m.title in values && 'value' in m) { m.value = values[m.title]; n += 1; }
   return n;
 }"""

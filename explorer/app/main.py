@@ -23,10 +23,10 @@ Data flow (the measured design for a 2-core machine):
   behind them, a new run after a slider move included. (Confirming after the
   paint instead made every frame wait for the server's reply: 18.4 frames/s
   against 20.0, bench/RESULTS-app.md.)
-- every websocket of the page sends without Nagle's delay (``_send_without_delay``): with
+- every websocket of the page sends without Nagle's delay (``transport.send_without_delay``): with
   tornado's default each update waited about 33 ms for the browser's TCP acknowledgement;
   and each poll sends an update that a race in Panel's write queue left behind
-  (``_flush_stranded_writes``), which otherwise waited for the next one.
+  (``transport.flush_stranded_writes``), which otherwise waited for the next one.
 
 Each browser tab is its own session with its own state and worker; the
 worker stops when the session is destroyed or, sooner, when the page has had
@@ -42,12 +42,10 @@ from pathlib import Path
 import panel as pn
 import torch
 from bokeh.models import ColumnDataSource, CustomJS
-from panel.io import document as panel_document
-from panel.io.state import set_curdoc
 from tornado.ioloop import PeriodicCallback
-from panel.theme.fast import Fast
 
 from .. import native
+from . import transport
 from .gallery import Gallery
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
@@ -76,136 +74,8 @@ ack.data = {seq: [seq], ready: [1]};
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
 
-
-# Panel's Fast design without its web font (Open Sans from Google), so the page loads nothing from
-# outside the server: it works with no internet and logs no failed requests. Panel finds a design's
-# bundled files by its class name, so the subclass keeps the name "Fast".
-OfflineFast = type("Fast", (Fast,), {"_resources": {**Fast._resources, "font": {}},
-                                     "__module__": __name__})
-
-
-# Runs once in each page. Plots scrolled out of sight skip their layout and repaints, and repaint
-# with the latest data when they come back into view: the browser only draws what can be seen.
-# (PlotView.pause() is not enough: Bokeh's own unpause() calls cancel it.) The page also reports
-# which views are in sight, so the server sends data only to those.
-PAGE_JS = """
-if (!window.__explorer_page) {
-  window.__explorer_page = true;
-  // Bokeh looks up a CSS variable (getComputedStyle, a style recalculation when anything changed)
-  // for every visual of every axis, grid and title at every repaint: measured in Chromium, the
-  // largest cost of a frame once legends were static. The page sets no such variables, so the
-  // look-up always falls back to the model's value: answer "" at once.
-  // Likewise a plot reads its font size from the computed style at every repaint (it never changes
-  // here), and a legend re-positions itself and measures its box (a forced layout) at every
-  // repaint although neither it nor its frame moved. Each patch is listed in __explorer_patched
-  // (the browser test checks them all, so a Bokeh upgrade that moves these internals is noticed).
-  window.__explorer_patched = [];
-  const patch = (name, fn) => {
-    try { if (fn()) window.__explorer_patched.push(name); }
-    catch (e) { console.warn("explorer: Bokeh internals moved, " + name + " left as it is", e); }
-  };
-  patch("css_lookup", () => {
-    const proto = Bokeh.require("core/visuals/visual").VisualProperties.prototype;
-    if (typeof proto._get_css_value !== "function") return false;
-    proto._get_css_value = function () { return ""; };
-    return true;
-  });
-  patch("font_size", () => {
-    const proto = Bokeh.require("models/plots/plot_canvas").PlotView.prototype;
-    const own = Object.getOwnPropertyDescriptor(proto, "base_font_size");
-    if (own == null || own.get == null) return false;
-    Object.defineProperty(proto, "base_font_size", {configurable: true, get() {
-      if (this.__explorer_font_size == null) this.__explorer_font_size = own.get.call(this);
-      return this.__explorer_font_size;
-    }});
-    return true;
-  });
-  patch("legend_position", () => {
-    const proto = Bokeh.require("models/annotations/legend").LegendView.prototype;
-    const own = proto.update_position;
-    if (typeof own !== "function") return false;
-    proto.update_position = function () {
-      const f = this.plot_view.frame.bbox, l = this.layout != null ? this.layout.bbox : null;
-      const key = [this.is_visible, f.x, f.y, f.width, f.height,
-                   l != null ? [l.x, l.y, l.width, l.height].join() : ""].join();
-      if (key === this.__explorer_key && this._bbox != null && this._bbox.width > 0) return;
-      own.call(this);
-      this.__explorer_key = key;
-    };
-    return true;
-  });
-  const seen = new WeakSet();
-  const plots = [];
-  // The view a plot belongs to, from its data sources' names ("explorer.<view>.<what>").
-  const view_of = (v) => {
-    for (const r of v.model.renderers) {
-      const n = r.data_source != null ? r.data_source.name : null;
-      if (n != null && n.startsWith("explorer.")) return n.split(".")[1];
-    }
-    return null;
-  };
-  // Tell the server which views are in sight: it sends data only to those and catches the
-  // others up when they come into view.
-  let reported = null;
-  const report = () => {
-    const keys = new Set();
-    for (const v of plots) {
-      const k = view_of(v);
-      if (k != null && !v.__explorer_hidden && v.el.isConnected) keys.add(k);
-    }
-    const list = [...keys].sort();
-    if (list.join(",") !== reported) { reported = list.join(","); visible.data = {keys: list}; }
-  };
-  const io = new IntersectionObserver((entries) => {
-    for (const e of entries) {
-      const v = e.target.__explorer_view;
-      if (v == null) continue;
-      v.__explorer_hidden = !e.isIntersecting;
-      if (e.isIntersecting && v.__explorer_dirty) { v.__explorer_dirty = false; v.request_repaint(); }
-    }
-    report();
-  }, {rootMargin: "0px"});
-  const scan = () => {
-    const found = Bokeh.index.query((v) => v.model != null && v.el != null &&
-                                           ["Figure", "Plot"].includes(v.model.constructor.__name__));
-    for (const v of found) {
-      if (seen.has(v)) continue;
-      seen.add(v);
-      plots.push(v);
-      // Skip layout and paint while out of sight; remember to repaint when seen again.
-      for (const name of ["repaint", "paint"]) {
-        const own = v[name].bind(v);
-        v[name] = (...args) => {
-          if (v.__explorer_hidden) { v.__explorer_dirty = true; return; }
-          return own(...args);
-        };
-      }
-      v.el.__explorer_view = v;
-      io.observe(v.el);
-    }
-  };
-  // A slider moved with the arrow keys updates only value_throttled; copy it into value so the
-  // move reaches the server like a drag (the settings follow "value").
-  const sliders = new WeakSet();
-  const scan_sliders = () => {
-    for (const doc of Bokeh.documents) {
-      for (const m of doc._all_models.values()) {
-        if (m.constructor.__name__ !== "Slider" || sliders.has(m)) continue;
-        sliders.add(m);
-        m.properties.value_throttled.change.connect(() => {
-          if (m.value_throttled != null && m.value !== m.value_throttled) m.value = m.value_throttled;
-        });
-      }
-    }
-  };
-  scan();
-  scan_sliders();
-  setInterval(() => { scan(); scan_sliders(); }, 1000);
-  // The page is ready: from now on the server may send changes (any sent while the page was still
-  // connecting could be lost), and what came with the document is confirmed.
-  ack.data = {seq: [tick.data.seq[0]], ready: [1]};
-}
-"""
+# Panel's Fast design without its web font: the page loads nothing from outside the server.
+OfflineFast = transport.offline_design()
 
 
 def app_css() -> str:
@@ -213,46 +83,6 @@ def app_css() -> str:
         return CSS_FILE.read_text()
     except OSError:
         return ""
-
-
-def _websockets(session) -> frozenset:
-    """The tornado websocket handlers of a Bokeh server session's connections."""
-    sockets = (getattr(conn, "_socket", None) for conn in getattr(session, "_subscribed_connections", ()))
-    return frozenset(socket for socket in sockets if socket is not None)
-
-
-def _send_without_delay(sockets) -> None:
-    """Turn off Nagle's algorithm on these websockets.
-
-    Tornado leaves it on, so the small frames of one update (Bokeh writes a message as a dozen
-    frames) wait for the browser's delayed TCP acknowledgement: measured here, a socket write
-    reached the page 33 ms later (3 ms the other way, Chromium sets no-delay), every update.
-    """
-    for socket in sockets:
-        if getattr(socket, "ws_connection", None) is not None and not socket.ws_connection.is_closing():
-            with contextlib.suppress(OSError):   # closed meanwhile: nothing to send on it anyway
-                socket.set_nodelay(True)
-
-
-def _flush_stranded_writes(doc) -> bool:
-    """Send a Panel update message that a race left queued; True if there was one.
-
-    Panel 1.9 queues a message when the socket is busy and starts a task that sends the queue
-    unless the write block is gone. A task that finds nothing left to send removes the block,
-    so a message queued while it was sending waits until the next one (seen here: after a
-    slider move, the new run's second update reached the page only with the next update,
-    1 s later after ACK_TIMEOUT). Put the block back and send the queue. Uses Panel's private
-    queue: where a Panel version lacks any of it, this does nothing.
-    """
-    pending = getattr(panel_document, "_WRITE_MSGS", None)
-    block = getattr(panel_document, "_WRITE_BLOCK", None)
-    start = getattr(panel_document, "_dispatch_write_task", None)
-    dispatch = getattr(panel_document, "_dispatch_msgs", None)
-    if None in (pending, block, start, dispatch) or doc not in pending or doc in block:
-        return False
-    block[doc] = True
-    start(doc, dispatch, doc)
-    return True
 
 
 class ExplorerApp(pn.viewable.Viewer):
@@ -307,7 +137,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._connected_once = False
         self._connected_at = 0.0
         self._first_frame_due = False    # the shown run has started and none of its frames went out
-        self._no_delay_for = frozenset()   # websockets with Nagle turned off (_send_without_delay)
+        self._no_delay_for = frozenset()   # websockets with Nagle turned off (transport.send_without_delay)
         self._orphan_since: float | None = None
         self._layout = None
         self.state.param.watch(self._on_run_setting, list(RUN_SETTINGS))
@@ -563,7 +393,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if self._doc is not None:
             self._doc.js_on_event("document_ready", CustomJS(
                 args={"visible": self.visible_source, "tick": self.tick_source, "ack": self.ack_source},
-                code=PAGE_JS))
+                code=transport.page_js()))
         # A plain timer on the server's event loop: it only looks (no document lock, a few attribute
         # reads) and schedules a locked tick when there is something to send or to check.
         self._callback = PeriodicCallback(self._poll, TICK_MS)
@@ -573,7 +403,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _poll(self) -> None:
         if self._doc is None:
             return
-        _flush_stranded_writes(self._doc)
+        transport.flush_stranded_writes(self._doc)
         if self._tick_scheduled:
             return
         if self._orphaned():
@@ -599,7 +429,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _locked_tick(self) -> None:
         """Runs as a Bokeh next-tick callback, with the document locked."""
         self._tick_scheduled = False
-        with set_curdoc(self._doc):
+        with transport.current_document(self._doc):
             self._tick()
 
     def _tick(self) -> None:
@@ -666,9 +496,9 @@ class ExplorerApp(pn.viewable.Viewer):
             self._connected_once = True
             self._connected_at = self._connected_at or time.monotonic()
             self._orphan_since = None
-            sockets = _websockets(session)
+            sockets = transport.websockets(session)
             if sockets != self._no_delay_for:
-                _send_without_delay(sockets - self._no_delay_for)
+                transport.send_without_delay(sockets - self._no_delay_for)
                 self._no_delay_for = sockets
             if self.worker.closed:          # the page came back (reconnected): start afresh
                 self.worker = self._new_worker(self._threads)
@@ -732,11 +562,7 @@ class ExplorerApp(pn.viewable.Viewer):
                     section("Input", self.gallery.pane, inputs),
                     section("Playback", playback_buttons, speed),
                     section("Display", display)]
-        for widget in (w for sec in sections for w in sec.select(pn.widgets.Widget)):
-            # Panel holds every change from the page for 50 ms (Syncable._debounce) to merge
-            # bursts; the worker already lets the newest setting win, so those 50 ms were a
-            # third of the latency a person feels after moving a slider.
-            widget._debounce = 0
+        transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections
 
     def relaxation_tab(self):

@@ -1,0 +1,271 @@
+"""Every use of a private Panel, Bokeh or tornado name, in one module.
+
+The page's update rate and latency lean on a few internals (measured in bench/RESULTS-app.md):
+changes from the page passed on without Panel's 50 ms debounce, websockets without Nagle's
+delay, a Panel write queue race worked around, and BokehJS repaint shortcuts. Each is used only
+where the installed Panel and Bokeh are the versions it was written for (``WRITTEN_FOR``) and the
+name is still there; otherwise the app keeps Panel's and Bokeh's plain behaviour (correct, with
+slower updates), notes the feature in ``fallbacks`` and logs that, once per process.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import logging
+import re
+
+import bokeh
+import panel as pn
+
+# The modules (``panel.io.state`` as an attribute is Panel's state object, not its module)
+panel_document = importlib.import_module("panel.io.document")
+panel_state = importlib.import_module("panel.io.state")
+
+log = logging.getLogger("explorer.app.transport")
+
+WRITTEN_FOR = {"panel": (1, 9), "bokeh": (3, 9)}   # major.minor, any patch release
+fallbacks: set[str] = set()   # the tuning features this process runs without
+_logged = False
+
+
+@functools.lru_cache(maxsize=4)
+def _version_problem(panel_version: str, bokeh_version: str) -> str | None:
+    for name, version in (("panel", panel_version), ("bokeh", bokeh_version)):
+        found = re.match(r"(\d+)\.(\d+)", version)
+        wanted = WRITTEN_FOR[name]
+        if found is None or (int(found[1]), int(found[2])) != wanted:
+            return f"{name} {version} is not the {wanted[0]}.{wanted[1]}.x the page's tuning was written for"
+    return None
+
+
+def _usable(feature: str, *present: bool) -> bool:
+    """True if ``feature`` may use the internals it needs (``present``: each one was found)."""
+    problem = _version_problem(pn.__version__, bokeh.__version__)
+    if problem is None and all(present):
+        return True
+    global _logged
+    fallbacks.add(feature)
+    if not _logged:   # once per process, whichever feature notices first
+        _logged = True
+        why = problem or (f"panel {pn.__version__} / bokeh {bokeh.__version__} lacks an internal that "
+                          f"the page's {feature} use")
+        log.warning("explorer: %s: that and any other tuning on Panel/Bokeh internals falls back to "
+                    "their plain behaviour (correct, slower updates); logged once", why)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Server side
+# ---------------------------------------------------------------------------------------------
+def websockets(session) -> frozenset:
+    """The tornado websocket handlers of a Bokeh server session's connections (Bokeh keeps them
+    private: ``ServerSession._subscribed_connections``, each ``ServerConnection._socket``)."""
+    connections = getattr(session, "_subscribed_connections", None)
+    if not _usable("no-delay websockets", connections is not None):
+        return frozenset()
+    sockets = (getattr(conn, "_socket", None) for conn in connections)
+    return frozenset(socket for socket in sockets if socket is not None)
+
+
+def send_without_delay(sockets) -> None:
+    """Turn off Nagle's algorithm on these websockets (tornado's public API).
+
+    Tornado leaves it on, so the small frames of one update (Bokeh writes a message as a dozen
+    frames) wait for the browser's delayed TCP acknowledgement: measured here, a socket write
+    reached the page 33 ms later (3 ms the other way, Chromium sets no-delay), every update.
+    """
+    for socket in sockets:
+        if getattr(socket, "ws_connection", None) is not None and not socket.ws_connection.is_closing():
+            with contextlib.suppress(OSError):   # closed meanwhile: nothing to send on it anyway
+                socket.set_nodelay(True)
+
+
+_WRITE_QUEUE = ("_WRITE_MSGS", "_WRITE_BLOCK", "_dispatch_write_task", "_dispatch_msgs")
+
+
+def flush_stranded_writes(doc) -> bool:
+    """Send a Panel update message that a race left queued; True if there was one.
+
+    Panel 1.9 queues a message when the socket is busy and starts a task that sends the queue
+    unless the write block is gone. A task that finds nothing left to send removes the block,
+    so a message queued while it was sending waits until the next one (seen here: after a
+    slider move, the new run's second update reached the page only with the next update,
+    1 s later after ACK_TIMEOUT). Put the block back and send the queue.
+    """
+    found = [getattr(panel_document, name, None) for name in _WRITE_QUEUE]
+    if not _usable("stranded-write flush", *(f is not None for f in found)):
+        return False
+    pending, block, start, dispatch = found
+    if doc not in pending or doc in block:
+        return False
+    block[doc] = True
+    start(doc, dispatch, doc)
+    return True
+
+
+def current_document(doc):
+    """A context in which Panel's current document is ``doc`` (for a plain Bokeh callback)."""
+    set_curdoc = getattr(panel_state, "set_curdoc", None)
+    if not _usable("current document", set_curdoc is not None):
+        return contextlib.nullcontext()
+    return set_curdoc(doc)
+
+
+def pass_changes_at_once(widgets) -> None:
+    """Panel holds every change from the page for 50 ms (``Syncable._debounce``) to merge
+    bursts; the worker already lets the newest setting win, so those 50 ms were a third of the
+    latency a person feels after moving a slider."""
+    from panel.reactive import Syncable
+    if not _usable("undebounced controls", isinstance(getattr(Syncable, "_debounce", None), int)):
+        return
+    for widget in widgets:
+        widget._debounce = 0
+
+
+def offline_design():
+    """Panel's Fast design without its web font (Open Sans from Google), so the page loads
+    nothing from outside the server. Panel finds a design's bundled files by its class name,
+    so the subclass keeps the name "Fast"."""
+    from panel.theme.fast import Fast
+    resources = getattr(Fast, "_resources", None)
+    if not _usable("offline design", isinstance(resources, dict)):
+        return Fast
+    return type("Fast", (Fast,), {"_resources": {**resources, "font": {}}, "__module__": __name__})
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+def page_js() -> str:
+    """The script each page runs once (its arguments: ``visible``, ``tick``, ``ack``): the page's
+    protocol (ready, which views are in sight, keyboard slider moves), plus BokehJS repaint
+    shortcuts where Bokeh is the version they were written for."""
+    internals = _usable("BokehJS repaint shortcuts")
+    return PAGE_JS.replace("__EXPLORER_INTERNALS__", "true" if internals else "false")
+
+
+# Plots scrolled out of sight skip their layout and repaints, and repaint with the latest data when
+# they come back into view: the browser only draws what can be seen. (PlotView.pause() is not
+# enough: Bokeh's own unpause() calls cancel it.) The page also reports which views are in sight,
+# so the server sends data only to those.
+PAGE_JS = """
+if (!window.__explorer_page) {
+  window.__explorer_page = true;
+  const internals = __EXPLORER_INTERNALS__;
+  // Bokeh looks up a CSS variable (getComputedStyle, a style recalculation when anything changed)
+  // for every visual of every axis, grid and title at every repaint: measured in Chromium, the
+  // largest cost of a frame once legends were static. The page sets no such variables, so the
+  // look-up always falls back to the model's value: answer "" at once.
+  // Likewise a plot reads its font size from the computed style at every repaint (it never changes
+  // here), and a legend re-positions itself and measures its box (a forced layout) at every
+  // repaint although neither it nor its frame moved. Each patch is listed in __explorer_patched
+  // (the browser test checks them all, so a Bokeh upgrade that moves these internals is noticed).
+  window.__explorer_patched = [];
+  const patch = (name, fn) => {
+    if (!internals) return;
+    try { if (fn()) window.__explorer_patched.push(name); }
+    catch (e) { console.warn("explorer: Bokeh internals moved, " + name + " left as it is", e); }
+  };
+  patch("css_lookup", () => {
+    const proto = Bokeh.require("core/visuals/visual").VisualProperties.prototype;
+    if (typeof proto._get_css_value !== "function") return false;
+    proto._get_css_value = function () { return ""; };
+    return true;
+  });
+  patch("font_size", () => {
+    const proto = Bokeh.require("models/plots/plot_canvas").PlotView.prototype;
+    const own = Object.getOwnPropertyDescriptor(proto, "base_font_size");
+    if (own == null || own.get == null) return false;
+    Object.defineProperty(proto, "base_font_size", {configurable: true, get() {
+      if (this.__explorer_font_size == null) this.__explorer_font_size = own.get.call(this);
+      return this.__explorer_font_size;
+    }});
+    return true;
+  });
+  patch("legend_position", () => {
+    const proto = Bokeh.require("models/annotations/legend").LegendView.prototype;
+    const own = proto.update_position;
+    if (typeof own !== "function") return false;
+    proto.update_position = function () {
+      const f = this.plot_view.frame.bbox, l = this.layout != null ? this.layout.bbox : null;
+      const key = [this.is_visible, f.x, f.y, f.width, f.height,
+                   l != null ? [l.x, l.y, l.width, l.height].join() : ""].join();
+      if (key === this.__explorer_key && this._bbox != null && this._bbox.width > 0) return;
+      own.call(this);
+      this.__explorer_key = key;
+    };
+    return true;
+  });
+  const seen = new WeakSet();
+  const plots = [];
+  // The view a plot belongs to, from its data sources' names ("explorer.<view>.<what>").
+  const view_of = (v) => {
+    for (const r of v.model.renderers) {
+      const n = r.data_source != null ? r.data_source.name : null;
+      if (n != null && n.startsWith("explorer.")) return n.split(".")[1];
+    }
+    return null;
+  };
+  // Tell the server which views are in sight: it sends data only to those and catches the
+  // others up when they come into view.
+  let reported = null;
+  const report = () => {
+    const keys = new Set();
+    for (const v of plots) {
+      const k = view_of(v);
+      if (k != null && !v.__explorer_hidden && v.el.isConnected) keys.add(k);
+    }
+    const list = [...keys].sort();
+    if (list.join(",") !== reported) { reported = list.join(","); visible.data = {keys: list}; }
+  };
+  const io = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const v = e.target.__explorer_view;
+      if (v == null) continue;
+      v.__explorer_hidden = !e.isIntersecting;
+      if (e.isIntersecting && v.__explorer_dirty) { v.__explorer_dirty = false; v.request_repaint(); }
+    }
+    report();
+  }, {rootMargin: "0px"});
+  const scan = () => {
+    const found = Bokeh.index.query((v) => v.model != null && v.el != null &&
+                                           ["Figure", "Plot"].includes(v.model.constructor.__name__));
+    for (const v of found) {
+      if (seen.has(v)) continue;
+      seen.add(v);
+      plots.push(v);
+      // Skip layout and paint while out of sight; remember to repaint when seen again.
+      for (const name of internals ? ["repaint", "paint"] : []) {
+        const own = v[name].bind(v);
+        v[name] = (...args) => {
+          if (v.__explorer_hidden) { v.__explorer_dirty = true; return; }
+          return own(...args);
+        };
+      }
+      v.el.__explorer_view = v;
+      io.observe(v.el);
+    }
+  };
+  // A slider moved with the arrow keys updates only value_throttled; copy it into value so the
+  // move reaches the server like a drag (the settings follow "value").
+  const sliders = new WeakSet();
+  const scan_sliders = () => {
+    for (const doc of Bokeh.documents) {
+      for (const m of doc.all_models) {
+        if (m.constructor.__name__ !== "Slider" || sliders.has(m)) continue;
+        sliders.add(m);
+        m.properties.value_throttled.change.connect(() => {
+          if (m.value_throttled != null && m.value !== m.value_throttled) m.value = m.value_throttled;
+        });
+      }
+    }
+  };
+  scan();
+  scan_sliders();
+  setInterval(() => { scan(); scan_sliders(); }, 1000);
+  // The page is ready: from now on the server may send changes (any sent while the page was still
+  // connecting could be lost), and what came with the document is confirmed.
+  ack.data = {seq: [tick.data.seq[0]], ready: [1]};
+}
+"""
