@@ -123,14 +123,14 @@ class TrainSettings(EPSettings):
     trainer = param.Selector(default="ep", objects=list(TRAINERS), doc="ep, or bp (the feed-forward baseline).")
     variant = param.Selector(default="centered", objects=list(VARIANTS),
                              doc="centered (+beta and -beta) or one_sided EP estimate.")
-    tol = param.Number(default=None, allow_None=True, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
+    tol = param.Number(default=None, allow_None=True, bounds=(0.0, 1.0), inclusive_bounds=(True, False),
                        step=1e-4, label="Tolerance",
                        doc="Stop each phase once the largest relative step ||s_t - s_(t-1)|| / ||s_t|| falls "
-                           "below this (default: off, every phase runs T free / T nudge iterations).")
+                           "below this (default: off, 0 too: every phase runs T free / T nudge iterations).")
     eval_t_free = param.Integer(default=None, allow_None=True, bounds=(1, 10_000),
                                 doc="Free-phase iterations at evaluation (default: T free).")
-    eval_tol = param.Number(default=None, allow_None=True, bounds=(0.0, 1.0), inclusive_bounds=(False, False),
-                            doc="Tolerance at evaluation (default: tol).")
+    eval_tol = param.Number(default=None, allow_None=True, bounds=(0.0, 1.0), inclusive_bounds=(True, False),
+                            doc="Tolerance at evaluation (default: tol; 0: off).")
     warm_start = param.Boolean(default=True, doc="Start each batch's free phase from the previous batch's "
                                                  "fixed point.")
     batch_norm = param.Boolean(default=None, allow_None=True, doc="bp only (default: on for bp).")
@@ -398,6 +398,8 @@ def add_arguments(parser, schema, only=None, defaults: dict | None = None, help_
                                   else default)
         doc = (p.doc or "").strip().rstrip(".")
         help_ = f"{doc}; {allowed(p)}" if isinstance(p, param.Number) and p.bounds else doc
+        if isinstance(shown, bool):
+            shown = "on" if shown else "off"
         if shown is not None and "(default" not in doc:
             help_ += f" (default: {_show(shown)})"
         help_ = help_.replace("%", "%%")
@@ -440,7 +442,7 @@ def from_args(args, schema, only=None, defaults: dict | None = None, base: dict 
             try:
                 out[name] = check_param(schema.param[name], typed[name])
             except ValueError as exc:
-                raise ValueError(f"{option(name)} {_show(typed[name])} {exc}") from None
+                raise ValueError(f"{option(name)} {_show(getattr(args, name))} {exc}") from None
         elif base and name in base:
             out[name] = check(schema, name, base[name])
         else:
