@@ -64,7 +64,9 @@ def add_run_options(p: argparse.ArgumentParser, only: tuple[str, ...], defaults:
 def fill_run_settings(args) -> None:
     """The run settings of a command (defaults where not given), each checked; ValueError naming one.
     ``args.given`` says which were typed."""
-    only, defaults = getattr(args, "_run_settings", ((), {}))
+    if not hasattr(args, "_run_settings"):
+        return
+    only, defaults = args._run_settings
     args.given = {n for n in only if n in vars(args)}
     vars(args).update(from_args(args, RunSettings, only=only, defaults=defaults))
 

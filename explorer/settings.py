@@ -316,7 +316,7 @@ def _show(value) -> str:
 def to_dict(obj, only=None) -> dict:
     """The settings of a Parameterized instance as plain values."""
     out = {}
-    for n in only or names(obj):
+    for n in names(obj) if only is None else only:
         v = getattr(obj, n)
         out[n] = list(v) if isinstance(v, tuple) else v
     return out
@@ -358,7 +358,7 @@ def parse_query(target, given: dict[str, str], only=None) -> tuple[dict, list[st
     bad value keeps). Returns (values, problems): each problem names the setting, the value typed
     and what is allowed, e.g. "beta = 1.5 is outside 0 to 1; kept 0.15"; the other values apply.
     """
-    known = set(only or names(target))
+    known = set(names(target) if only is None else only)
     values, problems = {}, []
     for name, text in given.items():
         if name not in known:
@@ -391,7 +391,7 @@ def add_arguments(parser, schema, only=None, defaults: dict | None = None, help_
     :func:`from_args`, so every bad value gives one line naming it.
     """
     defaults, help_defaults = defaults or {}, help_defaults or {}
-    for name in only or names(schema):
+    for name in names(schema) if only is None else only:
         p = schema.param[name]
         default = defaults.get(name, p.default)
         shown = help_defaults.get(name, "off" if default is None and isinstance(p, (param.Boolean, param.List))
@@ -420,7 +420,7 @@ def add_arguments(parser, schema, only=None, defaults: dict | None = None, help_
 def given(args, schema, only=None) -> dict:
     """The settings typed on the command line, converted (unchecked); ValueError naming a bad one."""
     out = {}
-    for name in only or names(schema):
+    for name in names(schema) if only is None else only:
         if name in vars(args):
             text = getattr(args, name)
             try:
@@ -437,7 +437,7 @@ def from_args(args, schema, only=None, defaults: dict | None = None, base: dict 
     defaults = defaults or {}
     typed = given(args, schema, only)
     out = {}
-    for name in only or names(schema):
+    for name in names(schema) if only is None else only:
         if name in typed:
             try:
                 out[name] = check_param(schema.param[name], typed[name])
