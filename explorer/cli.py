@@ -63,11 +63,11 @@ def add_run_options(p: argparse.ArgumentParser, only: tuple[str, ...], defaults:
 
 def fill_run_settings(args) -> None:
     """The run settings of a command (defaults where not given), each checked; ValueError naming one.
-    ``args.given`` says which were typed."""
+    ``args.typed_settings`` names those typed."""
     if not hasattr(args, "_run_settings"):
         return
     only, defaults = args._run_settings
-    args.given = {n for n in only if n in vars(args)}
+    args.typed_settings = {n for n in only if n in vars(args)}
     vars(args).update(from_args(args, RunSettings, only=only, defaults=defaults))
 
 
@@ -116,7 +116,7 @@ def cmd_relax(args) -> int:
     record = RecordConfig(units=args.units)
     t0 = time.perf_counter()
     # the tolerance ends a phase when asked for (--stop-at-tol, or a --tol typed)
-    tol = args.tol if args.stop_at_tol or "tol" in args.given else None
+    tol = args.tol if args.stop_at_tol or "tol" in args.typed_settings else None
     common = dict(schedule=args.schedule, tol=tol, target=target, record=record, omega=args.omega)
     free = relax(net, x, steps=args.t_free, **common)
     phases = [free]

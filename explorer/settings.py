@@ -62,7 +62,7 @@ class EPSettings(Settings):
                         precedence=0.21, doc="Nudging strength beta of the nudged phases (+beta and -beta).")
     t_free = param.Integer(default=120, bounds=(1, 1000), softbounds=(5, 400), precedence=0.22, label="T free",
                            doc="Iterations of the free phase.")
-    t_nudge = param.Integer(default=50, bounds=(1, 500), softbounds=(5, 200), precedence=0.23, label="T nudge",
+    t_nudge = param.Integer(default=50, bounds=(1, 1000), softbounds=(5, 200), precedence=0.23, label="T nudge",
                             doc="Iterations of each nudged phase.")
     schedule = param.Selector(default="paper", objects=list(SCHEDULES), precedence=0.24,
                               doc="Layer update order: 'paper' (odd layers then even: a Jacobi step "

@@ -112,7 +112,7 @@ def test_a_query_applies_what_it_can_and_names_each_problem():
     assert any(p.startswith("unknown setting 'colour'") for p in problems) and len(problems) == 5
     # a class: what a bad value keeps is the default
     _, problems = S.parse_query(RunSettings, {"t_nudge": "0"})
-    assert problems == ["t_nudge = 0 is outside 1 to 500; kept 50"]
+    assert problems == ["t_nudge = 0 is outside 1 to 1000; kept 50"]
 
 
 def test_settings_go_to_plain_values_and_back():

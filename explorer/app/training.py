@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -193,7 +192,7 @@ class TrainSettings(schema.TrainSettings):
             c = c.describing(start.spec)   # as the trainer will (the saved settings describe the model)
         try:
             resolved = c.resolved()
-            spec = start.spec.with_alpha(alpha) if self.continuing else resolved.build_spec()
+            spec = start.spec.with_alpha(resolved.alpha) if self.continuing else resolved.build_spec()
         except SpecError as exc:
             raise SettingError(f"cannot build that network: {exc}") from exc
         except ValueError as exc:
