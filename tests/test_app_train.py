@@ -326,7 +326,7 @@ def test_start_while_training_is_refused(app):
     assert any("in progress" in t for _, t in app.messages)
 
 
-def test_pages_train_independently_and_shutdown_stops_the_worker_within_seconds(trained_dir):
+def test_pages_train_independently_and_shutdown_stops_the_worker_within_a_batch(trained_dir):
     a, b = make_app(epochs=50), make_app()
     try:
         press(a, "start")
