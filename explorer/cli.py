@@ -87,7 +87,7 @@ def make_network(args) -> tuple[HopfieldNetwork, dict]:
             options.update(depth=args.depth, width=args.width, input_shape=args.input_shape)
         spec = build_spec(args.builder, **options)
         net, meta = HopfieldNetwork(spec, seed=args.seed, dtype=dtype), {}
-    if args.alpha is not None:
+    if getattr(args, "alpha", None) is not None:   # --alpha comes with add_run_options
         net.set_alpha(args.alpha)
     return net.to(args.device), meta
 
