@@ -88,8 +88,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(net: HopfieldNetwork, path, settings: dict | None = None,
-                    provenance: dict | None = None, extra_tensors: dict | None = None) -> Path:
-    """Write NAME.safetensors then NAME.json, each atomically. Returns the stem."""
+                    provenance: dict | None = None, extra_tensors: dict | None = None,
+                    description: dict | None = None) -> Path:
+    """Write NAME.safetensors then NAME.json, each atomically. Returns the stem.
+
+    ``description``: more top-level fields of the JSON (a trainer's position and card)."""
     stem = stem_of(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
@@ -97,6 +100,7 @@ def save_checkpoint(net: HopfieldNetwork, path, settings: dict | None = None,
             raise ValueError(f"extra tensor {k!r} must be named under one of {AUX_PREFIXES}")
         tensors[k] = v.detach().to("cpu").contiguous()
     meta = describe(net, settings, provenance)
+    meta.update(description or {})
     _atomic_write(stem.with_suffix(".safetensors"), st_save(tensors, metadata={"format": FORMAT}))
     _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
     return stem

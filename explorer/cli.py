@@ -17,6 +17,7 @@ from .dynamics import SCHEDULES, relax
 from .ep import bptt_gradient, compare, ep_gradient
 from .network import BUILDERS, HopfieldNetwork, SpecError, build_spec
 from .record import RecordConfig
+from .settings import RunSettings, add_arguments, from_args
 
 COMMANDS = {}
 
@@ -45,11 +46,33 @@ def add_network_options(p: argparse.ArgumentParser, depth=5, width=8, shape="1,2
     g.add_argument("--width", type=int, default=width, help="channels of the first two layers")
     g.add_argument("--input-shape", type=_shape, default=_shape(shape))
     g.add_argument("--classes", type=int, default=10)
-    g.add_argument("--alpha", type=float, default=None, help="clipping threshold (default: the network's, 6)")
     g.add_argument("--cost", choices=("mse", "cross_entropy"), default="mse")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--float64", action="store_true", help="compute in float64")
+
+
+def add_run_options(p: argparse.ArgumentParser, only: tuple[str, ...], defaults: dict | None = None,
+                    help_defaults: dict | None = None) -> None:
+    """Options for these RunSettings (--alpha, --beta, --t-free ...), derived from the schema; ``main``
+    fills their values into the namespace, checked, before the command runs."""
+    add_arguments(p.add_argument_group("run settings"), RunSettings, only=only, defaults=defaults,
+                  help_defaults=help_defaults)
+    p.set_defaults(_run_settings=(only, defaults or {}))
+
+
+def fill_run_settings(args) -> None:
+    """The run settings of a command (defaults where not given), each checked; ValueError naming one.
+    ``args.typed_settings`` names those typed."""
+    if not hasattr(args, "_run_settings"):
+        return
+    only, defaults = args._run_settings
+    args.typed_settings = {n for n in only if n in vars(args)}
+    vars(args).update(from_args(args, RunSettings, only=only, defaults=defaults))
+
+
+# --alpha left out keeps the network's own (a checkpoint's, or the builder's 6)
+ALPHA_HELP = {"alpha": "the network's own, 6 for a builder"}
 
 
 def make_network(args) -> tuple[HopfieldNetwork, dict]:
@@ -69,7 +92,7 @@ def make_network(args) -> tuple[HopfieldNetwork, dict]:
             options.update(depth=args.depth, width=args.width, input_shape=args.input_shape)
         spec = build_spec(args.builder, **options)
         net, meta = HopfieldNetwork(spec, seed=args.seed, dtype=dtype), {}
-    if args.alpha is not None:
+    if getattr(args, "alpha", None) is not None:   # --alpha comes with add_run_options
         net.set_alpha(args.alpha)
     return net.to(args.device), meta
 
@@ -97,7 +120,9 @@ def cmd_relax(args) -> int:
     x, target = make_inputs(net, args.batch, args.seed)
     record = RecordConfig(units=args.units)
     t0 = time.perf_counter()
-    common = dict(schedule=args.schedule, tol=args.tol, target=target, record=record, omega=args.omega)
+    # the tolerance ends a phase when asked for (--stop-at-tol, or a --tol typed)
+    tol = args.tol if args.stop_at_tol or "tol" in args.typed_settings else None
+    common = dict(schedule=args.schedule, tol=tol, target=target, record=record, omega=args.omega)
     free = relax(net, x, steps=args.t_free, **common)
     phases = [free]
     if args.beta:
@@ -171,12 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("relax", help=cmd_relax.__doc__)
     add_network_options(p)
+    add_run_options(p, ("alpha", "beta", "t_free", "t_nudge", "schedule", "tol", "stop_at_tol"),
+                    defaults={"alpha": None, "beta": None},
+                    help_defaults={**ALPHA_HELP, "beta": "off: the free phase only"})
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--beta", type=float, default=0.0, help="also run nudged phases with +beta and -beta")
-    p.add_argument("--t-free", type=int, default=120)
-    p.add_argument("--t-nudge", type=int, default=50)
-    p.add_argument("--schedule", choices=SCHEDULES, default="paper")
-    p.add_argument("--tol", type=float, default=None, help="stop a phase when the relative step falls under this")
     p.add_argument("--omega", type=float, default=1.0,
                    help="over-relaxation in (0, 2): same fixed points, often fewer steps (use with descent_safe)")
     p.add_argument("--units", type=int, default=4)
@@ -188,13 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help=cmd_gradcheck.__doc__)
     add_network_options(p, depth=4, width=4, shape="1,8,8")
     p.set_defaults(classes=5)
+    add_run_options(p, ("alpha", "beta", "t_free", "t_nudge", "schedule", "tol"),
+                    defaults={"alpha": None, "beta": 1e-3, "t_free": 1000, "t_nudge": 1000, "tol": 1e-10,
+                              "schedule": "descent_safe"}, help_defaults=ALPHA_HELP)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--beta", type=float, default=1e-3)
-    p.add_argument("--t-free", type=int, default=1000)
-    p.add_argument("--t-nudge", type=int, default=1000)
     p.add_argument("--bptt-steps", type=int, default=300)
-    p.add_argument("--tol", type=float, default=1e-10)
-    p.add_argument("--schedule", choices=SCHEDULES, default="descent_safe")
     p.add_argument("--json", action="store_true")
 
     for name, fn in _extra_commands():
@@ -218,6 +239,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        fill_run_settings(args)
         return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
     except (CheckpointError, SpecError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,9 +6,11 @@ Command line::
         --tol 1e-3 --out models_zoo/resnet5 [--resume] [--config configs/x.json]
     python -m explorer evaluate models_zoo/resnet5 [--json] [--limit N]
 
-Every setting is a field of :class:`TrainConfig`; a ``--config`` JSON file
-holds any of them (command-line options win), and the checkpoint JSON stores
-them all under ``settings`` with the exact command line under ``provenance``.
+Every setting is defined once, in :class:`explorer.settings.TrainSettings`
+(bounds, default, doc); the options below and the fields of
+:class:`TrainConfig` are derived from it. A ``--config`` JSON file holds any of
+them (command-line options win), and the checkpoint JSON stores them all under
+``settings`` with the exact command line under ``provenance``.
 The defaults are the paper's recipe (MODEL.md): centered EP, beta 0.15,
 T_free 120 / T_nudge 50, warm-started free phase, SGD Nesterov 0.9, lr 0.03
 cosine to 2e-6, weight decay 3.5e-4, global gradient norm clipped at 1, MSE.
@@ -49,8 +51,12 @@ consumed) or with ``trainer.pause_event.set()`` / ``.clear()``; stop with
 boundary). The same events, every ``log_every``-th batch event included, are
 appended as JSON lines to ``NAME.metrics.jsonl`` next to the checkpoint.
 
-Resuming: checkpoints hold the optimiser state (``extra.optim.*``), the
-position (``extra.train.position`` = epoch, batch, step) and the RNG state
+Resuming (``--resume NAME``) continues with the checkpoint's own settings;
+options typed with it override those that may change (``--epochs``, ``--tol``,
+``--lr`` ...), and one that would change the checkpoint's network, data or
+optimiser (``RESUME_FIXED``) is refused by name. Checkpoints hold the
+optimiser state (``extra.optim.*``), the position (``extra.train.position`` =
+epoch, batch, step) and the RNG state
 (``extra.rng.*``); the learning rate is a pure function of the position and
 the shuffling order a pure function of (seed, epoch), so ``--resume``
 continues a killed run from its last checkpoint exactly, except that the
@@ -78,122 +84,55 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save as st_save
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from . import data as data_mod
 from .baseline import BN_PREFIX, FeedForward
-from .checkpoint import FORMAT, CheckpointError, _atomic_write, describe, load_checkpoint, stem_of
-from .dynamics import SCHEDULES
+from . import settings as settings_mod
+from .checkpoint import CheckpointError, _atomic_write, load_checkpoint, save_checkpoint, stem_of
 from .dynamics import cost
-from .ep import VARIANTS, ep_gradient, estimate, run_phases
+from .ep import ep_gradient, estimate, run_phases
 from .evaluate import (autocast, check_dataset_fits, evaluate, load_split, model_for_checkpoint,
                        one_line, summarise, test_batches)
 from .network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, build_spec
+from .settings import TrainSettings
 
-TRAINERS = ("ep", "bp")
-OPTIMIZERS = ("sgd", "adam")
+CONFIG_FIELDS = settings_mod.names(TrainSettings)
+# Settings a resumed run keeps from its checkpoint: they define its network, its data and what
+# its saved position and optimiser state mean. Others (--epochs, --tol, --lr ...) may change.
+RESUME_FIXED = ("dataset", "limit", "normalize", "builder", "depth", "width", "classes", "alpha", "cost", "gains",
+                "seed", "trainer", "optimizer", "batch_norm", "batch_size")
+MACHINE_SETTINGS = ("device", "out", "progress")   # never taken from a checkpoint: they belong to this machine
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (stored in the checkpoint as ``settings``)."""
-
-    # data
-    dataset: str = "fashion_mnist"
-    data_path: str | None = None
-    limit: int | None = None              # first N training images only
-    eval_limit: int | None = None         # first N test images for the per-epoch evaluation
-    final_eval_limit: int | None = None   # for the card (None: the full test split)
-    normalize: bool = True
-    flip: bool = False
-    crop_padding: int = 0
-    randaugment: list | None = None       # [num_ops, magnitude], e.g. [3, 9]
-    # network
-    builder: str = "resnet"               # resnet | plain | resnet13
-    depth: int = 5
-    width: int = 8
-    classes: int | None = None            # default: the data set's
-    alpha: float = 6.0
-    cost: str = "mse"
-    gains: float | None = None            # one gain for every edge (default: the builder's 0.7)
-    seed: int = 0
-    # learning rule
-    trainer: str = "ep"                   # ep | bp
-    variant: str = "centered"             # centered | one_sided
-    beta: float = 0.15
-    t_free: int = 120
-    t_nudge: int = 50
-    schedule: str = "paper"
-    tol: float | None = None              # stop each phase when the relative step < tol
-    eval_t_free: int | None = None        # default: t_free
-    eval_tol: float | None = None         # default: tol
-    warm_start: bool = True
-    batch_norm: bool | None = None        # bp only; default True for bp
-    # optimisation
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    optimizer: str | None = None          # default: sgd for ep, adam for bp
-    lr: float | None = None               # default: 0.03 for sgd, 1e-3 for adam
-    lr_min: float = 2e-6
-    lr_schedule: str = "cosine"           # cosine | constant
-    lr_step: str = "epoch"                # epoch (paper) | batch (smooth, for short runs)
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 3.5e-4
-    clip: float = 1.0                     # global gradient norm; 0 disables
-    # running
-    out: str | None = None                # checkpoint stem
-    save_every: int = 0                   # also checkpoint every N batches
-    log_every: int = 50                   # a batch line in the JSONL every N batches
-    threads: int = 1
-    device: str = "auto"                  # auto: cuda when present, else cpu
-    amp: bool = False                     # bf16 autocast
-    progress: bool = True
+class _TrainConfigMethods:
+    """Methods of :class:`TrainConfig`, a dataclass whose fields are :class:`TrainSettings`."""
 
     def resolved(self) -> "TrainConfig":
-        """Fill the trainer-dependent defaults and check every value once."""
+        """Fill the trainer-dependent defaults and check every value once (against TrainSettings)."""
         c = dataclasses.replace(self)
-        c.dataset = data_mod.canonical_name(c.dataset) if c.dataset in data_mod.DATASETS or \
-            c.dataset.replace("-", "_").lower() in data_mod.DATASETS else c.dataset
+        c.dataset = _canonical_dataset(c.dataset)
         if c.device == "auto":
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if c.trainer not in TRAINERS:
-            raise ValueError(f"trainer must be one of {TRAINERS}, got {c.trainer!r}")
+        for name in ("tol", "eval_tol"):   # 0 (or less): no tolerance, every phase runs to its end
+            if isinstance(getattr(c, name), (int, float)) and getattr(c, name) <= 0:
+                setattr(c, name, None)
+        if c.randaugment is not None and isinstance(c.randaugment, (list, tuple)):
+            c.randaugment = [int(v) for v in c.randaugment]
         if c.optimizer is None:
             c.optimizer = "adam" if c.trainer == "bp" else "sgd"
-        if c.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
         if c.lr is None:
             c.lr = 1e-3 if c.optimizer == "adam" else 0.03
         if c.batch_norm is None:
             c.batch_norm = c.trainer == "bp"
+        for name in CONFIG_FIELDS:
+            setattr(c, name, settings_mod.check(TrainSettings, name, getattr(c, name)))
         if c.batch_norm and c.trainer != "bp":
             raise ValueError("batch_norm applies to the bp trainer only (EP has no batch-norm)")
-        if c.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {c.variant!r}")
-        if c.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
-        if c.lr_schedule not in ("cosine", "constant") or c.lr_step not in ("epoch", "batch"):
-            raise ValueError("lr_schedule must be cosine|constant and lr_step epoch|batch")
-        for name in ("epochs", "batch_size", "eval_batch_size", "t_free", "t_nudge", "threads"):
-            if not isinstance(getattr(c, name), int) or getattr(c, name) < (0 if name == "threads" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(c, name)!r}")
-        if c.trainer == "ep" and not (0 < c.beta):
-            raise ValueError(f"beta must be positive, got {c.beta}")
-        for name in ("tol", "eval_tol"):
-            if getattr(c, name) is not None and getattr(c, name) <= 0:
-                setattr(c, name, None)
-        if c.randaugment is not None:
-            c.randaugment = [int(v) for v in c.randaugment]
-            if len(c.randaugment) != 2:
-                raise ValueError(f"randaugment is [num_ops, magnitude], got {c.randaugment!r}")
         return c
 
     def to_dict(self) -> dict:
@@ -201,12 +140,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; known ones are the fields of "
-                             f"TrainConfig (see python -m explorer train --help)")
-        return cls(**d)
+        """A config from plain values (a file, a checkpoint): unknown names and bad values are named."""
+        d = dict(d)
+        if isinstance(d.get("dataset"), str):
+            d["dataset"] = _canonical_dataset(d["dataset"])
+        try:
+            return cls(**settings_mod.from_dict(TrainSettings, d))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (see python -m explorer train --help)") from None
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
@@ -227,6 +168,21 @@ class TrainConfig:
                               input_shape=shape, width=self.width)
         return build_spec(self.builder, depth=self.depth, width=self.width, n_classes=classes,
                           input_shape=shape, alpha=self.alpha, cost=self.cost, gains=self.gains)
+
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(n, object, dataclasses.field(default=TrainSettings.param[n].default)) for n in CONFIG_FIELDS],
+    bases=(_TrainConfigMethods,))
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = ("Every setting of a training run (stored in the checkpoint as ``settings``): the fields, "
+                       "defaults, bounds and docs are those of explorer.settings.TrainSettings.")
+
+
+def _canonical_dataset(name):
+    try:
+        return data_mod.canonical_name(name)
+    except (data_mod.DataError, ValueError):
+        return name    # the schema check names it
 
 
 def read_config_file(path) -> dict:
@@ -407,32 +363,28 @@ class Trainer:
         stem = stem_of(path) if path else self.stem
         if stem is None or self.rank != 0:
             return None
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.net.state_dict().items()}
+        extra = {}
         if self.model is not None:
-            tensors.update({k: v.detach().cpu().contiguous() for k, v in self.model.bn_tensors().items()})
+            extra.update(self.model.bn_tensors())
         for name, p in zip(self.param_names, self.params):
             for k, v in self.optimizer.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor):
-                    tensors[f"extra.optim.{name}.{k}"] = v.detach().cpu().contiguous()
-        tensors["extra.train.position"] = torch.tensor([self.epoch, self.batch, self.step], dtype=torch.int64)
-        tensors["extra.rng.cpu"] = torch.get_rng_state()
+                    extra[f"extra.optim.{name}.{k}"] = v
+        extra["extra.train.position"] = torch.tensor([self.epoch, self.batch, self.step], dtype=torch.int64)
+        extra["extra.rng.cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
-            tensors["extra.rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            extra["extra.rng.cuda"] = torch.cuda.get_rng_state(self.device)
         prov = {"command": self.command, "host_threads": torch.get_num_threads(),
                 "device": str(self.device), "world_size": self.world}
         if self.init_from is not None:
             prov["fine_tuned_from"] = self.init_from
-        meta = describe(self.net, self.settings(), prov)
-        meta["training"] = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                            "batches_per_epoch": self.batches_per_epoch, "finished": self.finished,
-                            "lr": self.optimizer.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1),
-                            "reason": reason, "resumed_from": self.resumed_from}
+        more = {"training": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                             "batches_per_epoch": self.batches_per_epoch, "finished": self.finished,
+                             "lr": self.optimizer.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1),
+                             "reason": reason, "resumed_from": self.resumed_from}}
         if self.card is not None:
-            meta["card"] = self.card
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(stem.with_suffix(".safetensors"), st_save(tensors, metadata={"format": FORMAT}))
-        _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
-        return stem
+            more["card"] = self.card
+        return save_checkpoint(self.net, stem, self.settings(), prov, extra_tensors=extra, description=more)
 
     def request_checkpoint(self) -> None:
         """Ask for a checkpoint at the next batch boundary (safe from another thread)."""
@@ -722,93 +674,19 @@ class _MetricsLog:
 # Command line
 # ---------------------------------------------------------------------------
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _opt_int(text: str):
-    return None if text.lower() in ("none", "all", "0") else int(text)
-
-
-class _Options:
-    """An argument group whose options are absent unless given (so a --config file can fill them)."""
-
-    def __init__(self, group):
-        self.group = group
-
-    def add_argument(self, *names, help_default=None, help="", **kw):
-        if help_default is not None:
-            help = f"{help} (default: {help_default})".strip()
-        self.group.add_argument(*names, default=argparse.SUPPRESS, help=help, **kw)
-
-
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--config", help="JSON file of settings (field names of TrainConfig); options given here win")
+    """The ``train`` options: --config, --resume, --init, and one option per TrainSettings setting."""
+    p.add_argument("--config", help="JSON file of settings (the names of --help's options, with _); options "
+                                    "given here win")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint (without a value: --out, if it exists, else start fresh)")
+                   help="continue from a checkpoint with its own settings (options given here override those "
+                        "that can change, e.g. --epochs); without a value: --out, if it exists, else start fresh")
     p.add_argument("--init", metavar="CHECKPOINT", default=None,
                    help="fine-tune: start from a copy of this checkpoint's weights (its architecture replaces "
                         "the network options; its alpha, unless --alpha is given)")
-    _Options(p).add_argument("--out", help="checkpoint stem: writes OUT.json, OUT.safetensors, OUT.metrics.jsonl")
-    g = _Options(p.add_argument_group("data"))
-    g.add_argument("--dataset", choices=data_mod.DATASETS, help_default=d.dataset)
-    g.add_argument("--data-path", help="folder holding the data set (default: the usual places)")
-    g.add_argument("--limit", type=_opt_int, help="train on the first N training images only")
-    g.add_argument("--eval-limit", type=_opt_int, help="per-epoch evaluation on the first N test images")
-    g.add_argument("--final-eval-limit", type=_opt_int, help="card evaluation on N test images (default: all)")
-    g.add_argument("--normalize", type=_bool, help_default=d.normalize)
-    g.add_argument("--flip", type=_bool, help_default=d.flip)
-    g.add_argument("--crop-padding", type=int, help_default=d.crop_padding)
-    g.add_argument("--randaugment", type=int, nargs=2, metavar=("OPS", "MAGNITUDE"))
-    g = _Options(p.add_argument_group("network"))
-    g.add_argument("--builder", choices=("resnet", "plain", "resnet13"), help_default=d.builder)
-    g.add_argument("--depth", type=int, help_default=d.depth)
-    g.add_argument("--width", type=int, help_default=d.width)
-    g.add_argument("--classes", type=int, help="output units (default: the data set's class count)")
-    g.add_argument("--alpha", type=float, help_default=d.alpha)
-    g.add_argument("--cost", choices=("mse", "cross_entropy"), help_default=d.cost)
-    g.add_argument("--gains", type=float, help="weight-init gain of every edge (default 0.7)")
-    g.add_argument("--seed", type=int, help_default=d.seed)
-    g = _Options(p.add_argument_group("learning rule"))
-    g.add_argument("--trainer", choices=TRAINERS, help_default=d.trainer, help="ep, or bp (feed-forward baseline)")
-    g.add_argument("--variant", choices=VARIANTS, help_default=d.variant)
-    g.add_argument("--beta", type=float, help_default=d.beta)
-    g.add_argument("--t-free", type=int, help_default=d.t_free)
-    g.add_argument("--t-nudge", type=int, help_default=d.t_nudge)
-    g.add_argument("--schedule", choices=SCHEDULES, help_default=d.schedule)
-    g.add_argument("--tol", type=float, help="stop each phase when the relative step < tol (0: never)")
-    g.add_argument("--eval-t-free", type=int, help="free-phase steps at evaluation (default: --t-free)")
-    g.add_argument("--eval-tol", type=float, help="tolerance at evaluation (default: --tol)")
-    g.add_argument("--warm-start", type=_bool, help_default=d.warm_start)
-    g.add_argument("--batch-norm", type=_bool, help="bp only (default: true for bp)")
-    g = _Options(p.add_argument_group("optimisation"))
-    g.add_argument("--epochs", type=int, help_default=d.epochs)
-    g.add_argument("--batch-size", type=int, help_default=d.batch_size)
-    g.add_argument("--eval-batch-size", type=int, help_default=d.eval_batch_size)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd (ep), adam (bp)")
-    g.add_argument("--lr", type=float, help="default: 0.03 (sgd), 1e-3 (adam)")
-    g.add_argument("--lr-min", type=float, help_default=d.lr_min)
-    g.add_argument("--lr-schedule", choices=("cosine", "constant"), help_default=d.lr_schedule)
-    g.add_argument("--lr-step", choices=("epoch", "batch"), help_default=d.lr_step)
-    g.add_argument("--momentum", type=float, help_default=d.momentum)
-    g.add_argument("--nesterov", type=_bool, help_default=d.nesterov)
-    g.add_argument("--weight-decay", type=float, help_default=d.weight_decay)
-    g.add_argument("--clip", type=float, help_default=d.clip, help="global gradient-norm bound (0: off)")
-    g = _Options(p.add_argument_group("running"))
-    g.add_argument("--save-every", type=int, help_default=d.save_every, help="also checkpoint every N batches")
-    g.add_argument("--log-every", type=int, help_default=d.log_every, help="JSONL batch line every N batches")
-    g.add_argument("--threads", type=int, help_default=d.threads, help="torch CPU threads (default 1)")
-    g.add_argument("--device", help_default=d.device, help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--amp", action="store_true", help_default=d.amp, help="bf16 autocast")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-CONFIG_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+    settings_mod.add_arguments(p, TrainSettings, only=("out",))
+    for title, group in settings_mod.TRAIN_GROUPS.items():
+        settings_mod.add_arguments(p.add_argument_group(title), TrainSettings, only=group)
 
 
 def parse_train_args(argv: list[str]) -> argparse.Namespace:
@@ -819,24 +697,72 @@ def parse_train_args(argv: list[str]) -> argparse.Namespace:
 
 
 def config_from_args(args) -> TrainConfig:
-    """TrainConfig defaults, then the --config file, then the options given."""
-    settings = read_config_file(args.config) if getattr(args, "config", None) else {}
-    TrainConfig.from_dict(settings)  # names unknown keys of the file
-    given = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
-    if "randaugment" in given and given["randaugment"] is not None:
-        given["randaugment"] = list(given["randaugment"])
-    settings.update(given)
-    return TrainConfig.from_dict(settings)
+    """TrainSettings defaults, then a resumed checkpoint's settings, then the --config file, then the
+    options given; options that would change what a resumed checkpoint holds are refused by name."""
+    from_file = {}
+    if getattr(args, "config", None):
+        raw = read_config_file(args.config)
+        if isinstance(raw.get("dataset"), str):
+            raw["dataset"] = _canonical_dataset(raw["dataset"])
+        try:
+            from_file = settings_mod.from_dict(TrainSettings, raw)
+        except ValueError as exc:
+            raise ValueError(f"config file {args.config}: {exc}") from None
+    typed = settings_mod.given(args, TrainSettings)
+    stored, path = resume_settings(args)
+    _check_resume(path, stored, from_file, typed)
+    values = settings_mod.from_args(args, TrainSettings, base={**stored, **from_file})
+    return TrainConfig(**values)
+
+
+def resume_settings(args) -> tuple[dict, Path | None]:
+    """The settings stored in the checkpoint ``--resume`` continues (empty if none; read from its JSON
+    description only), and its path."""
+    resume = getattr(args, "resume", None)
+    if resume is None:
+        return {}, None
+    out = getattr(args, "out", None)
+    path = stem_of(resume) if resume not in ("auto", True) else (stem_of(out) if out else None)
+    if path is None or not path.with_suffix(".json").is_file():
+        return {}, path        # nothing to continue: the trainer starts fresh or says why
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}.json to resume: {exc}") from exc
+    saved = meta.get("settings") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        return {}, path
+    kept = {k: v for k, v in saved.items() if k in CONFIG_FIELDS and k not in MACHINE_SETTINGS}
+    try:
+        return settings_mod.from_dict(TrainSettings, kept), path
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}.json holds a setting that cannot be resumed: {exc}") from None
+
+
+def _check_resume(path, stored: dict, from_file: dict, typed: dict) -> None:
+    """Refuse, by name, options that would change what the resumed checkpoint holds."""
+    clashes = []
+    for name in RESUME_FIXED:
+        for source, asked in (("", typed), (" (in the --config file)", from_file)):
+            if name in asked and stored.get(name) is not None and asked[name] != stored[name]:
+                clashes.append(f"{settings_mod.option(name)} {settings_mod._show(asked[name])}{source} "
+                               f"(it has {settings_mod._show(stored[name])})")
+                break
+    if clashes:
+        raise CheckpointError(
+            f"cannot resume {path} with other settings: {'; '.join(clashes)}. A resumed run keeps its "
+            f"checkpoint's network, data and optimiser; leave those options out to continue it, or choose "
+            f"another --out to start a new run")
 
 
 def cmd_train(args) -> int:
+    if getattr(args, "init", None) and args.resume is not None:
+        raise ValueError("--init starts a new run from a checkpoint's weights and --resume continues a run: "
+                         "give one of them")
     config = config_from_args(args)
     command = "python -m explorer " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
     init_net = init_from = None
     if getattr(args, "init", None):
-        if args.resume is not None:
-            raise ValueError("--init starts a new run from a checkpoint's weights and --resume continues a run: "
-                             "give one of them")
         init_net, _ = load_checkpoint(args.init)    # safetensors and JSON: nothing is unpickled
         init_from = {"checkpoint": str(stem_of(args.init)), "network": init_net.spec.name}
         if "alpha" not in vars(args):

@@ -38,3 +38,23 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_relax_takes_the_run_settings_options_checked_by_the_schema(tmp_path, capsys):
+    net = HopfieldNetwork(hopfield_family(2, width=2), seed=1)
+    stem = save_checkpoint(net, tmp_path / "net")
+    base = ["relax", "--checkpoint", str(stem), "--json"]
+    assert main(base + ["--t-free", "30"]) == 0
+    whole = json.loads(capsys.readouterr().out)["phases"]
+    assert [p["phase"] for p in whole] == ["free"] and len(whole[0]["records"]) == 31   # no --beta: free only
+    # --stop-at-tol ends the phase at the tolerance (a loose one here); the default runs every step
+    assert main(base + ["--t-free", "30", "--tol", "0.5", "--stop-at-tol"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["phases"][0]["records"]) < 31
+    for args, words in ((["--beta", "3"], "--beta 3 is outside 0 to 2"),
+                        (["--t-free", "0"], "--t-free 0 is outside 1 to 1000"),
+                        (["--schedule", "fast"], "--schedule fast is not one of paper, descent_safe"),
+                        (["--alpha", "0"], "--alpha 0 is outside 0 to 50")):
+        capsys.readouterr()
+        assert main(base + args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1

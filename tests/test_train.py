@@ -106,6 +106,31 @@ def test_stopped_run_resumes_where_it_stopped_and_matches_an_uninterrupted_run(t
             torch.testing.assert_close(second.model.bn_tensors()[k], v, rtol=1e-5, atol=1e-6)
 
 
+def test_resume_with_no_options_continues_with_the_checkpoints_own_settings(tmp_path, capsys):
+    # As a new user would after a kill: the run had non-default settings; resume names only the checkpoint.
+    stem = tmp_path / "mine"
+    first = Trainer(tiny(tmp_path, "mine", depth=3, width=3, epochs=2, limit=48, alpha=4.0, t_free=6))
+    seen = []
+    last = first.run(callback=seen.append, should_stop=lambda: sum(e["kind"] == "batch" for e in seen) >= 4)
+    assert last["kind"] == "stopped"
+    _, meta = load_checkpoint(stem)
+    assert meta["training"]["step"] == 4 and not meta["training"]["finished"]
+
+    err = _error_line(capsys, ["train", "--resume", str(stem), "--depth", "5", "--width", "3", "--alpha", "6"])
+    assert "--depth 5 (it has 3)" in err and "--alpha 6 (it has 4)" in err and "--width" not in err
+    assert main(["train", "--resume", str(stem), "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    net, meta = load_checkpoint(stem)
+    assert (net.spec.depth, net.spec.width, net.alpha) == (3, 3, 4.0)
+    s = meta["settings"]
+    assert (s["t_free"], s["limit"], s["batch_size"], s["epochs"]) == (6, 48, 16, 2)
+    assert meta["training"]["finished"] and meta["training"]["step"] == 6 and meta["card"]["test_images"] == 32
+    # a setting that may change (more epochs) overrides the stored one
+    assert main(["train", "--resume", str(stem), "--epochs", "3", "--no-progress"]) == 0
+    _, meta = load_checkpoint(stem)
+    assert meta["settings"]["epochs"] == 3 and meta["training"]["step"] == 9
+
+
 def test_checkpoint_on_request_and_pause_from_the_app(tmp_path):
     trainer = Trainer(tiny(tmp_path))
     kinds = []
@@ -234,8 +259,9 @@ def _error_line(capsys, argv) -> str:
 def test_bad_inputs_give_one_line_naming_the_problem_and_the_fix(tmp_path, capsys, monkeypatch):
     base = ["train", *TINY_ARGS, "--limit", "16", "--epochs", "1"]
     Trainer(tiny(tmp_path, "resnet")).run()
+    # resuming takes the checkpoint's settings: an option that would change its network is refused by name
     err = _error_line(capsys, base + ["--builder", "plain", "--out", str(tmp_path / "resnet"), "--resume"])
-    assert "hopfield-resnet-2x2" in err and "same network options" in err
+    assert "cannot resume" in err and "--builder plain (it has resnet)" in err and "leave those options out" in err
     err = _error_line(capsys, base + ["--classes", "7"])
     assert "7 output units" in err and "10 classes" in err and "--classes 10" in err
     err = _error_line(capsys, base + ["--data-path", str(tmp_path / "nowhere")])

@@ -23,6 +23,7 @@ from ..checkpoint import CheckpointError, load_checkpoint_bytes
 from ..dynamics import SCHEDULES, check_beta
 from ..network import INPUT, OUTPUT, HopfieldNetwork, NetworkSpec, SpecError, hopfield_family
 from ..record import RecordConfig
+from ..settings import SPEEDS, RunSettings, parse_query
 
 # Fashion-MNIST normalisation of the shipped sample images: (x/255 - mean) / std.
 SAMPLE_MEAN, SAMPLE_STD = 0.2860, 0.3530
@@ -36,10 +37,9 @@ TRAINED_PREFIX = "trained: "
 TRAINED_DIR_ENV = "EXPLORER_TRAINED_DIR"
 DEFAULT_TRAINED_DIR = Path(__file__).resolve().parents[2] / "runs" / "app-trained"
 SAVE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-SPEEDS = [2, 5, 10, 20, 50, 100, 200, 500, 1000, "max"]  # relaxation steps per second
 # Settings whose change starts a new relaxation (the rest only change playback or display).
 RUN_SETTINGS = ("model", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule",
-                "sample", "map_layer")
+                "tol", "stop_at_tol", "sample", "map_layer")
 
 
 class SettingError(ValueError):
@@ -239,6 +239,8 @@ class RunRequest:
     model_name: str
     map_layer: str
     run_id: int = 0
+    tol: float = 1e-4             # relative-step tolerance: converged below it
+    stop_at_tol: bool = False     # end each phase once converged (the worker passes tol on)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -253,42 +255,23 @@ class RunRequest:
         return self.t_free + 2 * self.t_nudge
 
 
-class ExplorerState(param.Parameterized):
-    """The explorer's controls. Changing a run setting restarts the relaxation."""
+class ExplorerState(RunSettings):
+    """The explorer's controls. Changing a run setting restarts the relaxation.
+
+    The run settings (depth, residual, alpha, beta, T free, T nudge, schedule, tol, stop_at_tol,
+    speed) are those of :class:`explorer.settings.RunSettings`; the model, the input and the display are
+    the page's own.
+    """
 
     model = param.Selector(default="untrained resnet", objects=list(UNTRAINED), precedence=0.10,
                            doc="Network: a zoo checkpoint, an untrained network from the builder, "
                                "an uploaded checkpoint, or one saved from the Train view.")
-    depth = param.Integer(default=5, bounds=(1, 12), precedence=0.11,
-                          doc="Hidden convolutional layers on the main path (untrained builders only; "
-                              "a checkpoint's depth is fixed).")
-    residual = param.Boolean(default=True, precedence=0.12,
-                             doc="Residual (skip) edges into every even layer (untrained builders only).")
-    # No softbounds on alpha and beta: Panel (1.9) takes an exclusive hard bound to apply to the
-    # soft bound too, and snaps a slider moved to its end back without a word; the sliders'
-    # ranges are SLIDER_RANGES instead.
-    alpha = param.Number(default=6.0, bounds=(0.0, 50.0), inclusive_bounds=(False, True),
-                         step=0.1, precedence=0.20,
-                         doc="Clipping threshold alpha of the activation min(max(u, 0), alpha).")
-    beta = param.Number(default=0.15, bounds=(0.0, 2.0), inclusive_bounds=(False, False),
-                        step=0.01, precedence=0.21,
-                        doc="Nudging strength beta of the nudged phases (+beta and -beta).")
-    t_free = param.Integer(default=120, bounds=(1, 1000), softbounds=(5, 400), precedence=0.22,
-                           label="T free", doc="Iterations of the free phase.")
-    t_nudge = param.Integer(default=50, bounds=(1, 500), softbounds=(5, 200), precedence=0.23,
-                            label="T nudge", doc="Iterations of each nudged phase.")
-    schedule = param.Selector(default="paper", objects=list(SCHEDULES), precedence=0.24,
-                              doc="Layer update order: 'paper' (odd layers then even: a Jacobi step "
-                                  "between skip-coupled layers), 'descent_safe' (never two coupled "
-                                  "layers at once) or 'synchronous'.")
     sample = param.Selector(default=0, objects=[0], precedence=0.30, label="Input image",
                             doc="Which sample image to relax on; its label is the nudging target.")
     playing = param.Boolean(default=True, precedence=0.40, label="Play",
                             doc="Run the relaxation (off: pause it).")
     step = param.Event(precedence=0.41, label="Step", doc="While paused, advance one iteration.")
     reset = param.Event(precedence=0.42, label="Reset", doc="Restart the relaxation from the zero state.")
-    speed = param.Selector(default=100, objects=SPEEDS, precedence=0.43, label="Speed (steps/s)",
-                           doc="Playback: relaxation steps per second ('max': as fast as the machine runs).")
     units_layer = param.Selector(default="s1", objects=["s1"], precedence=0.50, label="Units of layer",
                                  doc="Layer whose few chosen units the trajectory view plots.")
     map_layer = param.Selector(default="s2", objects=["s2"], precedence=0.51, label="Feature map layer",
@@ -460,40 +443,15 @@ class ExplorerState(param.Parameterized):
                           beta=float(self.beta), t_free=int(self.t_free), t_nudge=int(self.t_nudge),
                           schedule=self.schedule, record=record, sample=int(self.sample), label=label,
                           class_names=self.samples.class_names, model_name=self.model,
-                          map_layer=map_layer)
+                          map_layer=map_layer, tol=float(self.tol), stop_at_tol=bool(self.stop_at_tol))
 
     def settings_from_text(self, given: dict[str, str]) -> tuple[dict, list[str]]:
         """Typed settings from text (a page's URL query, e.g. ``?beta=0.3&speed=max``).
 
-        Returns (settings, problems); unknown names and unreadable values are problems.
+        Returns (settings, problems); each problem names the setting, the value and what is allowed
+        (:func:`explorer.settings.parse_query`); the other settings still apply.
         """
-        out, problems = {}, []
-        for name, text in given.items():
-            p = self.param[name] if name in self.param and name not in ("name", "step", "reset") else None
-            if p is None:
-                problems.append(f"unknown setting {name!r} in the address")
-                continue
-            try:
-                if isinstance(p, param.Boolean):
-                    value = text.strip().lower() in ("1", "true", "yes", "on")
-                elif isinstance(p, param.Integer):
-                    value = int(text)
-                elif isinstance(p, param.Number):
-                    value = float(text)
-                elif isinstance(p, param.Selector):
-                    options = list(p.objects)
-                    by_text = {str(o): o for o in options}
-                    if text not in by_text:
-                        raise ValueError(f"choose one of {', '.join(by_text)}")
-                    value = by_text[text]
-                else:
-                    value = text
-                p._validate(value)
-            except (ValueError, TypeError) as exc:
-                problems.append(f"setting {name}={text!r} ignored: {exc}")
-                continue
-            out[name] = value
-        return out, problems
+        return parse_query(self, given)
 
     def run_settings(self) -> dict:
         return {k: getattr(self, k) for k in RUN_SETTINGS}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -40,6 +39,7 @@ import param
 import torch
 
 from .. import data as data_mod
+from .. import settings as schema
 from ..dynamics import check_beta, relax
 from ..evaluate import one_line
 from ..network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError
@@ -52,11 +52,16 @@ log = logging.getLogger("explorer.app")
 
 EVENT_LIMIT = 20_000    # events waiting for the page; the oldest go first (the page drains often)
 TOL = 1e-3              # default phase tolerance while training and evaluating (interactive runs)
-ALPHA_MAX = 50.0        # as the Relaxation tab's alpha
 DATASET = "fashion_mnist"
 SCRATCH, RELAXATION = "scratch", "relaxation"
 START_FROM = {"New network (Network settings)": SCRATCH, "Relaxation tab's model (fine-tune)": RELAXATION}
 PROBE_PHASE_STEPS = None  # the probe runs the full T_free (no tolerance), so its curves are comparable
+# The training settings the view shows (the rest of a run's TrainConfig is fixed by config()).
+SHOWN = ("depth", "width", "alpha", "beta", "t_free", "t_nudge", "tol", "limit", "eval_limit", "epochs",
+         "batch_size", "lr")
+# Checked against explorer.settings.TrainSettings at Start, not at the parameter (see TrainSettings).
+UNCHECKED = {"alpha": "; 6 is the paper's ReLU6, 1 the hard sigmoid",
+                 "tol": f"; the tolerance is a relative step size (default {TOL:g}; smaller is stricter and slower)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +117,14 @@ def relaxation_model(app_state) -> StartModel:
     return StartModel(net, choice, prov)
 
 
-class TrainSettings(param.Parameterized):
-    """The Train view's controls. The defaults train a small residual network in a few minutes on a CPU.
+class TrainSettings(schema.TrainSettings):
+    """The Train view's controls: :class:`explorer.settings.TrainSettings` (its bounds and docs), with
+    defaults that train a small residual network in a few minutes on a CPU, and the view's own
+    choices and buttons. The view shows a few of the settings; :meth:`config` fills the rest.
 
-    alpha and tol have no hard bounds here: a value out of range reaches :meth:`config`, which
-    refuses it with a SettingError (a message on the page) instead of a widget silently snapping back.
+    alpha and tol are not bounded at the parameter here: a typed value out of range reaches
+    :meth:`config`, which checks it against the schema's bounds and refuses it with a SettingError
+    (a message on the page) instead of a widget silently snapping back.
     """
 
     start_from = param.Selector(default=SCRATCH, objects=START_FROM, precedence=0.05, label="Start from",
@@ -124,36 +132,27 @@ class TrainSettings(param.Parameterized):
                                     "the weights of the model loaded in the Relaxation tab (a zoo, trained or "
                                     "uploaded checkpoint for 1x28x28 images in 10 classes): its architecture "
                                     "replaces depth, width and residual, and its weights are copied at Start.")
-    depth = param.Integer(default=5, bounds=(1, 12), precedence=0.10,
-                          doc="Hidden convolutional layers on the main path.")
-    width = param.Integer(default=8, bounds=(1, 64), precedence=0.11,
-                          doc="Channels of the first hidden layer (deeper layers double it after pooling).")
     residual = param.Boolean(default=True, precedence=0.12,
-                             doc="Residual (skip) edges into every even layer (off: the plain network).")
-    alpha = param.Number(default=6.0, step=0.5, precedence=0.13, label="Clipping threshold α",
+                             doc="Residual (skip) edges into every even layer (off: the plain network); "
+                                 "sets the builder, resnet or plain.")
+    alpha = param.Number(bounds=None, step=0.5, label="Clipping threshold α",
                          doc="alpha of the activation min(max(u, 0), alpha), above 0 and at most 50 "
                              "(6: the paper's ReLU6; 1: the hard sigmoid). Also used when continuing "
                              "from a model trained with another alpha.")
-    limit = param.Integer(default=6000, bounds=(1, 60_000), precedence=0.20, label="Training images",
+    limit = param.Integer(default=6000, precedence=0.20, label="Training images",
                           doc="Train on the first N images of the Fashion-MNIST training split.")
-    eval_limit = param.Integer(default=500, bounds=(1, 10_000), precedence=0.21, label="Test images",
+    eval_limit = param.Integer(default=500, precedence=0.21, label="Test images",
                                doc="Test images evaluated after every epoch (and for the final card).")
-    epochs = param.Integer(default=2, bounds=(1, 100), precedence=0.22, doc="Passes over the training images.")
-    batch_size = param.Integer(default=64, bounds=(1, 1024), precedence=0.23, label="Batch size")
-    beta = param.Number(default=0.15, bounds=(0.0, 2.0), inclusive_bounds=(False, False),
-                        step=0.01, precedence=0.30,   # slider range: SLIDER_RANGES (no softbounds, see state.py)
-                        doc="Nudging strength beta of the centered nudged phases (+beta and -beta).")
-    t_free = param.Integer(default=40, bounds=(1, 1000), precedence=0.31, label="T free",
-                           doc="Most iterations of each batch's free phase (it stops early when converged).")
-    t_nudge = param.Integer(default=15, bounds=(1, 500), precedence=0.32, label="T nudge",
-                            doc="Iterations of each nudged phase.")
-    tol = param.Number(default=TOL, step=1e-4, precedence=0.321, label="Tolerance",
+    epochs = param.Integer(default=2)
+    batch_size = param.Integer(default=64)
+    t_free = param.Integer(default=40, doc="Most iterations of each batch's free phase (it stops early when "
+                                           "converged).")
+    t_nudge = param.Integer(default=15)
+    tol = param.Number(default=TOL, bounds=None,
                        doc="Every phase (free and nudged, and the test evaluation) stops early once its "
                            "largest relative step ||s_t - s_(t-1)|| / ||s_t|| falls below this; above 0 and "
                            "below 1. Type e.g. 1e-4 for tighter fixed points (slower), 1e-2 for looser.")
-    lr = param.Number(default=0.03, bounds=(0.0, 1.0), inclusive_bounds=(False, True), step=0.005,
-                      precedence=0.33, label="Learning rate",
-                      doc="SGD (Nesterov 0.9) learning rate, cosine-decayed per batch over the run.")
+    lr = param.Number(default=0.03, doc="SGD (Nesterov 0.9) learning rate, cosine-decayed per batch over the run.")
     probe_every = param.Integer(default=20, bounds=(1, 10_000), precedence=0.40, label="Probe every N batches",
                                 doc="How often the probe image is relaxed through the current weights.")
     save_name = param.String(default="my-run", precedence=0.50, label="Checkpoint name",
@@ -175,19 +174,13 @@ class TrainSettings(param.Parameterized):
         ``start``: the model to continue from (:func:`relaxation_model`), needed when ``start_from``
         says so; its architecture then replaces depth, width and residual.
         """
-        alpha, tol = float(self.alpha), float(self.tol)
-        if not (math.isfinite(alpha) and 0 < alpha <= ALPHA_MAX):
-            raise SettingError(f"alpha = {alpha:g} is not allowed: the clipping threshold must be above 0 and "
-                               f"at most {ALPHA_MAX:g} (6 is the paper's ReLU6, 1 the hard sigmoid)")
-        if not (math.isfinite(tol) and 0 < tol < 1):
-            raise SettingError(f"tolerance = {tol:g} is not allowed: it is a relative step size, above 0 and "
-                               f"below 1 (default {TOL:g}; smaller is stricter and slower)")
-        c = TrainConfig(dataset=DATASET, limit=int(self.limit), eval_limit=int(self.eval_limit),
-                        final_eval_limit=int(self.eval_limit),
-                        builder="resnet" if self.residual else "plain", depth=int(self.depth),
-                        width=int(self.width), alpha=alpha, beta=float(self.beta), t_free=int(self.t_free),
-                        t_nudge=int(self.t_nudge), tol=tol, epochs=int(self.epochs),
-                        batch_size=int(self.batch_size), lr=float(self.lr),
+        for name, why in UNCHECKED.items():   # the bounds the parameters leave to this check (class doc)
+            try:   # tol as a relaxation's (above 0): 0 would silently mean "no tolerance" to the trainer
+                schema.check(schema.RunSettings, name, getattr(self, name))
+            except ValueError as exc:
+                raise SettingError(f"{exc}{why}") from None
+        c = TrainConfig(**{n: getattr(self, n) for n in SHOWN}, dataset=DATASET,
+                        final_eval_limit=int(self.eval_limit), builder="resnet" if self.residual else "plain",
                         lr_step="batch",        # a short run: decay smoothly, not in epoch-sized steps
                         out=None,               # nothing written unless the person saves
                         log_every=0, progress=False)
@@ -199,7 +192,7 @@ class TrainSettings(param.Parameterized):
             c = c.describing(start.spec)   # as the trainer will (the saved settings describe the model)
         try:
             resolved = c.resolved()
-            spec = start.spec.with_alpha(alpha) if self.continuing else resolved.build_spec()
+            spec = start.spec.with_alpha(resolved.alpha) if self.continuing else resolved.build_spec()
         except SpecError as exc:
             raise SettingError(f"cannot build that network: {exc}") from exc
         except ValueError as exc:
@@ -251,6 +244,7 @@ class TrainWorker:
         self.batches = 0
         self.probes = 0
         self._probed_at: int | None = None   # training step of the last probe
+        self.holding = False        # paused and waiting between batches: nothing moves the weights
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         stop_at_exit(self)
 
@@ -385,7 +379,9 @@ class TrainWorker:
         """Wait while paused and idle; returns (saves to do now, whether to train the next batch)."""
         with self._cond:
             while self._paused and not self._should_stop() and not self._saves:
+                self.holding = True
                 self._cond.wait(0.5)
+            self.holding = False
             saves, self._saves = self._saves, []
             return saves, not self._paused or self._should_stop()
 

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import panel as pn
+import param
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
 from bokeh.palettes import Blues9
 
@@ -42,8 +43,27 @@ BATCH_COLOR = "#9DB4C8"
 LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
 TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
 ARCHITECTURE = ("depth", "width", "residual")   # fixed by the model when continuing from one
+SLIDER_SPAN = 32          # integer settings with a range this short get a slider (depth), others a typed box
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
+
+
+def widget_for(p: param.Parameter, **kw):
+    """The widget of a setting, by its type: a slider for a short integer range, else a typed number;
+    a checkbox for a switch; a menu for a choice."""
+    if isinstance(p, param.Boolean):
+        kind = pn.widgets.Checkbox
+    elif isinstance(p, param.Integer):
+        lo, hi = p.bounds or (None, None)
+        kind = pn.widgets.IntSlider if lo is not None and hi is not None and hi - lo <= SLIDER_SPAN else \
+            pn.widgets.IntInput
+    elif isinstance(p, param.Number):
+        kind = pn.widgets.FloatInput
+    elif isinstance(p, param.Selector):
+        kind = pn.widgets.Select
+    else:
+        kind = pn.widgets.TextInput
+    return kind.from_param(p, **kw)
 
 
 class TrainView(pn.viewable.Viewer):
@@ -194,9 +214,7 @@ class TrainView(pn.viewable.Viewer):
         self.start_from = pn.widgets.RadioBoxGroup.from_param(s.param.start_from, inline=False, margin=(0, 10),
                                                               **fit)
         self.start_hint = pn.pane.HTML("", margin=(0, 10), **fit)
-        self.arch_widgets = {"depth": pn.widgets.IntSlider.from_param(s.param.depth, **fit),
-                             "width": pn.widgets.IntInput.from_param(s.param.width, **fit),
-                             "residual": pn.widgets.Checkbox.from_param(s.param.residual, **fit)}
+        self.arch_widgets = {name: widget_for(s.param[name], **fit) for name in ARCHITECTURE}
         self._update_start_hint()
 
     # ------------------------------------------------------------------------------------
