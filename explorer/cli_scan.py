@@ -10,24 +10,19 @@ import threading
 
 from tqdm import tqdm
 
-from .cli import add_network_options, make_network
-from .dynamics import SCHEDULES
+from .cli import ALPHA_HELP, add_network_options, add_run_options, make_network
 from .scan import ScanSettings, scan, scan_images
 from .sweep import PRESETS, Base, GridError, estimate_seconds, grid_cells, parse_grid, sweep
 
 ASK_ABOVE_SECONDS = 60.0
 
 
+SCAN_SETTINGS = ("alpha", "beta", "t_free", "t_nudge", "schedule", "tol", "stop_at_tol")
+
+
 def add_scan_settings(p) -> None:
-    d = ScanSettings()
-    g = p.add_argument_group("relaxation settings")
-    g.add_argument("--beta", type=float, default=d.beta, help="nudging strength of the +beta and -beta phases")
-    g.add_argument("--t-free", type=int, default=d.t_free, help="iterations of the free phase")
-    g.add_argument("--t-nudge", type=int, default=d.t_nudge, help="iterations of each nudged phase")
-    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    g.add_argument("--tol", type=float, default=d.tol, help="relative-step tolerance of the verdicts")
-    g.add_argument("--no-stop-at-tol", dest="stop_at_tol", action="store_false",
-                   help="run every phase to its budget (default: stop once every image is under tol)")
+    """The run settings a scan takes, from the schema (a scan stops each phase at tol by default)."""
+    add_run_options(p, SCAN_SETTINGS, defaults={"alpha": None, "stop_at_tol": True}, help_defaults=ALPHA_HELP)
     p.add_argument("--images", type=int, default=None,
                    help="how many images (default: the 40 shipped samples; more from the test split)")
     p.add_argument("--data-path", default=None, help="where to look for the data set")
@@ -36,14 +31,8 @@ def add_scan_settings(p) -> None:
 
 
 def _settings(args) -> ScanSettings:
-    s = ScanSettings(args.beta, args.t_free, args.t_nudge, args.schedule, args.tol, args.stop_at_tol)
-    if not 0.0 < s.beta < 1.0:
-        raise ValueError(f"--beta = {s.beta:g} is outside (0, 1)")
-    if s.t_free < 1 or s.t_nudge < 1:
-        raise ValueError(f"--t-free and --t-nudge must be at least 1, got {s.t_free} and {s.t_nudge}")
-    if not 0.0 < s.tol < 1.0:
-        raise ValueError(f"--tol = {s.tol:g} is outside (0, 1)")
-    return s
+    """The scan's settings, already checked against the schema by ``cli.main``."""
+    return ScanSettings(args.beta, args.t_free, args.t_nudge, args.schedule, args.tol, args.stop_at_tol)
 
 
 def _write_csv(path, rows: list[dict]) -> None:

@@ -49,8 +49,8 @@ class Settings(param.Parameterized):
 class EPSettings(Settings):
     """The network and EP settings a relaxation and a training run share."""
 
-    depth = param.Integer(default=5, bounds=(1, 12), precedence=0.11,
-                          doc="Hidden convolutional layers on the main path.")
+    depth = param.Integer(default=5, bounds=(1, 25), precedence=0.11,
+                          doc="Hidden convolutional layers on the main path (the paper's depth range: 1 to 25).")
     # No softbounds on alpha and beta: Panel (1.9) takes an exclusive hard bound to apply to the
     # soft bound too, and snaps a slider moved to its end back without a word; the app's slider
     # ranges are app.state.SLIDER_RANGES instead.

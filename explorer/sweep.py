@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dynamics import SCHEDULES, relax
+from .dynamics import check_beta, relax
 from .network import HopfieldNetwork, SpecError, hopfield_family
 from .scan import ScanSettings, scan
+from .settings import RunSettings, check_param, from_text
 
-# name -> (parse, lower, upper): the values a grid may take (the bounds of the run settings)
-GRID_KEYS = {
-    "alpha": (float, 0.0, 50.0), "beta": (float, 0.0, 1.0), "depth": (int, 1, 25),
-    "residual": ("bool", None, None), "schedule": (str, None, None), "t_free": (int, 1, 1000),
-    "t_nudge": (int, 1, 500), "tol": (float, 0.0, 1.0),
-}
+# The settings a grid may vary; their types and bounds are RunSettings' (explorer/settings.py).
+GRID_KEYS = ("alpha", "beta", "depth", "residual", "schedule", "t_free", "t_nudge", "tol")
 NETWORK_KEYS = ("depth", "residual")
 MAX_CELLS = 400
 PRESETS = {"depth-residual": {"depth": list(range(3, 26, 2)), "residual": [True, False]}}
@@ -40,27 +37,11 @@ class GridError(ValueError):
 
 
 def _parse_value(key: str, text: str):
-    kind, lo, hi = GRID_KEYS[key]
-    text = text.strip()
-    if kind == "bool":
-        words = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False,
-                 "no": False}
-        if text.lower() not in words:
-            raise GridError(f"{key} = {text!r} is not on/off (true, false, 1, 0)")
-        return words[text.lower()]
-    if key == "schedule":
-        if text not in SCHEDULES:
-            raise GridError(f"schedule = {text!r} is unknown; choose from {', '.join(SCHEDULES)}")
-        return text
+    p = RunSettings.param[key]
     try:
-        value = kind(text)
-    except ValueError:
-        raise GridError(f"{key} = {text!r} is not a{'n integer' if kind is int else ' number'}") from None
-    exclusive_low = key in ("alpha", "beta", "tol")
-    if not (math.isfinite(value) and (value > lo if exclusive_low else value >= lo) and value <= hi):
-        low = f"above {lo:g}" if exclusive_low else f"from {lo:g}"
-        raise GridError(f"{key} = {text} is outside its bounds ({low} to {hi:g})")
-    return value
+        return check_param(p, from_text(p, text))
+    except ValueError as exc:
+        raise GridError(f"{key} = {text.strip()!r} {exc}") from None
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -125,7 +106,13 @@ class Base:
         return cls(net, stem.name, None, family)
 
     def check(self, grid: dict[str, list]) -> None:
-        """Every network the grid needs exists (a trained family has only some depths)."""
+        """Every value fits the network (beta and its cost) and every network the grid needs exists
+        (a trained family has only some depths)."""
+        for beta in grid.get("beta", []):
+            try:
+                check_beta(self.net.spec, beta)
+            except ValueError as exc:
+                raise GridError(f"beta = {beta:g} is not allowed here: {exc}") from None
         if self.builder is not None:
             return
         depths = grid.get("depth", [self.net.spec.depth])

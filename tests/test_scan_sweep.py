@@ -83,10 +83,11 @@ def test_depth_cells_build_untrained_siblings_and_a_cancelled_grid_keeps_finishe
 
 @pytest.mark.parametrize("items,words", [
     ([], "the grid is empty"),
-    (["beta=0.05,1.5"], "beta = 1.5 is outside its bounds"),
-    (["alpha=-2"], "alpha = -2 is outside"),
+    (["beta=0.05,2.5"], "beta = '2.5' is outside 0 to 2"),
+    (["alpha=-2"], "alpha = '-2' is outside"),
     (["depth=3,x"], "depth = 'x' is not an integer"),
-    (["schedule=gauss"], "schedule = 'gauss' is unknown"),
+    (["depth=3,27"], "depth = '27' is outside 1 to 25"),
+    (["schedule=gauss"], "schedule = 'gauss' is not one of"),
     (["gamma=1"], "one of alpha"),
     (["beta="], "beta has no values"),
     (["alpha=" + ",".join(str(1 + i / 10) for i in range(30)), "beta=" + ",".join(
@@ -127,6 +128,8 @@ def test_cli_scan_and_sweep_print_json_and_refuse_bad_grids(tmp_path):
                                     "median_spectral_radius"} <= set(c) for c in cells)
     assert len(csv_file.read_text().strip().splitlines()) == 5
     r = _cli("sweep", *net_options, "--grid", "beta=0.1,1.5", "--images", "3")
-    assert r.returncode == 2 and "beta = 1.5 is outside its bounds" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "beta = 1.5 is not allowed here" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("scan", *net_options, "--beta", "3", "--images", "3")
+    assert r.returncode == 2 and "--beta 3 is outside" in r.stderr and "Traceback" not in r.stderr
     r = _cli("sweep", *net_options, "--grid", "alpha=2,6", "--images", "3", "--ask-above", "0")
     assert r.returncode == 3 and "add --yes" in r.stderr

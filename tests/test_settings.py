@@ -76,7 +76,7 @@ def test_an_option_absent_takes_the_base_then_the_commands_default():
     values = S.from_args(p.parse_args(["--epochs", "3"]), TrainSettings, base={"epochs": 7, "depth": 3},
                          defaults={"width": 4})
     assert (values["epochs"], values["depth"], values["width"], values["beta"]) == (3, 3, 4, 0.15)
-    with pytest.raises(ValueError, match="depth = 30 is outside 1 to 12"):
+    with pytest.raises(ValueError, match="depth = 30 is outside 1 to 25"):
         S.from_args(p.parse_args([]), TrainSettings, base={"depth": 30})
 
 
