@@ -126,7 +126,8 @@ class Run:
 
     @staticmethod
     def new_id() -> str:
-        return uuid.uuid4().hex[:12]
+        """Unique, and in the order runs were made: milliseconds since 1970 in hex, then random."""
+        return f"{time.time_ns() // 1_000_000:011x}{uuid.uuid4().hex[:5]}"
 
     # -- geometry of the time axis (free 0..T_free, nudged + after, nudged - after that) ------
     @property

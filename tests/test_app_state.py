@@ -786,3 +786,131 @@ def test_with_cuda_the_page_picks_the_gpu_and_says_so(app, monkeypatch):
     app.device = torch.device("cuda")         # what pick_device gives on a CUDA machine
     app._update_status()
     assert "GPU: Test GPU 80GB" in app.status.object and "no GPU" not in app.status.object
+
+
+# ---------------------------------------------------------------------------
+# Runs as data: per-phase events, the store, replay, files
+# ---------------------------------------------------------------------------
+
+def test_each_phase_end_is_sent_before_the_next_phase_with_its_verdict_as_data(app):
+    from explorer.app.worker import Frame, PhaseEnded, RunEnded
+    rid = app.worker.submit(app.state.resolve())
+    events = []
+    deadline = time.monotonic() + 60
+    while not any(isinstance(e, RunEnded) for e in events):
+        assert time.monotonic() < deadline, "the run did not end"
+        events += [e for e in app.worker.drain() if e.run_id == rid]
+        time.sleep(0.01)
+    kinds = [(type(e).__name__, e.phase) for e in events if isinstance(e, (Frame, PhaseEnded))]
+    order = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
+    # A phase's frames, then its end, then the next phase's frames: no verdict waits for the run's end.
+    assert order == [(kind, phase) for phase in ("free", "nudged+", "nudged-")
+                     for kind in ("Frame", "PhaseEnded")]
+    verdicts = [e.verdict for e in events if isinstance(e, PhaseEnded)]
+    assert [v["status"] for v in verdicts] == [e.status for e in events if isinstance(e, PhaseEnded)]
+    assert all(v["findings"] and all("kind" in f and "evidence" in f for f in v["findings"]) for v in verdicts)
+    run = events[-1].run
+    assert run.id in app.store and [p.verdict for p in run.phases.values()] == verdicts
+
+
+def test_finished_runs_are_listed_and_one_chosen_is_drawn_again_in_every_view(app):
+    app.restart()
+    run(app)
+    first, counts = app.run, app.counts()
+    app.state.beta = 0.3
+    run(app)
+    assert len(app.store) == 2 and app.runs_select.value == app.run.id != first.id
+    assert set(app.runs_select.options.values()) == {first.id, app.run.id}
+    app.runs_select.value = first.id           # the person picks the first run
+    app.drain()
+    assert app.run is first and app.counts() == counts
+    e = app.views["energy"].phase_sources
+    assert set(e["free"].data["run"]) == {first.id} and only(e["nudged+"].data["beta"], 0.15)
+    assert app.views["verdict"].source.data["status"] == [p.verdict["status"] for p in first.phases.values()]
+    app.state.beta = 0.2                       # a new setting: the live run is drawn again
+    run(app)
+    assert app.run.beta == pytest.approx(0.2) and only(e["nudged+"].data["beta"], 0.2)
+
+
+def test_a_saved_run_opens_in_another_page_and_replays_with_identical_numbers(app):
+    app.restart()
+    run(app)
+    data = app._run_file().getvalue()
+    assert app.save_run.filename == f"run-{app.run.id}.parquet"
+    other = make_app(beta=0.4)
+    try:
+        other.open_run.filename = "run.parquet"
+        other.open_run.value = data
+        other.drain()
+        assert errors(other) == [] and other.run.id == app.run.id and app.run.id in other.store
+        for key in ("energy", "trajectories"):
+            mine, theirs = app.views[key].sources(), other.views[key].sources()
+            for name, src in mine.items():
+                for col, values in src.data.items():
+                    got = theirs[name].data[col]
+                    a, b = np.asarray(values), np.asarray(got)
+                    numeric = a.dtype.kind in "fiu" and b.dtype.kind in "fiu"
+                    assert np.array_equal(a, b, equal_nan=numeric), (key, name, col)
+        assert other.views["residual"].shares().keys() == app.views["residual"].shares().keys()
+        for layer, share in app.views["residual"].shares().items():
+            assert np.array_equal(share, other.views["residual"].shares()[layer], equal_nan=True)
+        assert other.views["output"].predicted == app.views["output"].predicted
+        assert other.counts() == app.counts()
+    finally:
+        other.shutdown()
+
+
+def test_a_bad_run_file_gives_one_message_and_the_page_keeps_working(app, tmp_path):
+    import pandas as pd
+    pd.DataFrame({"a": [1.0]}).to_parquet(tmp_path / "plain.parquet")
+    for name, data in (("junk.parquet", b"not a parquet file at all"),
+                       ("plain.parquet", (tmp_path / "plain.parquet").read_bytes())):
+        before = len(errors(app))
+        app.open_run.filename = name
+        app.open_run.value = data
+        assert len(errors(app)) == before + 1 and name in errors(app)[-1]
+        assert "run" in errors(app)[-1]
+    assert len(app.store) == 0
+    app.restart()
+    run(app)
+    assert len(app.store) == 1 and app.counts()["energy"] > 0
+
+
+def test_a_pinned_runs_energy_curves_stay_while_another_run_is_drawn(app):
+    app.restart()
+    run(app)
+    first = app.run
+    app.state.beta = 0.3
+    run(app)
+    second = app.run
+    energy = app.views["energy"]
+    energy.pin(first.id)
+    energy.draw_run(first)
+    energy.draw_run(second)                     # drawn over the pinned first run
+    curves = energy.curves()
+    assert set(curves) == {first.id, second.id}
+    for r in (first, second):
+        assert set(curves[r.id]["free"].data["run"]) == {r.id}
+        assert len(curves[r.id]["free"].data["x"]) == len(r.phases["free"].records)
+        assert only(curves[r.id]["nudged+"].data["beta"], r.beta)
+    energy.pin(first.id, False)
+    energy.draw_run(second)
+    assert set(energy.curves()) == {second.id}
+
+
+def test_the_energy_view_marks_the_steps_the_engine_found_the_energy_rose(app):
+    from explorer.record import Finding, Verdict
+    from explorer.run import verdict_data
+    app.restart()
+    run(app)
+    stored = app.run
+    finding = Finding("energy_rose", "F rose at step 2 and 1 later steps", 2)
+    finding.evidence = {"steps": [2, 5]}        # as the engine's tracker reports it
+    stored.phases["nudged+"].verdict = verdict_data(Verdict("not_converged", [finding]))
+    energy = app.views["energy"]
+    energy.draw_run(stored)
+    records = {r.step: r for r in stored.phases["nudged+"].records}
+    offset = stored.offset("nudged+")
+    assert list(energy.rose.data["x"]) == [offset + 2, offset + 5]
+    assert list(energy.rose.data["value"]) == [float(records[s].energy_of("F")[0]) for s in (2, 5)]
+    assert "rose at 2 steps" in energy.fig.title.text

@@ -346,6 +346,7 @@ class ExplorerApp(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------------
     def _new_worker(self, threads) -> RunWorker:
         worker = RunWorker(threads=threads or 0, store=self.store)
+        self._shown_number = self._ignore_upto = 0   # a new worker numbers its runs from 1 again
         worker.set_speed(self.state.steps_per_second)
         worker.set_playing(self.state.playing)
         return worker
@@ -506,7 +507,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if self._listed == (self.store.version, shown):
             return
         self._listed = (self.store.version, shown)
-        options = {f"{r.id[:6]} · {r.summary()}": r.id for r in reversed(self.store.runs())}
+        options = {f"{r.summary()} · {r.id[-5:]}": r.id for r in reversed(self.store.runs())}
         with self._applying_settings():
             self.runs_select.options = options
             self.runs_select.value = shown if shown in options.values() else None

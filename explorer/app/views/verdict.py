@@ -64,11 +64,6 @@ class VerdictView(View):
                             f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
         self._render()
 
-    def _finished(self, phase: str) -> bool:
-        """A phase is over once a later phase has begun (verdicts arrive with the whole run)."""
-        later = {"free": ("nudged+", "nudged-"), "nudged+": ("nudged-",), "nudged-": ()}[phase]
-        return any(p in self.progress for p in later)
-
     def _render(self) -> None:
         self._rendered = time.monotonic()
         run = self.run
@@ -85,9 +80,6 @@ class VerdictView(View):
                 words = STATUS_WORDS.get(ev.status, ev.status)
                 body = (f"<span class='badge {ev.status}'>{words}</span> "
                         f"<span class='msg'>{html.escape(ev.message)}</span>")
-            elif p in self.progress and self._finished(p):
-                body = (f"<span class='badge done'>relaxed</span> {self.progress[p]} / {total} steps "
-                        "<span class='msg'>(verdict when the run ends)</span>")
             elif p in self.progress:
                 body = f"<span class='badge running'>running</span> step {self.progress[p]} / {total}"
             else:
