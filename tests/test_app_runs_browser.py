@@ -10,22 +10,17 @@ from test_app_browser import Watched, browser, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
-# The Runs list's Bokeh model: its labels (each ends with the end of its run's id) and the chosen one.
+# The Runs list's Bokeh model (Panel's CustomSelect): its options as run ids, and the chosen one.
 JS_RUNS = """() => {
   for (const m of Bokeh.documents[0]._all_models.values())
-    if (m.constructor.__name__ === 'Select' && m.title === 'Runs')
-      return {options: m.options.map((o) => Array.isArray(o) ? o[1] : o), value: m.value};
+    if (m.title === 'Runs' && Array.isArray(m.options))
+      return {options: m.options.map((o) => Array.isArray(o) ? o[0] : o), value: m.value};
   return null;
 }"""
-# Choose the run whose id ends as given, as a person picking it from the list would.
-JS_PICK_RUN = """(end) => {
+# Choose a run, as a person picking it from the list would.
+JS_PICK_RUN = """(id) => {
   for (const m of Bokeh.documents[0]._all_models.values())
-    if (m.constructor.__name__ === 'Select' && m.title === 'Runs') {
-      const label = m.options.map((o) => Array.isArray(o) ? o[1] : o).find((l) => l.endsWith(end));
-      if (label == null) return false;
-      m.value = label;
-      return true;
-    }
+    if (m.title === 'Runs' && Array.isArray(m.options)) { m.value = id; return true; }
   return false;
 }"""
 
@@ -40,15 +35,15 @@ def test_runs_are_listed_drawn_again_saved_and_opened(server, browser, tmp_path)
         w.wait_for(w.all_drawn, what="the first run")
         w.wait_for(lambda: (w.page.evaluate(JS_RUNS) or {}).get("options"), what="the first run to be listed")
         (first,) = energy_runs(w)
-        assert w.page.evaluate(JS_RUNS)["value"].endswith(first[-5:])
+        assert w.page.evaluate(JS_RUNS) == {"options": [first], "value": first}
         w.move_slider("0.15", 3)     # beta 0.18: a second run
         w.wait_for(lambda: len(w.page.evaluate(JS_RUNS)["options"]) == 2 and w.all_drawn()
                    and energy_runs(w) != {first}, what="the second run to be listed")
         (second,) = energy_runs(w)
-        assert w.page.evaluate(JS_RUNS)["value"].endswith(second[-5:])
+        assert w.page.evaluate(JS_RUNS) == {"options": [second, first], "value": second}   # newest first
 
         # Choosing the first run draws it again in every view.
-        assert w.page.evaluate(JS_PICK_RUN, first[-5:])
+        assert w.page.evaluate(JS_PICK_RUN, first)
         w.wait_for(lambda: energy_runs(w) == {first} and w.all_drawn(), what="the first run drawn again")
         assert all(b == pytest.approx(0.15) for b in w.sources()["explorer.energy.free"]["run_beta"])
 
@@ -58,7 +53,7 @@ def test_runs_are_listed_drawn_again_saved_and_opened(server, browser, tmp_path)
         path = tmp_path / "saved.parquet"
         info.value.save_as(path)
         assert info.value.suggested_filename == f"run-{first}.parquet" and path.stat().st_size > 1000
-        w.page.evaluate(JS_PICK_RUN, second[-5:])
+        w.page.evaluate(JS_PICK_RUN, second)
         w.wait_for(lambda: energy_runs(w) == {second}, what="the second run drawn again")
         upload = w.page.locator("input[type=file][accept='.parquet']")
         upload.set_input_files(str(path))

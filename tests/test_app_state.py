@@ -822,7 +822,7 @@ def test_finished_runs_are_listed_and_one_chosen_is_drawn_again_in_every_view(ap
     assert len(app.store) == 2 and app.runs_select.value == app.run.id != first.id
     assert set(app.runs_select.options.values()) == {first.id, app.run.id}
     app.runs_select.value = first.id           # the person picks the first run
-    app.drain()
+    run(app)
     assert app.run is first and app.counts() == counts
     e = app.views["energy"].phase_sources
     assert set(e["free"].data["run"]) == {first.id} and only(e["nudged+"].data["beta"], 0.15)
@@ -841,7 +841,7 @@ def test_a_saved_run_opens_in_another_page_and_replays_with_identical_numbers(ap
     try:
         other.open_run.filename = "run.parquet"
         other.open_run.value = data
-        other.drain()
+        run(other)
         assert errors(other) == [] and other.run.id == app.run.id and app.run.id in other.store
         for key in ("energy", "trajectories"):
             mine, theirs = app.views[key].sources(), other.views[key].sources()

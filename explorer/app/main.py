@@ -558,10 +558,17 @@ class ExplorerApp(pn.viewable.Viewer):
         self._drained_events = len(events)
         latest = self.worker.latest_run
         # A stale run's leftovers, and the live run while a stored one is shown, are not drawn.
-        events = [ev for ev in events if ev.run_id == latest and ev.run_id > self._ignore_upto]
+        events = [ev for ev in events
+                  if ev.run_id == REPLAY_ID or (ev.run_id == latest and ev.run_id > self._ignore_upto)]
         if self._replay is not None:
             events, self._replay = replay_events(self._replay) + events, None
             self._drained_events += 1
+        start = next((i for i, ev in enumerate(events) if isinstance(ev, RunStarted)), None)
+        if start is not None and start + 1 < len(events):
+            # A run's start replaces the views' data, its frames then stream into it. In one message
+            # the page would get the streamed rows twice (Bokeh sends the replaced data as it is at
+            # sending time, rows included, then the stream): the frames go in the next update.
+            events, self._backlog = events[:start + 1], events[start + 1:]
         self.run, self._shown_number, drawn = feed(list(self.views.values()), events, self.run,
                                                    self._shown_number)
         for ev in events:
@@ -610,12 +617,13 @@ class ExplorerApp(pn.viewable.Viewer):
     # For tests and scripts: run the worker to the end and drain everything.
     def run_until_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.worker.busy:
+        while self.worker.busy or self._backlog or self._replay is not None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the relaxation did not finish in time")
             self.drain()
             time.sleep(0.01)
-        self.drain()
+        while self.drain() or self._backlog:
+            pass
         for view in self.views.values():
             view.flush()
 
