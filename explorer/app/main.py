@@ -300,6 +300,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._sent = 0
         self._sent_at = 0.0
         self._resent = 0
+        self._ready_seen = False   # the page has said it is ready (see _unconfirmed)
         self._backlog: list = []
         self._drained_events = 0
         self._tick_scheduled = False
@@ -665,9 +666,16 @@ class ExplorerApp(pn.viewable.Viewer):
         self._doc.add_next_tick_callback(self._locked_tick)
 
     def _unconfirmed(self) -> bool:
-        """The last update has waited too long for the page's confirmation (once per update)."""
-        return (self._sent > self.ack_source.data["seq"][0] and self._resent != self._sent
-                and time.monotonic() - self._sent_at > LOST_AFTER)
+        """The last update has waited too long for the page's confirmation (once per update), or the
+        page said it is ready without having had what was sent before (a page that took longer than
+        READY_TIMEOUT + LOST_AFTER to load lost the update and its resend: seen on a loaded machine)."""
+        acked, ready = self.ack_source.data["seq"][0], self.ack_source.data["ready"][0]
+        if ready and not self._ready_seen:
+            self._ready_seen = True
+            if self._sent > acked:
+                self._resent = -1      # resend now, whatever was resent before
+                self._sent_at = 0.0
+        return self._sent > acked and self._resent != self._sent and time.monotonic() - self._sent_at > LOST_AFTER
 
     def _locked_tick(self) -> None:
         """Runs as a Bokeh next-tick callback, with the document locked."""
@@ -686,7 +694,7 @@ class ExplorerApp(pn.viewable.Viewer):
                                                      or self._replay is not None):
             return
         acked = self.ack_source.data["seq"][0]
-        if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
+        if self._unconfirmed():
             self._resend(now)
             return
         if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
