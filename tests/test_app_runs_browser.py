@@ -63,7 +63,7 @@ def test_runs_are_listed_drawn_again_saved_and_opened(server, browser, tmp_path)
         bad = tmp_path / "bad.parquet"
         bad.write_bytes(b"not a run")
         upload.set_input_files(str(bad))
-        w.wait_for(lambda: "could not open bad.parquet" in w.page.locator(".alert").first.inner_text(),
+        w.wait_for(lambda: w.page.get_by_text("could not open bad.parquet").count() > 0,
                    what="the message about the bad file")
         w.move_slider("0.18", 2)      # beta 0.20: a new run is drawn live
         w.wait_for(lambda: len(w.page.evaluate(JS_RUNS)["options"]) == 3 and w.all_drawn(),
