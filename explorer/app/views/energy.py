@@ -61,8 +61,7 @@ class EnergyView(View):
     title = "2 · Energy descent"
     about = ("Φ during the free phase, F = Φ + βC during the nudged phases (both nudged phases start "
              "from the free fixed point s*). Red crosses: steps where the engine found the energy rose. "
-             f"The axis follows the energy after free step {ZOOM_SKIP}; the start from zero lies above it. "
-             "Dashed: a pinned run.")
+             f"The axis follows the energy after free step {ZOOM_SKIP}; the start from zero lies above it.")
 
     def __init__(self, app_state, **params):
         super().__init__(app_state, **params)
