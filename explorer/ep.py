@@ -11,7 +11,7 @@ of the batch-mean cost.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -39,32 +39,38 @@ class EPResult:
     phases: EPPhases
     loss: float                          # batch-mean cost at the free fixed point
     correct: int                         # argmax(y*) == target
-    extra: dict = field(default_factory=dict)
 
 
 def run_phases(net: HopfieldNetwork, x, target, *, beta: float, t_free: int, t_nudge: int,
                schedule: str = "paper", tol: float | None = None, variant: str = "centered",
                state: dict | None = None, record: RecordConfig | None = None,
-               on_step=None, should_stop=None, omega: float = 1.0, nudge_tol="tol") -> EPPhases:
+               on_step=None, should_stop=None, omega: float = 1.0, nudge_tol="tol",
+               on_phase=None) -> EPPhases:
     """Free phase from ``state`` (zeros if None), then the nudged phase(s) from s*.
 
     ``tol`` stops the free phase once converged; the nudged phases use
     ``nudge_tol`` (the same by default; None runs them for exactly ``t_nudge``:
     short fixed nudges let centered EP cancel what drift the free phase left).
+    ``on_phase(result)`` is called with each phase's :class:`PhaseResult` as soon as it ends
+    (a page shows each verdict then, not after the last phase).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown EP variant {variant!r}; choose one of {VARIANTS}")
     if beta <= 0:
         raise ValueError(f"EP needs beta > 0 (the nudged phases use +beta and -beta), got {beta}")
     common = dict(schedule=schedule, record=record, on_step=on_step, should_stop=should_stop, omega=omega)
+    ended = on_phase if on_phase is not None else (lambda result: None)
     free = relax(net, x, steps=t_free, beta=0.0, target=target, state=state, phase="free", tol=tol, **common)
+    ended(free)
     common["tol"] = tol if nudge_tol == "tol" else nudge_tol
     plus = relax(net, x, steps=t_nudge, beta=beta, target=target, state=free.state,
                  free_state=free.state, phase="nudged+", state_phi=free.phi, **common)
+    ended(plus)
     minus = None
     if variant == "centered":
         minus = relax(net, x, steps=t_nudge, beta=-beta, target=target, state=free.state,
                       free_state=free.state, phase="nudged-", state_phi=free.phi, **common)
+        ended(minus)
     return EPPhases(free, plus, minus)
 
 

@@ -39,6 +39,15 @@ def run(app: ExplorerApp) -> None:
     app.run_until_idle(timeout=60)
 
 
+def drain_until(app: ExplorerApp, condition, what: str, timeout: float = 60.0) -> None:
+    """Drain until ``condition()`` holds (the timeout is only a safety net against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        app.drain()
+        time.sleep(0.01)
+
+
 def only(values, expected) -> bool:
     """Every value equals ``expected`` (floats compared with a tolerance)."""
     values = np.asarray(values, dtype=float)
@@ -137,7 +146,7 @@ def test_a_zoo_entry_for_other_images_falls_back_to_the_builder_and_says_why(tmp
 def test_a_run_fills_every_view(app):
     run_id = app.restart()
     run(app)
-    assert app.run.run_id == run_id
+    assert app.run.request.run_id == run_id
     # Energy: T_free + 1 free records (step 0 is the start state), T_nudge + 1 per nudged phase.
     assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": T_NUDGE + 1, "nudged-": T_NUDGE + 1}
     e = app.views["energy"].phase_sources
@@ -209,11 +218,7 @@ def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_b
     app = make_app(speed=200, t_free=200, t_nudge=50)   # slow enough to change beta mid-run
     try:
         first = app.restart()
-        deadline = time.monotonic() + 10
-        while app.run is None or energy_rows(app)["free"] < 5:
-            app.drain()
-            time.sleep(0.01)
-            assert time.monotonic() < deadline
+        drain_until(app, lambda: app.run is not None and energy_rows(app)["free"] >= 5, "five free steps")
         app.state.speed = "max"
         app.state.beta = 0.3
         second = app.worker.latest_run
@@ -222,14 +227,14 @@ def test_changing_beta_cancels_the_stale_run_and_the_new_records_carry_the_new_b
         ended = {e.run_id: e for e in app.worker.finished}
         assert ended[first].cancelled and ended[first].steps < 300
         assert not ended[second].cancelled
-        assert app.run.run_id == second
+        assert app.run.request.run_id == second
         e = app.views["energy"].phase_sources
         for p in e.values():
-            assert set(p.data["run"]) == {second}
+            assert set(p.data["run"]) == {app.run.id}
             assert only(p.data["run_beta"], 0.3)
         assert only(e["nudged+"].data["beta"], 0.3)
         assert "β = 0.3" in app.views["nudge"].fig.title.text
-        assert set(app.views["verdict"].source.data["run"]) == {second}
+        assert set(app.views["verdict"].source.data["run"]) == {app.run.id}
     finally:
         app.shutdown()
 
@@ -244,7 +249,8 @@ def test_rapid_changes_do_not_queue_up():
         run(app)
         assert len(app.worker.started) < 20        # most intermediate settings never ran
         assert app.run.beta == pytest.approx(0.1 + 0.02 * 19)
-        assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.worker.latest_run}
+        assert app.run.request.run_id == app.worker.latest_run
+        assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.run.id}
     finally:
         app.shutdown()
 
@@ -252,7 +258,7 @@ def test_rapid_changes_do_not_queue_up():
 def test_display_choices_change_the_plots_without_a_new_run(app):
     app.restart()
     run(app)
-    run_id = app.run.run_id
+    run_id = app.run.request.run_id
     app.state.units_layer = "s4"
     app.state.map_channel = 1
     app.state.map_phase = "nudged-"
@@ -267,13 +273,13 @@ def test_display_choices_change_the_plots_without_a_new_run(app):
 def test_views_out_of_sight_wait_and_catch_up_when_seen(app):
     app.restart()
     run(app)
-    first = app.run.run_id
+    first = app.run.request.run_id
     # The page reports that only the energy and output views are in sight.
     app.visible_source.data = {"keys": ["energy", "output"]}
     app.state.beta = 0.3
     run(app)
-    assert app.run.run_id > first
-    assert only(app.views["energy"].phase_sources["free"].data["run"], app.run.run_id)
+    assert app.run.request.run_id > first
+    assert set(app.views["energy"].phase_sources["free"].data["run"]) == {app.run.id}
     traj = app.views["trajectories"]
     assert traj.hidden and traj._deferred            # still showing the previous run
     assert app.views["nudge"].fig.title.text.endswith("(β = 0.15)")
@@ -290,13 +296,12 @@ def test_views_out_of_sight_wait_and_catch_up_when_seen(app):
 def test_pause_holds_the_run_and_step_advances_one_iteration(app):
     app.state.playing = False
     app.restart()
-    time.sleep(0.3)
-    app.drain()
-    assert energy_rows(app)["free"] == 1          # only the start state
+    # Paused, the worker emits the start state and then waits for a Step token before step 1.
+    drain_until(app, lambda: energy_rows(app)["free"] >= 1, "the start state")
+    assert app.worker.steps_done == 0 and energy_rows(app)["free"] == 1
     app.state.step = True
-    time.sleep(0.3)
-    app.drain()
-    assert energy_rows(app)["free"] == 2
+    drain_until(app, lambda: energy_rows(app)["free"] >= 2, "one step")
+    assert app.worker.steps_done == 1 and energy_rows(app)["free"] == 2
     app.state.playing = True
     run(app)
     assert energy_rows(app)["nudged-"] == T_NUDGE + 1
@@ -512,11 +517,10 @@ def test_two_pages_keep_their_own_settings_and_workers():
 def test_shutdown_stops_the_worker_thread_promptly():
     app = make_app(speed=5, t_free=500)
     app.restart()
-    time.sleep(0.2)
-    assert app.worker.alive
-    t0 = time.monotonic()
-    app.shutdown("closed")
-    assert not app.worker.alive and time.monotonic() - t0 < 2.0
+    drain_until(app, lambda: energy_rows(app)["free"] >= 1, "the run's start")
+    assert app.worker.alive and app.worker.busy
+    app.shutdown("closed", wait=30.0)           # joins the thread (the wait is a safety net only)
+    assert not app.worker.alive
 
 
 def test_the_page_layout_builds_with_a_template(app):
@@ -781,3 +785,131 @@ def test_with_cuda_the_page_picks_the_gpu_and_says_so(app, monkeypatch):
     app.device = torch.device("cuda")         # what pick_device gives on a CUDA machine
     app._update_status()
     assert "GPU: Test GPU 80GB" in app.status.object and "no GPU" not in app.status.object
+
+
+# ---------------------------------------------------------------------------
+# Runs as data: per-phase events, the store, replay, files
+# ---------------------------------------------------------------------------
+
+def test_each_phase_end_is_sent_before_the_next_phase_with_its_verdict_as_data(app):
+    from explorer.app.worker import Frame, PhaseEnded, RunEnded
+    rid = app.worker.submit(app.state.resolve())
+    events = []
+    deadline = time.monotonic() + 60
+    while not any(isinstance(e, RunEnded) for e in events):
+        assert time.monotonic() < deadline, "the run did not end"
+        events += [e for e in app.worker.drain() if e.run_id == rid]
+        time.sleep(0.01)
+    kinds = [(type(e).__name__, e.phase) for e in events if isinstance(e, (Frame, PhaseEnded))]
+    order = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
+    # A phase's frames, then its end, then the next phase's frames: no verdict waits for the run's end.
+    assert order == [(kind, phase) for phase in ("free", "nudged+", "nudged-")
+                     for kind in ("Frame", "PhaseEnded")]
+    verdicts = [e.verdict for e in events if isinstance(e, PhaseEnded)]
+    assert [v["status"] for v in verdicts] == [e.status for e in events if isinstance(e, PhaseEnded)]
+    assert all(v["findings"] and all("kind" in f and "evidence" in f for f in v["findings"]) for v in verdicts)
+    run = events[-1].run
+    assert run.id in app.store and [p.verdict for p in run.phases.values()] == verdicts
+
+
+def test_finished_runs_are_listed_and_one_chosen_is_drawn_again_in_every_view(app):
+    app.restart()
+    run(app)
+    first, counts = app.run, app.counts()
+    app.state.beta = 0.3
+    run(app)
+    assert len(app.store) == 2 and app.runs_select.value == app.run.id != first.id
+    assert set(app.runs_select.options.values()) == {first.id, app.run.id}
+    app.runs_select.value = first.id           # the person picks the first run
+    run(app)
+    assert app.run is first and app.counts() == counts
+    e = app.views["energy"].phase_sources
+    assert set(e["free"].data["run"]) == {first.id} and only(e["nudged+"].data["beta"], 0.15)
+    assert app.views["verdict"].source.data["status"] == [p.verdict["status"] for p in first.phases.values()]
+    app.state.beta = 0.2                       # a new setting: the live run is drawn again
+    run(app)
+    assert app.run.beta == pytest.approx(0.2) and only(e["nudged+"].data["beta"], 0.2)
+
+
+def test_a_saved_run_opens_in_another_page_and_replays_with_identical_numbers(app):
+    app.restart()
+    run(app)
+    data = app._run_file().getvalue()
+    assert app.save_run.filename == f"run-{app.run.id}.parquet"
+    other = make_app(beta=0.4)
+    try:
+        other.open_run.filename = "run.parquet"
+        other.open_run.value = data
+        run(other)
+        assert errors(other) == [] and other.run.id == app.run.id and app.run.id in other.store
+        for key in ("energy", "trajectories"):
+            mine, theirs = app.views[key].sources(), other.views[key].sources()
+            for name, src in mine.items():
+                for col, values in src.data.items():
+                    got = theirs[name].data[col]
+                    a, b = np.asarray(values), np.asarray(got)
+                    numeric = a.dtype.kind in "fiu" and b.dtype.kind in "fiu"
+                    assert np.array_equal(a, b, equal_nan=numeric), (key, name, col)
+        assert other.views["residual"].shares().keys() == app.views["residual"].shares().keys()
+        for layer, share in app.views["residual"].shares().items():
+            assert np.array_equal(share, other.views["residual"].shares()[layer], equal_nan=True)
+        assert other.views["output"].predicted == app.views["output"].predicted
+        assert other.counts() == app.counts()
+    finally:
+        other.shutdown()
+
+
+def test_a_bad_run_file_gives_one_message_and_the_page_keeps_working(app, tmp_path):
+    import pandas as pd
+    pd.DataFrame({"a": [1.0]}).to_parquet(tmp_path / "plain.parquet")
+    for name, data in (("junk.parquet", b"not a parquet file at all"),
+                       ("plain.parquet", (tmp_path / "plain.parquet").read_bytes())):
+        before = len(errors(app))
+        app.open_run.filename = name
+        app.open_run.value = data
+        assert len(errors(app)) == before + 1 and name in errors(app)[-1]
+        assert "run" in errors(app)[-1]
+    assert len(app.store) == 0
+    app.restart()
+    run(app)
+    assert len(app.store) == 1 and app.counts()["energy"] > 0
+
+
+def test_a_pinned_runs_energy_curves_stay_while_another_run_is_drawn(app):
+    app.restart()
+    run(app)
+    first = app.run
+    app.state.beta = 0.3
+    run(app)
+    second = app.run
+    energy = app.views["energy"]
+    energy.pin(first.id)
+    energy.draw_run(first)
+    energy.draw_run(second)                     # drawn over the pinned first run
+    curves = energy.curves()
+    assert set(curves) == {first.id, second.id}
+    for r in (first, second):
+        assert set(curves[r.id]["free"].data["run"]) == {r.id}
+        assert len(curves[r.id]["free"].data["x"]) == len(r.phases["free"].records)
+        assert only(curves[r.id]["nudged+"].data["beta"], r.beta)
+    energy.pin(first.id, False)
+    energy.draw_run(second)
+    assert set(energy.curves()) == {second.id}
+
+
+def test_the_energy_view_marks_the_steps_the_engine_found_the_energy_rose(app):
+    from explorer.record import Finding, Verdict
+    from explorer.run import verdict_data
+    app.restart()
+    run(app)
+    stored = app.run
+    finding = Finding("energy_rose", "F rose at step 2 and 1 later steps", 2)
+    finding.evidence = {"steps": [2, 5]}        # as the engine's tracker reports it
+    stored.phases["nudged+"].verdict = verdict_data(Verdict("not_converged", [finding]))
+    energy = app.views["energy"]
+    energy.draw_run(stored)
+    records = {r.step: r for r in stored.phases["nudged+"].records}
+    offset = stored.offset("nudged+")
+    assert list(energy.rose.data["x"]) == [offset + 2, offset + 5]
+    assert list(energy.rose.data["value"]) == [float(records[s].energy_of("F")[0]) for s in (2, 5)]
+    assert "rose at 2 steps" in energy.fig.title.text

@@ -91,3 +91,20 @@ def test_free_phase_can_stop_on_tolerance_while_nudges_run_a_fixed_count(small_n
     phases = run_phases(net, x, t, beta=0.1, t_free=500, t_nudge=7, tol=1e-3, nudge_tol=None)
     assert phases.free.verdict.converged and phases.free.steps < 500
     assert phases.plus.steps == phases.minus.steps == 7
+
+
+def test_each_phase_is_handed_over_as_soon_as_it_ends(small_net, batch):
+    from explorer.ep import run_phases
+    from explorer.record import RecordConfig
+    net = small_net()
+    x, t = batch(net)
+    seen = []
+    phases = run_phases(net, x, t, beta=0.1, t_free=6, t_nudge=3, record=RecordConfig(keep=False),
+                        on_step=lambda rec: seen.append(rec.phase),
+                        on_phase=lambda result: seen.append(result))
+    # Each phase's steps, then that phase's result (the very object returned), then the next phase.
+    expected = []
+    for result in phases.phases:
+        expected += [result.phase] * (result.steps + 1) + [result]
+    assert len(seen) == len(expected)
+    assert all(a is b if not isinstance(b, str) else a == b for a, b in zip(seen, expected))

@@ -28,13 +28,18 @@ Data flow (the measured design for a 2-core machine):
   and each poll sends an update that a race in Panel's write queue left behind
   (``transport.flush_stranded_writes``), which otherwise waited for the next one.
 
-Each browser tab is its own session with its own state and worker; the
-worker stops when the session is destroyed or, sooner, when the page has had
-no connection for ``ORPHAN_SECONDS``.
+Each browser tab is its own session with its own state, worker and run
+store (:class:`explorer.run.RunStore`): every finished run is kept there
+(within its memory budget), listed under "Runs", and can be drawn again,
+saved as a file and opened from one; a stored run is replayed through the
+same views and the same drain as a streaming one (``views.base.feed``).
+The worker stops when the session is destroyed or, sooner, when the page has
+had no connection for ``ORPHAN_SECONDS``.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 from pathlib import Path
@@ -45,11 +50,14 @@ from bokeh.models import ColumnDataSource, CustomJS
 from tornado.ioloop import PeriodicCallback
 
 from .. import native
+from ..run import Run, RunFileError, RunStore
+from ..run import load as load_run
+from ..run import save as save_run
 from . import transport
 from .gallery import Gallery
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
-from .views.base import Batch, Run
+from .views.base import REPLAY_ID, feed, replay_events
 from .views.train import TrainView
 from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
 
@@ -93,6 +101,7 @@ class ExplorerApp(pn.viewable.Viewer):
         super().__init__(**params)
         self.state = state if state is not None else ExplorerState()
         self.device = pick_device()
+        self.store = RunStore()
         self.worker = self._new_worker(threads)
         self._threads = threads
         self.views = {cls.key: cls(self.state) for cls in VIEW_CLASSES}
@@ -121,13 +130,24 @@ class ExplorerApp(pn.viewable.Viewer):
         self._sent = 0
         self._sent_at = 0.0
         self._resent = 0
+        self._ready_seen = False   # the page has said it is ready (see _unconfirmed)
         self._backlog: list = []
         self._drained_events = 0
         self._tick_scheduled = False
         self.upload = pn.widgets.FileInput(multiple=True, accept=".json,.safetensors",
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
-        self.run: Run | None = None
+        self.run: Run | None = None           # the run the views show (streaming or stored)
+        self._shown_number = 0                # its worker run number (REPLAY_ID: drawn from the store)
+        self._ignore_upto = 0                 # the worker's runs up to this one are not drawn (a stored one is)
+        self._replay: Run | None = None       # a stored run to draw at the next drain
+        self._listed = (-1, None)             # (store version, shown run id) the Runs list shows
+        self.runs_select = pn.widgets.Select(label="Runs", options={}, sizing_mode="stretch_width")
+        self.runs_select.param.watch(self._on_select_run, "value")
+        self.save_run = pn.widgets.FileDownload(callback=self._run_file, filename="run.parquet",
+                                                label="Save run", disabled=True, sizing_mode="stretch_width")
+        self.open_run = pn.widgets.FileInput(accept=".parquet", sizing_mode="stretch_width")
+        self.open_run.param.watch(self._on_open_run, "value")
         self.frames_drawn = 0
         self._good = self.state.run_settings()
         self._applying = False
@@ -156,7 +176,8 @@ class ExplorerApp(pn.viewable.Viewer):
     # Runs
     # ------------------------------------------------------------------------------------
     def _new_worker(self, threads) -> RunWorker:
-        worker = RunWorker(threads=threads or 0)
+        worker = RunWorker(threads=threads or 0, store=self.store)
+        self._shown_number = self._ignore_upto = 0   # a new worker numbers its runs from 1 again
         worker.set_speed(self.state.steps_per_second)
         worker.set_playing(self.state.playing)
         return worker
@@ -262,6 +283,67 @@ class ExplorerApp(pn.viewable.Viewer):
         if self.state.model == choice:
             self.restart()
 
+    # -- stored runs -------------------------------------------------------------------------
+    def show_run(self, run: Run) -> None:
+        """Draw a stored run in every view (at the next drain); the live run is no longer drawn."""
+        self._ignore_upto = self.worker.latest_run
+        self._replay = run
+
+    def _on_select_run(self, event) -> None:
+        run_id = event.new
+        if self._applying or run_id is None or run_id == getattr(self.run, "id", None) or run_id not in self.store:
+            return
+        self.show_run(self.store.select(run_id))
+
+    def _saved_run(self) -> Run | None:
+        """The shown run once it is stored (finished), else the newest stored one."""
+        shown = self.store.get(self.run.id) if self.run is not None else None
+        runs = self.store.runs()
+        return shown or (runs[-1] if runs else None)
+
+    def _run_file(self):
+        """The Save run button's file, built when clicked."""
+        run = self._saved_run()
+        try:
+            if run is None:
+                raise ValueError("no run has finished yet")
+            data = save_run(run)
+        except Exception as exc:   # a person clicked: say why, keep serving
+            self.notify(f"could not save the run: {exc}")
+            self.save_run.filename = "run-not-saved.txt"
+            return io.BytesIO(f"The run could not be saved: {exc}\n".encode())
+        self.save_run.filename = f"run-{run.id}.parquet"
+        return io.BytesIO(data)
+
+    def _on_open_run(self, event) -> None:
+        data, name = event.new, self.open_run.filename or "the file"
+        if not data:
+            return
+        try:
+            run = load_run(data)
+        except RunFileError as exc:
+            self.notify(f"could not open {name}: {exc}")
+            return
+        except Exception as exc:   # anything else a hostile file provokes: one message, keep serving
+            log.exception("opening a run file failed")
+            self.notify(f"could not open {name}: it is not a readable run file ({type(exc).__name__}: {exc})")
+            return
+        self.store.add(run)
+        self.notify(f"opened run {run.id} from {name}", level="success")
+        self.show_run(run)
+
+    def _list_runs(self) -> None:
+        """Keep the Runs list in step with the store (on the page's thread, in the drain)."""
+        shown = getattr(self.run, "id", None)
+        if self._listed == (self.store.version, shown):
+            return
+        self._listed = (self.store.version, shown)
+        options = {f"{r.summary()} · {r.id[-5:]}": r.id for r in reversed(self.store.runs())}
+        with self._applying_settings():
+            self.runs_select.options = options
+            self.runs_select.value = shown if shown in options.values() else None
+        self.save_run.disabled = not options
+
     # ------------------------------------------------------------------------------------
     # Messages
     # ------------------------------------------------------------------------------------
@@ -301,63 +383,54 @@ class ExplorerApp(pn.viewable.Viewer):
             view.hidden = hidden
 
     def drain(self) -> int:
-        """Move what the worker recorded into the views; returns frames drawn."""
+        """Move what the worker recorded (or a stored run) into the views; returns frames drawn."""
         self._apply_visibility()
         events, self._backlog = self._backlog + self.worker.drain(), []
         self._drained_events = len(events)
         latest = self.worker.latest_run
-        pending: list[Frame] = []
-        drawn = 0
-
-        def flush():
-            nonlocal drawn
-            if pending and self.run is not None:
-                batch = Batch(self.run, list(pending))
-                for view in self.views.values():
-                    view.offer(batch)
-                drawn += len(pending)
-            pending.clear()
-
+        # A stale run's leftovers, and the live run while a stored one is shown, are not drawn.
+        events = [ev for ev in events
+                  if ev.run_id == REPLAY_ID or (ev.run_id == latest and ev.run_id > self._ignore_upto)]
+        if self._replay is not None:
+            events, self._replay = replay_events(self._replay) + events, None
+            self._drained_events += 1
+        start = next((i for i, ev in enumerate(events) if isinstance(ev, RunStarted)), None)
+        if start is not None and start + 1 < len(events):
+            # A run's start replaces the views' data, its frames then stream into it. In one message
+            # the page would get the streamed rows twice (Bokeh sends the replaced data as it is at
+            # sending time, rows included, then the stream): the frames go in the next update.
+            events, self._backlog = events[:start + 1], events[start + 1:]
+        self.run, self._shown_number, drawn = feed(list(self.views.values()), events, self.run,
+                                                   self._shown_number)
         for ev in events:
-            if ev.run_id != latest:
-                continue   # a stale run's leftovers
-            if isinstance(ev, Frame):
-                if self.run is not None and ev.run_id == self.run.run_id:
-                    pending.append(ev)
-                continue
-            flush()
             if isinstance(ev, RunStarted):
-                self.run = Run(ev.request)
                 self._first_frame_due = True
-                for view in self.views.values():
-                    view.begin(self.run)
-                self.gallery.show(ev.request.sample)
+                if ev.run_id != REPLAY_ID:
+                    self.gallery.show(ev.run.sample)
                 self._update_status()
-            elif isinstance(ev, (PhaseEnded, RunEnded)) and self.run is not None:
-                for view in self.views.values():
-                    view.end(ev)
             elif isinstance(ev, RunFailed):
                 self.notify(f"the relaxation failed: {ev.message}")
-        flush()
         if drawn:
             self._first_frame_due = False
         if self._display_dirty:
             self._display_dirty = False
             for view in self.views.values():
                 view.refresh_display()
+        self._list_runs()
         self.frames_drawn += drawn
         return drawn
 
     def _update_status(self) -> None:
         run = self.run
-        net = run.request.net
+        spec = run.network["spec"]
+        params = run.network.get("parameters")
         if self.device.type == "cuda":
             where = f"GPU: {torch.cuda.get_device_name(self.device)}"
         else:
             where = f"CPU, {self._threads or torch.get_num_threads()} torch thread(s) per page, no GPU"
-        text = (f"<div class='status'><b>{net.spec.name}</b> · depth {net.spec.depth} · "
-                f"{'residual' if net.spec.residual else 'plain'} · "
-                f"{net.parameter_count():,} parameters · {where}</div>")
+        text = (f"<div class='status'><b>{spec.get('name', run.network['model'])}</b> · "
+                f"depth {len(run.hidden)} · {'residual' if run.residual else 'plain'} · "
+                + (f"{params:,} parameters · " if params is not None else "") + f"{where}</div>")
         if self.status.object != text:   # only a new model changes it
             self.status.object = text
 
@@ -375,12 +448,13 @@ class ExplorerApp(pn.viewable.Viewer):
     # For tests and scripts: run the worker to the end and drain everything.
     def run_until_idle(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.worker.busy:
+        while self.worker.busy or self._backlog or self._replay is not None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the relaxation did not finish in time")
             self.drain()
             time.sleep(0.01)
-        self.drain()
+        while self.drain() or self._backlog:
+            pass
         for view in self.views.values():
             view.flush()
 
@@ -416,15 +490,22 @@ class ExplorerApp(pn.viewable.Viewer):
                 self._backlog.extend(self.worker.drain())
             return
         if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
-                or self.train.has_news() or self._unconfirmed() or self._visibility_changed()):
+                or self._replay is not None or self.train.has_news() or self._unconfirmed() or self._visibility_changed()):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
 
     def _unconfirmed(self) -> bool:
-        """The last update has waited too long for the page's confirmation (once per update)."""
-        return (self._sent > self.ack_source.data["seq"][0] and self._resent != self._sent
-                and time.monotonic() - self._sent_at > LOST_AFTER)
+        """The last update has waited too long for the page's confirmation (once per update), or the
+        page said it is ready without having had what was sent before (a page that took longer than
+        READY_TIMEOUT + LOST_AFTER to load lost the update and its resend: seen on a loaded machine)."""
+        acked, ready = self.ack_source.data["seq"][0], self.ack_source.data["ready"][0]
+        if ready and not self._ready_seen:
+            self._ready_seen = True
+            if self._sent > acked:
+                self._resent = -1      # resend now, whatever was resent before
+                self._sent_at = 0.0
+        return self._sent > acked and self._resent != self._sent and time.monotonic() - self._sent_at > LOST_AFTER
 
     def _locked_tick(self) -> None:
         """Runs as a Bokeh next-tick callback, with the document locked."""
@@ -437,12 +518,13 @@ class ExplorerApp(pn.viewable.Viewer):
         # A new run goes out at once (the latency a person feels after moving a control), and so
         # does its first frame when the start went out without one (the worker announces a run
         # before its first step); the frames of a running one at most every SEND_EVERY.
-        new_run = self.worker.latest_run != (self.run.run_id if self.run is not None else None)
+        new_run = self.worker.latest_run > max(self._shown_number, self._ignore_upto)
         first_frame = self._first_frame_due and bool(self.worker.pending_events or self._backlog)
-        if now - self._sent_at < SEND_EVERY and not ((new_run and self.worker.pending_events) or first_frame):
+        if now - self._sent_at < SEND_EVERY and not ((new_run and self.worker.pending_events) or first_frame
+                                                     or self._replay is not None):
             return
         acked = self.ack_source.data["seq"][0]
-        if self._sent > acked and now - self._sent_at > LOST_AFTER and self._resent != self._sent:
+        if self._unconfirmed():
             self._resend(now)
             return
         if self._sent - acked >= IN_FLIGHT and now - self._sent_at < ACK_TIMEOUT:
@@ -555,13 +637,17 @@ class ExplorerApp(pn.viewable.Viewer):
         speed = pn.Param(s, parameters=["speed"], show_name=False, sizing_mode="stretch_width",
                          widgets={"speed": pn.widgets.DiscreteSlider})
         inputs = pn.Param(s, parameters=["sample"], show_name=False, sizing_mode="stretch_width")
+        runs_help = pn.pane.HTML("<div class='hint'>This page's finished runs: choose one to draw it again. "
+                                 "Open a run file saved here (<b>.parquet</b>).</div>", stylesheets=[self.css],
+                                 margin=(0, 10))
         display = pn.Param(s, parameters=["units_layer", "map_layer", "map_channel", "map_phase"],
                            show_name=False, sizing_mode="stretch_width")
         sections = [section("Model", model, upload_help, self.upload),
                     section("Dynamics", dynamics),
                     section("Input", self.gallery.pane, inputs),
                     section("Playback", playback_buttons, speed),
-                    section("Display", display)]
+                    section("Display", display),
+                    section("Runs", self.runs_select, self.save_run, runs_help, self.open_run)]
         transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections
 

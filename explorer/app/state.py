@@ -436,9 +436,10 @@ class ExplorerState(RunSettings):
             raise SettingError(f"the image's label {label} is beyond the model's "
                                f"{net.spec.n_classes} output units")
         map_layer = self.map_layer if self.map_layer in net.layer_names else net.layer_names[0]
-        # Full states of the feature-map layer and of the output y (10 numbers) for sample 0.
+        # Full states of the feature-map layer and of the output y (10 numbers) for sample 0, kept:
+        # the run goes into the page's run store (bounded in memory, explorer.run.RunStore).
         record = RecordConfig(scalars=True, units=4, state_layers=(map_layer, OUTPUT), state_samples=(0,),
-                              keep=False)
+                              keep=True)
         return RunRequest(net=net, x=x, target=torch.tensor([label], device=x.device),
                           beta=float(self.beta), t_free=int(self.t_free), t_nudge=int(self.t_nudge),
                           schedule=self.schedule, record=record, sample=int(self.sample), label=label,

@@ -7,6 +7,11 @@ one periodic callback (``main.py``) and streams the frames into its plots.
 Requests do not queue up: :meth:`RunWorker.submit` replaces any pending
 request and makes the running one stale, and the engine's ``should_stop``
 cancels a stale run at its next step.
+
+Each run is recorded whole (``RecordConfig(keep=True)``) into an
+:class:`explorer.run.Run`; a phase's end is announced as soon as it ends,
+with its verdict as data, and a run that was not cancelled goes into the
+page's :class:`explorer.run.RunStore`.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import threading
 import time
 import weakref
 from collections import deque
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +29,8 @@ import torch
 
 from ..ep import run_phases
 from ..network import OUTPUT
-from ..record import ENERGY_STATS, LAYER_STATS, StepRecord
+from ..record import ENERGY_STATS, LAYER_STATS, PhaseResult, StepRecord
+from ..run import Run, RunStore, network_identity
 from .state import RunRequest
 
 log = logging.getLogger("explorer.app")
@@ -61,16 +68,25 @@ class Frame:
 class RunStarted:
     run_id: int
     request: RunRequest
+    run: Run                          # filled phase by phase on the worker thread
 
 
 @dataclass
 class PhaseEnded:
+    """A phase ended (sent at once, before the next phase starts)."""
     run_id: int
     phase: str
     steps: int
-    status: str
-    message: str
-    output: np.ndarray                # y at the end of the phase
+    verdict: dict                     # Verdict as data (explorer.run.verdict_data): status, findings, evidence
+    output: np.ndarray                # y of sample 0 at the end of the phase
+
+    @property
+    def status(self) -> str:
+        return self.verdict["status"]
+
+    @property
+    def message(self) -> str:
+        return self.verdict["message"]
 
 
 @dataclass
@@ -79,6 +95,7 @@ class RunEnded:
     cancelled: bool
     seconds: float
     steps: int
+    run: Run | None = None            # the finished run (in the store unless cancelled)
 
 
 @dataclass
@@ -109,7 +126,8 @@ def stop_all_workers(timeout: float = 2.0) -> None:
 class RunWorker:
     """A background thread that relaxes the newest request, paced by play/pause/speed."""
 
-    def __init__(self, name: str = "explorer-worker", threads: int = 1):
+    def __init__(self, name: str = "explorer-worker", threads: int = 1, store: RunStore | None = None):
+        self.store = store if store is not None else RunStore()
         self._cond = threading.Condition()
         self._events: deque = deque()
         self._pending: RunRequest | None = None
@@ -143,13 +161,6 @@ class RunWorker:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
             return request.run_id
-
-    def cancel(self) -> None:
-        """Make the running run stale and drop any pending one."""
-        with self._cond:
-            self._generation += 1
-            self._pending = None
-            self._cond.notify_all()
 
     def set_playing(self, playing: bool) -> None:
         with self._cond:
@@ -202,17 +213,6 @@ class RunWorker:
     @property
     def latest_run(self) -> int:
         return self._generation
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until no run is pending or running (tests, scripts)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending is not None or self._running is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
 
     def drain(self, limit: int | None = None) -> list:
         """Take what the worker recorded since the last call (the page's thread)."""
@@ -290,7 +290,8 @@ class RunWorker:
         """Free phase from zero, then the nudged phases from s*: ``explorer.ep.run_phases``."""
         run_id = req.run_id
         self.started = [*self.started[-49:], run_id]
-        if not self._put(RunStarted(run_id, req), run_id):
+        run = new_run(req)
+        if not self._put(RunStarted(run_id, req, run), run_id):
             self.finished.append(RunEnded(run_id, True, 0.0, 0))
             return
 
@@ -300,22 +301,37 @@ class RunWorker:
                 self.steps_done += 1
             self._put(Frame.from_record(run_id, rec), run_id)
 
-        t0 = time.monotonic()
-        phases = run_phases(req.net, req.x, req.target, beta=req.beta, t_free=req.t_free,
-                            t_nudge=req.t_nudge, schedule=req.schedule, variant="centered",
-                            record=req.record, on_step=on_step, should_stop=lambda: self._stale(run_id))
-        steps = 0
-        cancelled = self._stale(run_id)
-        for result in phases.phases:
-            steps += result.steps
-            cancelled = cancelled or result.verdict.status == "cancelled"
+        def on_phase(result: PhaseResult) -> None:
+            phase = run.add_phase(result)
             y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
-            self._put(PhaseEnded(run_id, result.phase, result.steps, result.verdict.status,
-                                 result.verdict.message, y), run_id)
-        ended = RunEnded(run_id, cancelled, time.monotonic() - t0, steps)
+            self._put(PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y), run_id)
+
+        t0 = time.monotonic()
+        # tol and stop_at_tol come with the settings schema; a request without them runs every step.
+        tol = req.tol if getattr(req, "stop_at_tol", False) else None
+        phases = run_phases(req.net, req.x, req.target, beta=req.beta, t_free=req.t_free,
+                            t_nudge=req.t_nudge, schedule=req.schedule, variant="centered", tol=tol,
+                            record=req.record, on_step=on_step, on_phase=on_phase,
+                            should_stop=lambda: self._stale(run_id))
+        steps = sum(result.steps for result in phases.phases)
+        cancelled = self._stale(run_id) or any(r.verdict.status == "cancelled" for r in phases.phases)
+        if not cancelled:
+            self.store.add(run)
+        ended = RunEnded(run_id, cancelled, time.monotonic() - t0, steps, run)
         self.finished.append(ended)
         self._put(ended, run_id)
 
 
-__all__ = ["RunWorker", "Frame", "RunStarted", "PhaseEnded", "RunEnded", "RunFailed", "PHASES",
+def new_run(req: RunRequest) -> Run:
+    """The :class:`Run` a request makes, before its phases: settings, network identity, input."""
+    settings = {"beta": req.beta, "t_free": req.t_free, "t_nudge": req.t_nudge, "schedule": req.schedule,
+                "alpha": req.alpha, "variant": "centered", "map_layer": req.map_layer,
+                "tol": getattr(req, "tol", None), "stop_at_tol": bool(getattr(req, "stop_at_tol", False))}
+    record = dataclasses.asdict(req.record)
+    return Run(Run.new_id(), settings, network_identity(req.net, req.model_name),
+               req.x.detach().to("cpu", copy=True), req.target.detach().to("cpu", copy=True),
+               tuple(req.class_names), req.sample, record, request=req)
+
+
+__all__ = ["RunWorker", "new_run", "Frame", "RunStarted", "PhaseEnded", "RunEnded", "RunFailed", "PHASES",
            "LAYER_STATS", "ENERGY_STATS"]

@@ -1,8 +1,12 @@
 """What every view shares: the run's time axis, coalesced frames, figure styling.
 
-A view owns raw Bokeh figures and the ``ColumnDataSource`` objects behind
-them. Only the page's periodic callback calls a view's methods, so only that
-callback touches Bokeh models (the worker thread never does).
+A view is a Panel ``Viewer`` fed by runs (:class:`explorer.run.Run`): it owns
+raw Bokeh figures and the ``ColumnDataSource`` objects behind them, and draws
+a run from its events (start, frames, phase ends, end), whether they stream
+from the worker or are replayed from a stored run (:func:`replay_events`,
+:meth:`View.draw_run`): the same code draws both. Only the page's periodic
+callback calls a view's methods while it is served, so only that callback
+touches Bokeh models (the worker thread never does).
 
 The time axis of every "per step" plot runs through the three phases one
 after the other: free phase ``0 .. T_free``, nudged +beta
@@ -11,19 +15,18 @@ start from the free fixed point s*.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 import time
 
 import numpy as np
 import panel as pn
+import torch
 from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer, LabelSet, Range1d
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
-from ..state import RunRequest
-from ..worker import PHASES, Frame, PhaseEnded, RunEnded
+from ...run import Run
+from ..worker import PHASES, Frame, PhaseEnded, RunEnded, RunStarted
 
 # Okabe-Ito colours: distinguishable for colour-blind viewers and on projectors.
 PHASE_COLORS = {"free": "#0072B2", "nudged+": "#D55E00", "nudged-": "#009E73"}
@@ -38,37 +41,57 @@ def layer_color(layers, name: str) -> str:
     return LAYER_PALETTE[list(layers).index(name) % len(LAYER_PALETTE)]
 
 
-@dataclass
-class Run:
-    """The run being shown: its request plus the geometry of the time axis."""
-    request: RunRequest
+REPLAY_ID = -1   # the worker's run number of events replayed from a stored run
 
-    @property
-    def run_id(self) -> int:
-        return self.request.run_id
 
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return self.request.layers
+def replay_events(run: Run) -> list:
+    """A stored run as the events the worker sent while it ran (frames from its records)."""
+    events: list = [RunStarted(REPLAY_ID, run.request, run)]
+    steps = 0
+    for phase in PHASES:
+        p = run.phases.get(phase)
+        if p is None:
+            continue
+        events.extend(Frame.from_record(REPLAY_ID, rec) for rec in p.records)
+        y = p.output[0].to(torch.float64).numpy() if p.output is not None else np.full(run.n_classes, np.nan)
+        events.append(PhaseEnded(REPLAY_ID, phase, p.steps, p.verdict, y))
+        steps += p.steps
+    cancelled = any(p.verdict.get("status") == "cancelled" for p in run.phases.values())
+    events.append(RunEnded(REPLAY_ID, cancelled, 0.0, steps, run))
+    return events
 
-    @property
-    def hidden(self) -> tuple[str, ...]:
-        return tuple(n for n in self.layers if n != "y")
 
-    @property
-    def beta(self) -> float:
-        return self.request.beta
+def feed(views, events, run: Run | None, run_number: int | None = None) -> tuple[Run | None, int, int]:
+    """Hand events to views as the page's drain does: consecutive frames as one :class:`Batch`.
 
-    def offset(self, phase: str) -> int:
-        r = self.request
-        return {"free": 0, "nudged+": r.t_free, "nudged-": r.t_free + r.t_nudge}[phase]
+    Returns the run now shown, its worker number and the frames drawn."""
+    pending: list[Frame] = []
+    drawn = 0
 
-    @property
-    def x_end(self) -> int:
-        return self.request.total_steps
+    def flush():
+        nonlocal drawn
+        if pending and run is not None:
+            batch = Batch(run, list(pending))
+            for view in views:
+                view.offer(batch)
+            drawn += len(pending)
+        pending.clear()
 
-    def steps_of(self, phase: str) -> int:
-        return self.request.t_free if phase == "free" else self.request.t_nudge
+    for ev in events:
+        if isinstance(ev, Frame):
+            if run is not None and ev.run_id == run_number:
+                pending.append(ev)
+            continue
+        flush()
+        if isinstance(ev, RunStarted):
+            run, run_number = ev.run, ev.run_id
+            for view in views:
+                view.begin(run)
+        elif isinstance(ev, (PhaseEnded, RunEnded)) and run is not None:
+            for view in views:
+                view.end(ev)
+    flush()
+    return run, run_number, drawn
 
 
 class Batch:
@@ -357,13 +380,14 @@ def empty(source: ColumnDataSource) -> None:
     source.data = {k: [] for k in source.data}
 
 
-class View:
-    """Base class: a titled card of Bokeh figures fed by ColumnDataSources.
+class View(pn.viewable.Viewer):
+    """Base class: a titled card of Bokeh figures fed by ColumnDataSources, drawing runs.
 
     The page offers every tick's frames to every view (:meth:`offer`); a view
     with ``min_interval`` > 0 collects them and draws at most that often, so
     the browser repaints its secondary plots a few times a second rather than
-    at every tick.
+    at every tick. :meth:`draw_run` draws a whole stored run through the same
+    methods.
     """
 
     key = "view"
@@ -371,7 +395,8 @@ class View:
     about = ""
     min_interval = 0.0   # seconds between draws while a run streams
 
-    def __init__(self, app_state):
+    def __init__(self, app_state, **params):
+        super().__init__(**params)
         self.state = app_state
         self.run: Run | None = None
         self.hidden = False   # scrolled out of sight in the page: collect, draw when seen again
@@ -448,6 +473,11 @@ class View:
                 self.run_ended(arg)
         self.flush()
 
+    def draw_run(self, run: Run) -> None:
+        """Draw a whole stored run at once (replay, a loaded file), as if it streamed."""
+        feed([self], replay_events(run), None)
+        self.flush()
+
     def start_run(self, run: Run) -> None:
         self.run = run
 
@@ -473,6 +503,9 @@ class View:
     # Layout -------------------------------------------------------------------------------
     def body(self):
         raise NotImplementedError
+
+    def __panel__(self):
+        return self.panel()
 
     def panel(self, **kw):
         kw.setdefault("sizing_mode", "stretch_width")

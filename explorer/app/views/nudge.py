@@ -35,8 +35,8 @@ class NudgeView(View):
     about = ("How far each layer moves from the free fixed point s* while the output is nudged "
              "towards the label (log colour scale), and one feature map before and after.")
 
-    def __init__(self, app_state):
-        super().__init__(app_state)
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
         layers = list(app_state.base_network().layer_names)
         self.mapper = LogColorMapper(palette=Magma256, low=1e-4, high=1.0, nan_color="rgba(0, 0, 0, 0)")
         self.fig = make_figure("‖s_β − s*‖ per layer and step", height=380, x_label="step of the nudged phase",
@@ -93,21 +93,21 @@ class NudgeView(View):
         self._set_rows(list(run.layers))
         n = len(run.layers)
         for p in NUDGED:
-            self.heat[p].reset(n, run.request.t_nudge + 1, y0=block_origin(p, n))
-        self.fig.x_range.update(start=0.5, end=run.request.t_nudge + 0.5)
+            self.heat[p].reset(n, run.steps_of("nudged+") + 1, y0=block_origin(p, n))
+        self.fig.x_range.update(start=0.5, end=run.steps_of("nudged+") + 0.5)
         for src in (*self.maps.values(), self.labels):
             src.data = {k: [] for k in src.data}
         self._latest = {}
         self._max = 0.0
-        self.state_mapper.update(low=0.0, high=float(run.request.alpha))
+        self.state_mapper.update(low=0.0, high=float(run.settings["alpha"]))
         self._set_title()
 
     def _set_title(self) -> None:
         run = self.run
-        r = run.request
         self._titled_channel = self._channel()
-        self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {r.beta:.3g})"
-        self.map_fig.title.text = f"Feature maps of layer {r.map_layer}, channel {self._titled_channel}"
+        self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {run.beta:.3g})"
+        self.map_fig.title.text = (f"Feature maps of layer {run.settings['map_layer']}, "
+                                   f"channel {self._titled_channel}")
 
     def _channel(self) -> int:
         """The chosen channel, or (-1) the channel of s* with the largest mean activity."""
@@ -137,8 +137,8 @@ class NudgeView(View):
         changed = False
         for p in ("free", *NUDGED):
             f = batch.latest(p)
-            if f is not None and run.request.map_layer in f.states:
-                self._latest[p] = f.states[run.request.map_layer]
+            if f is not None and run.settings["map_layer"] in f.states:
+                self._latest[p] = f.states[run.settings["map_layer"]]
                 changed = True
         if changed:
             self._draw_maps()
@@ -158,7 +158,7 @@ class NudgeView(View):
         titles = ["s*  (free)", f"s_β  (nudged {SIGN[shown]})", "s_β − s*"]
         # Colour range of the two states: their own maximum (a range up to alpha shows little).
         top = max(float(a[c].max()) for a in (free, nudged) if a is not None)
-        top = top if top > 0 else float(self.run.request.alpha)
+        top = top if top > 0 else float(self.run.settings["alpha"])
         if not (0.5 * self.state_mapper.high <= top <= self.state_mapper.high):
             self.state_mapper.update(low=0.0, high=top)
         for k, (key, arr) in enumerate((("free", free), ("nudged", nudged))):

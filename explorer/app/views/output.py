@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
+import torch
 from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Title
 
 from ...network import OUTPUT
@@ -29,8 +30,8 @@ class OutputView(View):
     title = "5 · Output and prediction"
     about = "The input image, the output units y and the prediction argmax y* against the label."
 
-    def __init__(self, app_state):
-        super().__init__(app_state)
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
         names = [class_name(app_state.samples.class_names, k) for k in range(10)]
         self.bars = ColumnDataSource(data={"name": names, "y": [0.0] * 10, "color": [OTHER_COLOR] * 10,
                                            "y_plus": [np.nan] * 10, "y_minus": [np.nan] * 10,
@@ -72,23 +73,29 @@ class OutputView(View):
         self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220, height=84)
         self.predicted: int | None = None
         self._shown = None
-        self._image_of: int | None = None
+        self._image_of: tuple | None = None
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
-        r = run.request
-        n = r.net.spec.n_classes
+        r = run
+        n = r.n_classes
         names = [class_name(r.class_names, k) for k in range(n)]
         if list(self.x_range.factors) != names:
             self.x_range.factors = names
         colors = [LABEL_COLOR if k == r.label else OTHER_COLOR for k in range(n)]
         self.bars.data = {"name": names, "y": [0.0] * n, "color": colors, "y_plus": [np.nan] * n,
                           "y_minus": [np.nan] * n, "target": [1.0 if k == r.label else 0.0 for k in range(n)]}
-        if r.sample != self._image_of:   # a new run on the same image needs no new picture
-            self._image_of = r.sample
-            img = self.state.samples.images[r.sample, 0].numpy().astype(np.float32)
-            h, w = img.shape
-            self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
+        x = run.x[0].reshape(-1, *run.x.shape[-2:])[0] if run.x.dim() >= 3 else None
+        key = (r.sample, None if x is None else float(x.double().sum()))
+        if key != self._image_of:   # a new run on the same image needs no new picture
+            self._image_of = key
+            if x is None:
+                self.image.data = {k: [] for k in self.image.data}
+            else:   # the run's own input (the colour map spans its values: normalised or not looks alike)
+                img = x.to(torch.float32).numpy()
+                h, w = img.shape
+                self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0],
+                                   "dw": [w], "dh": [h]}
         self.img_fig.title.text = f"Input #{r.sample}: {class_name(r.class_names, r.label)}"
         self.predicted = None
         self._shown = None
@@ -97,7 +104,7 @@ class OutputView(View):
         self._set_prediction(None, final=False)
 
     def _set_prediction(self, y: np.ndarray | None, final: bool) -> None:
-        r = self.run.request
+        r = self.run
         shown = (None if y is None else int(np.argmax(y)), final)
         if y is not None and shown == self._shown:
             return   # the text only changes with the predicted class
@@ -128,7 +135,7 @@ class OutputView(View):
         n = len(y)
         self.y.include(y)
         if phase == "free":
-            r = self.run.request
+            r = self.run
             k = int(np.argmax(y))
             colors = [LABEL_COLOR if j == r.label else (WRONG_COLOR if j == k else OTHER_COLOR)
                       for j in range(n)]

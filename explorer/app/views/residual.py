@@ -29,8 +29,8 @@ class ResidualView(View):
              "and the split of the drive into direct edge, skip edge and feedback at the latest step "
              "(right). Only even layers receive a skip.")
 
-    def __init__(self, app_state):
-        super().__init__(app_state)
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
         self.bars = ColumnDataSource(data={"layer": [], "direct": [], "skip": [], "feedback": []},
                                      name="explorer.residual.bars")
         self.x_range = time_range()
@@ -78,7 +78,7 @@ class ResidualView(View):
         self.bars.data = {k: [] for k in self.bars.data}
         set_time_range(self.x_range, run)
         self.bands.place(run)
-        self.plain = not run.request.net.spec.residual
+        self.plain = not run.residual
         self.fig.title.text = ("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)"
                                + (" · plain network: no skip edges" if self.plain else ""))
 

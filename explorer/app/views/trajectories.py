@@ -33,8 +33,8 @@ class TrajectoriesView(View):
     about = ("Each colour is one layer. Step size on a log scale: a converging layer's line falls "
              "steadily; a flat or rising line is a layer that keeps moving.")
 
-    def __init__(self, app_state):
-        super().__init__(app_state)
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
         self.layers: tuple[str, ...] = ()
         self.x_range = time_range()
         self.ranges = {"activity": StableRange(), "step_size": StableRange(log=True),

@@ -3,8 +3,8 @@
 One line per phase from ``PhaseResult.verdict``: its status (converged, not
 converged, cancelled, non-finite) and every finding (energy rose, a layer
 saturated or silent), plus the live progress of the phase being relaxed.
-``explorer.ep.run_phases`` returns the three verdicts together at the end of
-the run, so a finished phase shows "relaxed" until then.
+Each phase's verdict arrives as data as soon as that phase ends (the worker's
+``PhaseEnded``, from ``explorer.ep.run_phases``'s ``on_phase``).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class VerdictView(View):
     title = "6 · Convergence verdict"
     about = ""
 
-    def __init__(self, app_state):
-        super().__init__(app_state)
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
         self.source = ColumnDataSource(data={"phase": [], "status": [], "steps": [], "message": [], "run": []},
                                        name="explorer.verdict.phases")
         # A fixed height: text changes inside never resize the page around it (no relayout).
@@ -55,7 +55,7 @@ class VerdictView(View):
     def phase_ended(self, event: PhaseEnded) -> None:
         self.rows[event.phase] = event
         self.source.stream({"phase": [event.phase], "status": [event.status], "steps": [event.steps],
-                            "message": [event.message], "run": [event.run_id]})
+                            "message": [event.message], "run": [self.run.id]})
         self._render()
 
     def run_ended(self, event: RunEnded) -> None:
@@ -64,17 +64,12 @@ class VerdictView(View):
                             f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
         self._render()
 
-    def _finished(self, phase: str) -> bool:
-        """A phase is over once a later phase has begun (verdicts arrive with the whole run)."""
-        later = {"free": ("nudged+", "nudged-"), "nudged+": ("nudged-",), "nudged-": ()}[phase]
-        return any(p in self.progress for p in later)
-
     def _render(self) -> None:
         self._rendered = time.monotonic()
         run = self.run
         if run is None:
             return
-        r = run.request
+        r = run.settings
         lines = []
         for p in PHASES:
             color = PHASE_COLORS[p]
@@ -85,16 +80,13 @@ class VerdictView(View):
                 words = STATUS_WORDS.get(ev.status, ev.status)
                 body = (f"<span class='badge {ev.status}'>{words}</span> "
                         f"<span class='msg'>{html.escape(ev.message)}</span>")
-            elif p in self.progress and self._finished(p):
-                body = (f"<span class='badge done'>relaxed</span> {self.progress[p]} / {total} steps "
-                        "<span class='msg'>(verdict when the run ends)</span>")
             elif p in self.progress:
                 body = f"<span class='badge running'>running</span> step {self.progress[p]} / {total}"
             else:
                 body = "<span class='badge waiting'>waiting</span>"
             lines.append(f"<div class='vrow'>{head}{body}</div>")
-        settings = (f"β = {r.beta:.3g} · α = {r.alpha:.3g} · schedule <i>{r.schedule}</i> · "
-                    f"T free {r.t_free} · T nudge {r.t_nudge} · run {run.run_id}")
+        settings = (f"β = {r['beta']:.3g} · α = {r['alpha']:.3g} · schedule <i>{r['schedule']}</i> · "
+                    f"T free {r['t_free']} · T nudge {r['t_nudge']} · run {run.id}")
         foot = f"<div class='vfoot'>{settings}" + (f"<br>{self.summary}" if self.summary else "") + "</div>"
         self.html.object = "<div class='verdict'>" + "".join(lines) + foot + "</div>"
 
