@@ -16,6 +16,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .dynamics import SCHEDULES, relax
 from .ep import bptt_gradient, compare, ep_gradient
 from .network import BUILDERS, HopfieldNetwork, SpecError, build_spec
+from .diagnosis import diagnose_all
 from .record import RecordConfig
 from .settings import RunSettings, add_arguments, from_args
 
@@ -131,7 +132,8 @@ def cmd_relax(args) -> int:
                                 state_phi=free.phi, **common))
     elapsed = time.perf_counter() - t0
     out = {"network": net.spec.to_dict(), "schedule": args.schedule, "seconds": elapsed,
-           "phases": [p.to_dict(per_sample=args.per_sample) for p in phases]}
+           "phases": [{**p.to_dict(per_sample=args.per_sample),
+                       "diagnosis": [d.to_dict() for d in diagnose_all(p, args.tol)]} for p in phases]}
     if args.save:
         with open(args.save, "w") as fh:
             json.dump(out, fh)
@@ -143,7 +145,11 @@ def cmd_relax(args) -> int:
           f"batch {args.batch}, {elapsed:.2f} s")
     for p in phases:
         last = p.records[-1]
-        print(f"\n[{p.phase}] beta {p.beta:+g}: {p.steps} steps; {p.verdict.message}")
+        print(f"\n[{p.phase}] beta {p.beta:+g}: {p.steps} steps")
+        for d in diagnose_all(p, args.tol)[:8]:   # the verdict per sample, in the measure the views plot
+            print(f"  sample {d.sample}: {d.message()}")
+        print(f"  (the engine's batch rule{', relative to the displacement from s*' if p.beta else ''}: "
+              f"{p.verdict.message})")
         print(f"  Phi {float(last.energy_of('phi').mean()):.4f}  C {float(last.energy_of('cost').mean()):.4f}")
         rows = []
         for j, layer in enumerate(last.layers):

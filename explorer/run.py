@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from .network import OUTPUT
+from .diagnosis import diagnose
+from .dynamics import DEFAULT_TOL
 from .record import ENERGY_STATS, LAYER_STATS, PhaseResult, StepRecord, Verdict
 
 FORMAT = "explorer.run/1"
@@ -170,7 +172,12 @@ class Run:
 
     # -- contents ---------------------------------------------------------------------------
     def add_phase(self, result: PhaseResult) -> PhaseRun:
+        """Keep a finished phase, its verdict with the diagnosis of sample 0 (explorer.diagnosis)
+        at the run's tolerance."""
         p = self.phases[result.phase] = PhaseRun.from_result(result)
+        if result.records:
+            tol = self.settings.get("tol") or DEFAULT_TOL
+            p.verdict["diagnosis"] = diagnose(result, float(tol), sample=0).to_dict()
         return p
 
     def records(self):

@@ -386,7 +386,7 @@ def test_alpha_outside_its_bounds_is_rejected_by_the_parameter(app):
     with pytest.raises(ValueError):
         app.state.alpha = 0.0
     with pytest.raises(ValueError):
-        app.state.depth = 13
+        app.state.depth = 26
     app.state.alpha = 3.0
     run(app)
     assert app.run.request.alpha == pytest.approx(3.0)
@@ -913,3 +913,22 @@ def test_the_energy_view_marks_the_steps_the_engine_found_the_energy_rose(app):
     assert list(energy.rose.data["x"]) == [offset + 2, offset + 5]
     assert list(energy.rose.data["value"]) == [float(records[s].energy_of("F")[0]) for s in (2, 5)]
     assert "rose at 2 steps" in energy.fig.title.text
+
+
+def test_the_verdict_names_the_step_the_tolerance_was_met_the_slowest_layer_and_the_measure(app):
+    from explorer.diagnosis import classify
+    from explorer.record import STAT_INDEX
+    app.state.param.update(t_free=60, tol=1e-3)
+    app.restart()
+    run(app)
+    html = app.views["verdict"].html.object
+    assert "max over layers of ||s(t) − s(t−1)|| / ||s(t)||" in html and "tolerance 1e-03" in html
+    for phase, stored in app.run.phases.items():
+        d = stored.verdict["diagnosis"]
+        rel = np.stack([r.stats[:, STAT_INDEX["step_size"], 0].numpy() for r in stored.records])
+        expected = classify(rel, stored.records[0].layers, 1e-3, phase=phase)
+        assert (d["kind"], d["met_at"], d["slowest_layer"]) == (expected.kind, expected.met_at,
+                                                                expected.slowest_layer)
+        assert d["message"].split(";")[0] in html
+    assert app.run.phases["free"].verdict["diagnosis"]["kind"] == "converged"
+    assert "converged at step" in html and "slowest layer" in html

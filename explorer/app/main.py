@@ -623,10 +623,13 @@ class ExplorerApp(pn.viewable.Viewer):
         upload_help = pn.pane.HTML("<div class='hint'>Upload a checkpoint: select <b>NAME.json</b> and "
                                    "<b>NAME.safetensors</b> together.</div>", stylesheets=[self.css],
                                    margin=(0, 10))
-        dynamics = pn.Param(s, parameters=["alpha", "beta", "t_free", "t_nudge", "schedule"], show_name=False,
-                            widgets={n: {"type": pn.widgets.FloatSlider, "format": fmt,
-                                         "start": SLIDER_RANGES[n][0], "end": SLIDER_RANGES[n][1]}
-                                     for n, fmt in (("alpha", "0.0"), ("beta", "0.00"))},
+        widgets = {n: {"type": pn.widgets.FloatSlider, "format": fmt,
+                       "start": SLIDER_RANGES[n][0], "end": SLIDER_RANGES[n][1]}
+                   for n, fmt in (("alpha", "0.0"), ("beta", "0.00"))}
+        # the tolerance is typed (1e-4, 1e-6 ...): a slider cannot span its decades
+        widgets["tol"] = {"type": pn.widgets.FloatInput, "format": "0.0e+0"}
+        dynamics = pn.Param(s, parameters=["alpha", "beta", "t_free", "t_nudge", "schedule", "tol", "stop_at_tol"],
+                            show_name=False, widgets=widgets,
                             sizing_mode="stretch_width")
         playback_buttons = pn.Param(s, parameters=["playing", "step", "reset"], show_name=False,
                                     default_layout=pn.Row, sizing_mode="stretch_width",

@@ -15,11 +15,32 @@ import panel as pn
 from bokeh.models import ColumnDataSource
 
 from ..worker import PHASES, PhaseEnded, RunEnded
+from ...dynamics import DEFAULT_TOL
 from .base import PHASE_COLORS, PHASE_LABELS, Batch, Run, View
 
 PROGRESS_EVERY = 0.25  # seconds between progress updates of the text
 STATUS_WORDS = {"converged": "converged", "not_converged": "not converged", "cancelled": "cancelled",
                 "non_finite": "non-finite (diverged)"}
+
+
+MEASURE_SHORT = "max over layers of ||s(t) − s(t−1)|| / ||s(t)||, as the step-size view plots it"
+KIND_WORDS = {"converged": "converged", "diverged": "diverged", "oscillating": "oscillating",
+              "stalled": "stalled", "not_converged": "not converged", "non_finite": "non-finite",
+              "cancelled": "cancelled", "no_steps": "no steps"}
+KIND_BADGE = {"converged": "converged", "cancelled": "cancelled", "non_finite": "non_finite",
+              "diverged": "non_finite"}
+
+
+def _phase_body(ev: PhaseEnded) -> str:
+    """A finished phase in words: the diagnosis of the image on screen (explorer.diagnosis) when the
+    phase was recorded, else the engine's verdict."""
+    d = ev.verdict.get("diagnosis")
+    if d is None:
+        words = STATUS_WORDS.get(ev.status, ev.status)
+        return f"<span class='badge {ev.status}'>{words}</span> <span class='msg'>{html.escape(ev.message)}</span>"
+    badge = KIND_BADGE.get(d["kind"], "not_converged")
+    return (f"<span class='badge {badge}'>{KIND_WORDS.get(d['kind'], d['kind'])}</span> "
+            f"<span class='msg'>{html.escape(d['message'])}</span>")
 
 
 class VerdictView(View):
@@ -76,17 +97,16 @@ class VerdictView(View):
             head = f"<span class='phase' style='color:{color}'>{PHASE_LABELS[p]}</span>"
             total = run.steps_of(p)
             if p in self.rows:
-                ev = self.rows[p]
-                words = STATUS_WORDS.get(ev.status, ev.status)
-                body = (f"<span class='badge {ev.status}'>{words}</span> "
-                        f"<span class='msg'>{html.escape(ev.message)}</span>")
+                body = _phase_body(self.rows[p])
             elif p in self.progress:
                 body = f"<span class='badge running'>running</span> step {self.progress[p]} / {total}"
             else:
                 body = "<span class='badge waiting'>waiting</span>"
             lines.append(f"<div class='vrow'>{head}{body}</div>")
+        tol = r.get("tol") or DEFAULT_TOL
         settings = (f"β = {r['beta']:.3g} · α = {r['alpha']:.3g} · schedule <i>{r['schedule']}</i> · "
-                    f"T free {r['t_free']} · T nudge {r['t_nudge']} · run {run.id}")
+                    f"T free {r['t_free']} · T nudge {r['t_nudge']} · tolerance {tol:.0e} · run {run.id}<br>"
+                    f"<span class='measure'>r = {MEASURE_SHORT}</span>")
         foot = f"<div class='vfoot'>{settings}" + (f"<br>{self.summary}" if self.summary else "") + "</div>"
         self.html.object = "<div class='verdict'>" + "".join(lines) + foot + "</div>"
 
