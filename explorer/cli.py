@@ -13,6 +13,7 @@ import time
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli_inspect import add_input_option, inputs
 from .dynamics import SCHEDULES, relax
 from .ep import bptt_gradient, compare, ep_gradient
 from .network import BUILDERS, HopfieldNetwork, SpecError, build_spec
@@ -89,7 +90,7 @@ def cmd_relax(args) -> int:
     """Run the free phase (and nudged phases with --beta) and print or save the record."""
     net, _ = make_network(args)
     torch.set_num_threads(args.threads) if args.threads else None
-    x, target = make_inputs(net, args.batch, args.seed)
+    x, target = inputs(args, net)
     record = RecordConfig(units=args.units)
     t0 = time.perf_counter()
     common = dict(schedule=args.schedule, tol=args.tol, target=target, record=record, omega=args.omega)
@@ -110,7 +111,7 @@ def cmd_relax(args) -> int:
         print()
         return 0
     print(f"{net.spec.name}: {net.parameter_count():,} parameters, schedule {args.schedule}, "
-          f"batch {args.batch}, {elapsed:.2f} s")
+          f"batch {x.shape[0]}, {elapsed:.2f} s")
     for p in phases:
         last = p.records[-1]
         print(f"\n[{p.phase}] beta {p.beta:+g}: {p.steps} steps; {p.verdict.message}")
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.add_argument("--save", help="write the record as JSON to this file")
+    add_input_option(p)
 
     p = sub.add_parser("gradcheck", help=cmd_gradcheck.__doc__)
     add_network_options(p, depth=4, width=4, shape="1,8,8")
@@ -198,12 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Commands that live in other modules (training, evaluation), if present."""
+    """Commands that live in other modules (training, evaluation, the inspector), if present."""
+    from .cli_inspect import CLI_COMMANDS as inspect_commands
     try:
         from . import train
     except ImportError:
-        return []
-    return getattr(train, "CLI_COMMANDS", [])
+        return inspect_commands
+    return getattr(train, "CLI_COMMANDS", []) + inspect_commands
 
 
 def main(argv=None) -> int:
