@@ -79,6 +79,7 @@ def _ritz(H: torch.Tensor, k: int):
     eig costs a tenth of torch's."""
     h = H[:, :k + 1, :k].detach().cpu().numpy()
     theta, Y = np.linalg.eig(h[:, :k, :])
+    theta, Y = theta.astype(np.complex128), Y.astype(np.complex128)   # real when every Ritz value is
     idx = np.abs(theta).argmax(1)
     rows = np.arange(h.shape[0])
     y = Y[rows, :, idx]
@@ -99,11 +100,12 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
     Returns (theta [B] complex, Ritz vector [B, N] complex of unit norm, residual [B], matvecs)."""
     batch, n = v0.shape
     m = max(1, min(krylov, n))
-    unit = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True).clamp_min(1e-300)
+    tiny = torch.finfo(v0.dtype).tiny
+    unit = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True).clamp_min(tiny)
     v, matvecs = unit, 0
     for _ in range(max(1, restarts)):
         V = v.new_zeros(batch, m + 1, n)
-        H = v.new_zeros(batch, m + 1, m)
+        H = v.new_zeros(batch, m + 1, m, dtype=torch.float64)
         V[:, 0] = v
         for j in range(m):
             w = matvec(V[:, j])
@@ -113,22 +115,22 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
             for _ in range(2):
                 h = torch.bmm(basis, w.unsqueeze(2))                 # [B, j+1, 1]
                 w = w - torch.bmm(h.transpose(1, 2), basis).squeeze(1)
-                H[:, :j + 1, j] += h.squeeze(2)
+                H[:, :j + 1, j] += h.squeeze(2).double()
             norm = torch.linalg.vector_norm(w, dim=1)
-            alive = norm > 1e-12 * scale.clamp_min(1e-300)
-            H[:, j + 1, j] = torch.where(alive, norm, torch.zeros_like(norm))
-            V[:, j + 1] = torch.where(alive[:, None], w / norm.clamp_min(1e-300)[:, None], torch.zeros_like(w))
-            if j + 1 < min(min_steps, m) and j + 1 < m:
-                continue
+            alive = norm > 100 * torch.finfo(w.dtype).eps * scale
+            H[:, j + 1, j] = torch.where(alive, norm, torch.zeros_like(norm)).double()
+            V[:, j + 1] = w * torch.where(alive, 1 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None]
+            if j + 1 < m and (j + 1 < min_steps or (j + 1 - min_steps) % 2):
+                continue   # a Ritz test every second step: its eig costs a third of a product
             theta, y, residual = _ritz(H, j + 1)
             if bool((residual <= rtol * theta.abs().clamp_min(1e-12)).all()):
                 break
-        u = torch.einsum("bmn,bm->bn", V[:, :y.shape[1]].to(y.dtype), y)
+        u = torch.einsum("bmn,bm->bn", V[:, :y.shape[1]].to(y.dtype), y.to(y.dtype))
         if bool((residual <= rtol * theta.abs().clamp_min(1e-12)).all()):
             break
-        v = u.real + u.imag
+        v = (u.real + u.imag).to(v0.dtype)
         norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        v = torch.where(norm > 0, v / norm.clamp_min(1e-300), unit)
+        v = torch.where(norm > 0, v / norm.clamp_min(tiny), unit)
     return theta, u, residual, matvecs
 
 
@@ -200,13 +202,15 @@ def _step_linear(net: HopfieldNetwork, x: torch.Tensor, groups, beta: float, tar
         for group in groups:
             new = {}
             for n in group:
-                total = torch.zeros_like(masks.get(n, s[n]))
-                for e in net.incoming[n]:
-                    if e.spec.src != INPUT:   # x is clamped: no tangent
-                        total = total + e.forward(weights[e], t[e.spec.src])
-                for e in net.outgoing[n]:
-                    total = total + e.feedback(weights[e], t[e.spec.dst])
-                new[n] = total * masks[n] if n != OUTPUT else total / (1.0 + beta)
+                outs = [e.forward(weights[e], t[e.spec.src]) for e in net.incoming[n] if e.spec.src != INPUT]
+                outs += [e.feedback(weights[e], t[e.spec.dst]) for e in net.outgoing[n]]   # x: no tangent
+                if not outs:
+                    new[n] = torch.zeros_like(t[n])
+                    continue
+                total = outs[0]
+                for o in outs[1:]:
+                    total = total.add_(o)   # fresh edge outputs: summed in place
+                new[n] = total.mul_(masks[n]) if n != OUTPUT else total.div_(1.0 + beta)
             t.update(new)
         return t
     return apply, {n: s[n] for n in net.layer_names}
@@ -246,13 +250,13 @@ def spectrum(net: HopfieldNetwork, x: torch.Tensor, state: dict, *, schedule: st
         apply, moved = (_step_linear if linear else _step_jvp)(net, x, groups, beta, target_1h, s_star)
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            return flat.flatten(apply(flat.unflatten(v.to(x.dtype)))).to(torch.float64)
+            return flat.flatten(apply(flat.unflatten(v)))
 
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(batch, sum(flat.sizes), generator=gen, dtype=torch.float64).to(x.device)
-        move = (flat.flatten(moved) - flat.flatten(s_star)).to(torch.float64)
+        noise = torch.randn(batch, sum(flat.sizes), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+        move = flat.flatten(moved) - flat.flatten(s_star)
         move_norm = torch.linalg.vector_norm(move, dim=1, keepdim=True)
-        v0 = torch.where(move_norm > 0, move / move_norm.clamp_min(1e-300), 0.0) \
+        v0 = torch.where(move_norm > 0, move / move_norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0) \
             + START_NOISE * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
         theta, u, residual, matvecs = dominant_eigenvalue(matvec, v0, krylov=krylov, restarts=restarts,
                                                           rtol=rtol)

@@ -207,3 +207,14 @@ def test_cli_bad_input_files_give_one_clear_line(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "explorer", "stability", *common, "--input",
                            str(tmp_path / "junk.safetensors")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_restarted_arnoldi_with_a_real_spectrum_in_float32():
+    gen = torch.Generator().manual_seed(4)
+    n = 30
+    q = torch.randn(n, n, generator=gen, dtype=torch.float64) + 3 * torch.eye(n, dtype=torch.float64)
+    a = (q @ torch.diag(torch.linspace(-0.5, 0.9, n, dtype=torch.float64)) @ torch.linalg.inv(q)).float()
+    v0 = torch.randn(1, n, generator=gen)
+    theta, u, residual, matvecs = dominant_eigenvalue(lambda v: v @ a.t(), v0, krylov=5, restarts=40, rtol=1e-4)
+    assert matvecs > 5                         # one Krylov space of 5 was not enough: it restarted
+    assert float(theta[0].real) == pytest.approx(0.9, abs=1e-3) and abs(float(theta[0].imag)) < 1e-6
