@@ -13,6 +13,7 @@ import time
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli_inspect import add_input_option, inputs
 from .dynamics import SCHEDULES, relax
 from .ep import bptt_gradient, compare, ep_gradient
 from .network import BUILDERS, HopfieldNetwork, SpecError, build_spec
@@ -118,7 +119,7 @@ def cmd_relax(args) -> int:
     """Run the free phase (and nudged phases with --beta) and print or save the record."""
     net, _ = make_network(args)
     torch.set_num_threads(args.threads) if args.threads else None
-    x, target = make_inputs(net, args.batch, args.seed)
+    x, target = inputs(args, net)
     record = RecordConfig(units=args.units)
     t0 = time.perf_counter()
     # the tolerance ends a phase when asked for (--stop-at-tol, or a --tol typed)
@@ -142,7 +143,7 @@ def cmd_relax(args) -> int:
         print()
         return 0
     print(f"{net.spec.name}: {net.parameter_count():,} parameters, schedule {args.schedule}, "
-          f"batch {args.batch}, {elapsed:.2f} s")
+          f"batch {x.shape[0]}, {elapsed:.2f} s")
     for p in phases:
         last = p.records[-1]
         print(f"\n[{p.phase}] beta {p.beta:+g}: {p.steps} steps")
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.add_argument("--save", help="write the record as JSON to this file")
+    add_input_option(p)
 
     p = sub.add_parser("gradcheck", help=cmd_gradcheck.__doc__)
     add_network_options(p, depth=4, width=4, shape="1,8,8")
@@ -230,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Commands that live in other modules (training, evaluation), if present."""
+    """Commands that live in other modules (training, evaluation, the inspector, scans), if present."""
     out = []
-    for name in ("train", "cli_scan"):
+    for name in ("train", "cli_inspect", "cli_scan"):
         try:
             module = __import__(f"{__package__}.{name}", fromlist=["CLI_COMMANDS"])
         except ImportError:
