@@ -916,6 +916,8 @@ def test_the_energy_view_marks_the_steps_the_engine_found_the_energy_rose(app):
 
 
 def test_the_verdict_names_the_step_the_tolerance_was_met_the_slowest_layer_and_the_measure(app):
+    from html import escape as html_escape
+
     from explorer.diagnosis import classify
     from explorer.record import STAT_INDEX
     app.state.param.update(t_free=60, tol=1e-3)
@@ -929,6 +931,6 @@ def test_the_verdict_names_the_step_the_tolerance_was_met_the_slowest_layer_and_
         expected = classify(rel, stored.records[0].layers, 1e-3, phase=phase)
         assert (d["kind"], d["met_at"], d["slowest_layer"]) == (expected.kind, expected.met_at,
                                                                 expected.slowest_layer)
-        assert d["message"].split(";")[0] in html
+        assert html_escape(d["message"].split(";")[0]) in html
     assert app.run.phases["free"].verdict["diagnosis"]["kind"] == "converged"
     assert "converged at step" in html and "slowest layer" in html
