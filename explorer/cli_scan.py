@@ -23,6 +23,8 @@ SCAN_SETTINGS = ("alpha", "beta", "t_free", "t_nudge", "schedule", "tol", "stop_
 def add_scan_settings(p) -> None:
     """The run settings a scan takes, from the schema (a scan stops each phase at tol by default)."""
     add_run_options(p, SCAN_SETTINGS, defaults={"alpha": None, "stop_at_tol": True}, help_defaults=ALPHA_HELP)
+    p.add_argument("--no-stability", dest="stability", action="store_false",
+                   help="skip the spectral radius at each image's free fixed point (about one free phase's cost)")
     p.add_argument("--images", type=int, default=None,
                    help="how many images (default: the 40 shipped samples; more from the test split)")
     p.add_argument("--data-path", default=None, help="where to look for the data set")
@@ -32,7 +34,8 @@ def add_scan_settings(p) -> None:
 
 def _settings(args) -> ScanSettings:
     """The scan's settings, already checked against the schema by ``cli.main``."""
-    return ScanSettings(args.beta, args.t_free, args.t_nudge, args.schedule, args.tol, args.stop_at_tol)
+    return ScanSettings(args.beta, args.t_free, args.t_nudge, args.schedule, args.tol, args.stop_at_tol,
+                        args.stability)
 
 
 def _write_csv(path, rows: list[dict]) -> None:

@@ -33,6 +33,7 @@ class ScanSettings:
     schedule: str = "paper"
     tol: float = 1e-4
     stop_at_tol: bool = True
+    stability: bool = True     # the spectral radius at each image's free fixed point (explorer.stability)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,10 +154,15 @@ def scan_batch(net: HopfieldNetwork, x: torch.Tensor, labels: torch.Tensor, sett
                         schedule=settings.schedule, record=record, on_step=on_step, should_stop=stopper)
     per_phase = {p.phase: diagnose_all(p, settings.tol) for p in phases.phases}
     prediction = phases.free.state[OUTPUT].argmax(1).tolist()
+    radius = [None] * x.shape[0]
+    if settings.stability and not (should_stop is not None and should_stop()):
+        from .stability import spectrum
+        radius = spectrum(net, x, phases.free.state, schedule=settings.schedule).spectral_radius
     outcomes = []
     for b in range(x.shape[0]):
         outcomes.append(ImageOutcome(first_index + b, int(labels[b]), int(prediction[b]),
-                                     {p: _summary(ds[b]) for p, ds in per_phase.items()}))
+                                     {p: _summary(ds[b]) for p, ds in per_phase.items()},
+                                     None if radius[b] is None else float(radius[b])))
     return outcomes, {p.phase: p.steps for p in phases.phases}
 
 

@@ -42,6 +42,11 @@ def test_a_batched_scan_gives_each_image_the_verdict_it_gets_alone():
     for o, ref in zip(result.outcomes, alone):
         assert {p: (d["kind"], d["met_at"]) for p, d in o.phases.items()} | {"prediction": o.prediction} == ref
     summary = result.summary()
+    from explorer.stability import spectrum
+    free = run_phases(net, x[:1], labels[:1], beta=s.beta, t_free=s.t_free, t_nudge=1, schedule=s.schedule).free
+    assert result.outcomes[0].spectral_radius == pytest.approx(
+        spectrum(net, x[:1], free.state, schedule=s.schedule).spectral_radius[0], rel=1e-3)
+    assert len(summary["spectral_radius"]["values"]) == 6
     assert summary["images"] == 6 and set(summary["fraction_converged"]) == {"free", "nudged+", "nudged-"}
     assert summary["accuracy"] == sum(o.prediction == o.label for o in result.outcomes) / 6
 
