@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ GRID_KEYS = ("alpha", "beta", "depth", "residual", "schedule", "t_free", "t_nudg
 NETWORK_KEYS = ("depth", "residual")
 MAX_CELLS = 400
 PRESETS = {"depth-residual": {"depth": list(range(3, 26, 2)), "residual": [True, False]}}
-FAMILY_NAME = re.compile(r"^(?P<prefix>.+?)-(?P<kind>resnet|plain)(?P<depth>\d+)(?P<width>w\d+)?-(?P<trainer>.+)$")
 
 
 class GridError(ValueError):
@@ -92,17 +90,11 @@ class Base:
 
     @classmethod
     def checkpoint(cls, net: HopfieldNetwork, path, folder=None):
-        from .zoo import list_entries
+        from .zoo import family_members, list_entries
         stem = Path(str(path)).with_suffix("") if str(path).endswith((".json", ".safetensors")) else Path(path)
-        family = {(net.spec.depth, net.spec.residual): stem}
-        m = FAMILY_NAME.match(stem.name)
-        if m:
-            for e in list_entries(folder if folder is not None else stem.parent):
-                o = FAMILY_NAME.match(e.name)
-                if o and (o["prefix"], o["trainer"]) == (m["prefix"], m["trainer"]):
-                    key = (int(o["depth"]), o["kind"] == "resnet")
-                    if key not in family or o["width"] == m["width"]:
-                        family[key] = e.path
+        family = {key: e.path for key, e in
+                  family_members(stem.name, list_entries(folder if folder is not None else stem.parent)).items()}
+        family[(net.spec.depth, net.spec.residual)] = stem
         return cls(net, stem.name, None, family)
 
     def check(self, grid: dict[str, list]) -> None:

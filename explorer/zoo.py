@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,3 +43,23 @@ def list_entries(folder: Path | None = None) -> list[ZooEntry]:
         if isinstance(desc, dict) and desc.get("format") == FORMAT:
             entries.append(ZooEntry(js.stem, js.with_suffix(""), desc))
     return entries
+
+
+# Trained families: NAME = PREFIX-(resnet|plain)DEPTH[wWIDTH]-TRAINER, e.g. fmnist-resnet5-ep, fmnist-plain9w16-ep.
+FAMILY_NAME = re.compile(r"^(?P<prefix>.+?)-(?P<kind>resnet|plain)(?P<depth>\d+)(?P<width>w\d+)?-(?P<trainer>.+)$")
+
+
+def family_members(name: str, entries) -> dict[tuple[int, bool], "ZooEntry"]:
+    """The entries of ``name``'s trained family (same data set prefix and trainer) by (depth, residual);
+    where two share a depth, the one of ``name``'s width. Empty when ``name`` is not a family name."""
+    m = FAMILY_NAME.match(name)
+    out: dict[tuple[int, bool], ZooEntry] = {}
+    if m is None:
+        return out
+    for e in entries:
+        o = FAMILY_NAME.match(e.name)
+        if o and (o["prefix"], o["trainer"]) == (m["prefix"], m["trainer"]):
+            key = (int(o["depth"]), o["kind"] == "resnet")
+            if key not in out or o["width"] == m["width"]:
+                out[key] = e
+    return out

@@ -934,3 +934,56 @@ def test_the_verdict_names_the_step_the_tolerance_was_met_the_slowest_layer_and_
         assert html_escape(d["message"].split(";")[0]) in html
     assert app.run.phases["free"].verdict["diagnosis"]["kind"] == "converged"
     assert "converged at step" in html and "slowest layer" in html
+
+
+def _zoo_app(tmp_path, names):
+    """A page whose zoo holds copies of these shipped checkpoints."""
+    import shutil
+
+    from explorer.zoo import ZOO_DIR, list_entries
+    for n in names:
+        for ext in (".json", ".safetensors"):
+            shutil.copy(ZOO_DIR / f"{n}{ext}", tmp_path / f"{n}{ext}")
+    state = ExplorerState(zoo=list_entries(tmp_path), t_free=T_FREE, t_nudge=T_NUDGE, speed="max")
+    state.model = next(c for c in state.param.model.objects if c.startswith(f"zoo: {names[0]},"))
+    state.param.update(**state.model_defaults(state.model))
+    return ExplorerApp(state=state, autostart=False)
+
+
+def test_depth_and_residual_open_a_zoo_models_trained_siblings_and_a_refused_drag_says_so_once(tmp_path):
+    import panel as pn
+    app = _zoo_app(tmp_path, ["fmnist-resnet3-ep", "fmnist-resnet5-ep", "fmnist-plain5-ep"])
+    app.controls()   # the sidebar's widgets
+    try:
+        app.state.depth = 5
+        assert app.state.model.startswith("zoo: fmnist-resnet5-ep") and app.state.depth == 5
+        app.state.residual = False
+        assert app.state.model.startswith("zoo: fmnist-plain5-ep") and not app.state.residual
+        run(app)
+        assert app.run.request.net.spec.depth == 5 and not app.run.request.net.spec.residual
+        before = len(app.messages)
+        for depth in (6, 7, 8, 9, 10, 11):     # a drag over depths the family lacks
+            app.state.depth = depth
+        refused = app.messages[before:]
+        assert len(refused) == 1 and "no trained plain sibling of depth 6" in refused[0][1]
+        assert app.state.depth == 5 and app.state.model.startswith("zoo: fmnist-plain5-ep")
+        depth_widget = next(w for w in app._model_controls.select(pn.widgets.Widget) if w.name == "Depth")
+        assert not depth_widget.disabled
+    finally:
+        app.shutdown("test over")
+
+
+def test_a_lone_checkpoint_disables_depth_and_residual_with_the_reason(app, tmp_path):
+    import panel as pn
+    app.controls()   # the sidebar's widgets
+    spec = hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4)
+    stem = save_checkpoint(HopfieldNetwork(spec, seed=0), tmp_path / "lone")
+    app.upload.filename = ["lone.json", "lone.safetensors"]
+    app.upload.value = [stem.with_suffix(".json").read_bytes(), stem.with_suffix(".safetensors").read_bytes()]
+    run(app)
+    assert app.state.model == "upload: lone"
+    widgets = [w for w in app._model_controls.select(pn.widgets.Widget) if w.name in ("Depth", "Residual")]
+    assert len(widgets) == 2 and all(w.disabled and "fixed architecture" in w.description for w in widgets)
+    app.state.model = "untrained resnet"
+    run(app)
+    assert not any(w.disabled for w in widgets)

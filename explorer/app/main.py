@@ -66,6 +66,7 @@ log = logging.getLogger("explorer.app")
 TICK_MS = 10            # how often the page looks for news (a few attribute reads when idle) ...
 SEND_EVERY = 0.033      # ... and sends at most 30 updates per second
 IN_FLIGHT = 1           # updates sent but not yet applied by the page, at most
+REPEAT_SECONDS = 3.0    # the same message again within this long is not shown again
 ORPHAN_SECONDS = 2.0    # a page without a connection this long has been closed
 ACK_TIMEOUT = 1.0       # send anyway when the browser has not confirmed an update for this long
 READY_TIMEOUT = 5.0     # connected this long without saying it is ready: send anyway
@@ -107,6 +108,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.views = {cls.key: cls(self.state) for cls in VIEW_CLASSES}
         self.gallery = Gallery(self.state)
         self.messages: list[tuple[str, str]] = []   # (level, text) of every notification
+        self._notified, self._notified_key = 0.0, None
         self.css = app_css()
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
@@ -211,6 +213,12 @@ class ExplorerApp(pn.viewable.Viewer):
             with self._applying_settings():
                 if "residual" in names and "model" not in names and state.model in UNTRAINED:
                     state.model = "untrained resnet" if state.residual else "untrained plain"
+                if names & {"depth", "residual"} and "model" not in names and state.family():
+                    sibling = state.sibling()   # a trained family: open the member at this depth
+                    if sibling != state.model:
+                        state.model = sibling
+                        names.add("model")
+                        self.notify(f"opened {sibling}, the trained sibling at depth {state.depth}", "info")
                 if "model" in names:
                     state.param.update(**state.model_defaults(state.model))
                 if names & {"model", "depth", "residual", "map_layer"}:
@@ -218,13 +226,15 @@ class ExplorerApp(pn.viewable.Viewer):
             request = state.resolve()
         except SettingError as exc:
             kept = ", ".join(f"{n} = {self._good[n]}" for n in sorted(names) if n in self._good)
-            self.notify(f"{exc}" + (f" (kept {kept})" if kept else ""))
+            self.notify(f"{exc}" + (f" (kept {kept})" if kept else ""), key=",".join(sorted(names)))
             with self._applying_settings():
                 state.param.update(**self._good)
                 state.sync_layers()
             return
         self._good = state.run_settings()
         self.clear_alert()
+        if "model" in names:
+            self._architecture_controls()
         self.worker.submit(request)
 
     def apply_settings(self, given: dict[str, str]) -> None:
@@ -347,8 +357,26 @@ class ExplorerApp(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------------
     # Messages
     # ------------------------------------------------------------------------------------
-    def notify(self, text: str, level: str = "error") -> None:
-        """Tell the person: a toast (when served) and the alert pane; kept in ``messages``."""
+    def _architecture_controls(self) -> None:
+        """Depth and residual are disabled, with the reason as their tooltip, for a checkpoint they
+        cannot change (a zoo family's member moves to its siblings instead)."""
+        reason = self.state.architecture_reason()
+        labels = {self.state.param.depth.label, self.state.param.residual.label}
+        for w in getattr(self, "_model_controls", pn.Column()).select(pn.widgets.Widget):
+            if w.name in labels:
+                w.disabled = reason is not None
+                w.description = reason
+
+    def notify(self, text: str, level: str = "error", key: str | None = None) -> None:
+        """Tell the person: a toast (when served) and the alert pane; kept in ``messages``. Another
+        message with the same ``key`` within a few seconds (a slider dragged over refused values)
+        only updates the alert pane: one toast a drag, not one a position."""
+        now = time.monotonic()
+        repeat = key is not None and self._notified_key == key and now - self._notified < REPEAT_SECONDS
+        self._notified, self._notified_key = now, key
+        if repeat:
+            self.alert.object = text
+            return
         self.messages.append((level, text))
         (log.info if level in ("info", "success") else log.warning)("%s: %s", level, text)
         if level in ("error", "warning"):
@@ -618,8 +646,9 @@ class ExplorerApp(pn.viewable.Viewer):
         def section(title, *items):
             return pn.Column(pn.pane.HTML(f"<div class='section'>{title}</div>", stylesheets=[self.css],
                                           margin=(8, 10, 0, 10)), *items, sizing_mode="stretch_width")
-        model = pn.Param(s, parameters=["model", "depth", "residual"], show_name=False,
-                         sizing_mode="stretch_width")
+        model = self._model_controls = pn.Param(s, parameters=["model", "depth", "residual"], show_name=False,
+                                                sizing_mode="stretch_width")
+        self._architecture_controls()
         upload_help = pn.pane.HTML("<div class='hint'>Upload a checkpoint: select <b>NAME.json</b> and "
                                    "<b>NAME.safetensors</b> together.</div>", stylesheets=[self.css],
                                    margin=(0, 10))

@@ -379,6 +379,35 @@ class ExplorerState(RunSettings):
             out["schedule"] = meta["schedule"]
         return out
 
+    def family(self, choice: str | None = None) -> dict[tuple[int, bool], str]:
+        """The model choices of a zoo model's trained family by (depth, residual): moving depth or
+        residual on such a model opens its sibling. Empty for builders and lone checkpoints."""
+        choice = choice or self.model
+        entry = self.zoo.get(choice)
+        if entry is None:
+            return {}
+        from ..zoo import family_members
+        by_name = {e.name: c for c, e in self.zoo.items()}
+        return {key: by_name[e.name] for key, e in family_members(entry.name, list(self.zoo.values())).items()
+                if e.name in by_name}
+
+    def sibling(self) -> str:
+        """The family member at the current depth and residual setting, or SettingError saying which exist."""
+        family = self.family()
+        key = (int(self.depth), bool(self.residual))
+        if key in family:
+            return family[key]
+        have = ", ".join(f"{'residual' if r else 'plain'} {d}" for d, r in sorted(family))
+        raise SettingError(f"{self.model} has no trained {'residual' if key[1] else 'plain'} sibling of depth "
+                           f"{key[0]} in the zoo (there are: {have})")
+
+    def architecture_reason(self) -> str | None:
+        """Why depth and residual cannot move for this model (None: they can)."""
+        if not self.fixed_architecture or self.family():
+            return None
+        return (f"{self.model} is a checkpoint with a fixed architecture and no trained siblings in the zoo: "
+                "its depth and residual edges cannot be changed (choose an untrained builder to vary them)")
+
     def check_architecture(self) -> None:
         """Depth and residual are fixed by a checkpoint; say so if they differ."""
         if not self.fixed_architecture:
