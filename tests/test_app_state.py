@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from explorer.app import ExplorerApp, ExplorerState
+from explorer.app.main import create_app
 from explorer.app.state import SAMPLE_SHAPE, UNTRAINED
 from explorer.checkpoint import save_checkpoint
 from explorer.network import HopfieldNetwork, hopfield_family
@@ -987,3 +988,54 @@ def test_a_lone_checkpoint_disables_depth_and_residual_with_the_reason(app, tmp_
     app.state.model = "untrained resnet"
     run(app)
     assert not any(w.disabled for w in widgets)
+
+
+def test_a_link_carries_every_run_setting_and_reproduces_the_run_with_the_same_numbers(app):
+    app.state.param.update(beta=0.3, schedule="descent_safe", sample=7, alpha=4.0, tol=1e-3)
+    app.restart()
+    run(app)
+    query = app.link_query()
+    assert {k: query[k] for k in ("beta", "schedule", "sample", "alpha", "tol")} == \
+        {"beta": "0.3", "schedule": "descent_safe", "sample": "7", "alpha": "4.0", "tol": "0.001"}
+    assert query["model"] == "untrained resnet" and query["t_free"] == str(T_FREE)
+    other = create_app(settings=query, state=ExplorerState(zoo=[]), autostart=True)
+    try:
+        run(other)
+        assert other.state.run_settings() == app.state.run_settings()
+        for phase in ("free", "nudged+", "nudged-"):
+            a, b = app.run.phases[phase].records, other.run.phases[phase].records
+            assert len(a) == len(b) and all(torch.equal(x.stats, y.stats) and torch.equal(x.energy, y.energy)
+                                            for x, y in zip(a, b))
+    finally:
+        other.shutdown("test over")
+
+
+def test_a_link_with_a_bad_value_names_it_and_the_other_values_still_apply():
+    page = create_app(settings={"beta": "7", "schedule": "descent_safe", "t_free": "abc", "sample": "3",
+                                "tab": "nowhere"}, state=ExplorerState(zoo=[]), autostart=False)
+    try:
+        words = " | ".join(t for _, t in page.messages)
+        assert "beta = 7 is outside" in words and "t_free" in words and "abc" in words
+        assert page.state.schedule == "descent_safe" and page.state.sample == 3
+        assert page.state.beta == 0.15 and page.state.t_free == 120
+        page.template()
+        assert "tab = 'nowhere' is not a tab" in page.messages[-1][1]
+    finally:
+        page.shutdown("test over")
+
+
+def test_a_link_names_a_zoo_model_by_its_checkpoint_and_opens_the_tab_it_names(tmp_path):
+    import shutil
+
+    from explorer.zoo import ZOO_DIR, list_entries
+    for ext in (".json", ".safetensors"):
+        shutil.copy(ZOO_DIR / f"fmnist-resnet3-ep{ext}", tmp_path / f"fmnist-resnet3-ep{ext}")
+    page = create_app(settings={"model": "fmnist-resnet3-ep", "tab": "train"},
+                      state=ExplorerState(zoo=list_entries(tmp_path)), autostart=False)
+    try:
+        assert page.state.model.startswith("zoo: fmnist-resnet3-ep")
+        page.template()
+        assert page._tabs.active == 1 and page.link_query()["tab"] == "train"
+        assert page.link_query()["model"] == "fmnist-resnet3-ep"
+    finally:
+        page.shutdown("test over")

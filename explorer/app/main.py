@@ -81,6 +81,9 @@ const seq = cb_obj.data.seq[0];
 ack.data = {seq: [seq], ready: [1]};
 """
 CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
+# What a link carries besides the model (issue 18): the run's settings and its playback speed.
+LINK_SETTINGS = ("sample", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule", "tol",
+                 "stop_at_tol", "speed")
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
 
 # Panel's Fast design without its web font: the page loads nothing from outside the server.
@@ -167,6 +170,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self.state.param.watch(self._on_step, ["step"])
         self.state.param.watch(self._on_reset, ["reset"])
         self.state.param.watch(self._on_display, list(DISPLAY_SETTINGS))
+        self.state.param.watch(self._write_address, ["model", *LINK_SETTINGS])
+        self._tabs, self._tab_titles, self._wanted_tab = None, [], None
         if self.state.startup_error:
             self.notify(self.state.startup_error)
         if settings:
@@ -238,7 +243,12 @@ class ExplorerApp(pn.viewable.Viewer):
         self.worker.submit(request)
 
     def apply_settings(self, given: dict[str, str]) -> None:
-        """Settings given as text (the page's URL query); what cannot apply is reported."""
+        """Settings given as text (the page's URL query); what cannot apply is reported, by name,
+        and the others still apply. A zoo model may be named by its checkpoint name alone."""
+        given = dict(given)
+        self._wanted_tab = given.pop("tab", None)
+        if "model" in given:
+            given["model"] = self._model_choice(given["model"])
         typed, problems = self.state.settings_from_text(given)
         for text in problems:
             self.notify(text, level="warning")
@@ -246,6 +256,52 @@ class ExplorerApp(pn.viewable.Viewer):
             self.state.model = typed.pop("model")
         if typed:
             self.state.param.update(**typed)
+
+    def _model_choice(self, text: str) -> str:
+        """The model choice a link names: a zoo checkpoint's name (``fmnist-resnet5-ep``) or a choice as listed."""
+        for choice, entry in {**self.state.zoo, **self.state.trained}.items():
+            if text == entry.name:
+                return choice
+        return text
+
+    def link_query(self) -> dict[str, str]:
+        """The run on screen as a URL query, each setting under its own name (``?beta=0.3&sample=30``)."""
+        s = self.state
+        entry = s.zoo.get(s.model) or s.trained.get(s.model)
+        query = {"model": entry.name if entry is not None else s.model}
+        for name in LINK_SETTINGS:
+            value = getattr(s, name)
+            query[name] = ("true" if value else "false") if isinstance(value, bool) else f"{value}"
+        if self._tabs is not None and self._tab_titles:
+            query["tab"] = self._tab_titles[self._tabs.active].lower()
+        return query
+
+    def _write_address(self, *_events) -> None:
+        """Keep the page's address in step with its settings (served pages only)."""
+        location = pn.state.location
+        if location is not None and not self._applying:
+            location.update_query(**self.link_query())
+
+    def copy_link(self) -> pn.widgets.Button:
+        """A button that copies the page's address, which holds every run setting, to the clipboard."""
+        button = pn.widgets.Button(name="Copy link", button_type="default", sizing_mode="stretch_width",
+                                   description="Copy this page's address: opening it reproduces this run")
+        button.js_on_click(code="""
+const url = window.location.href;
+const done = () => { cb_obj.label = "Link copied"; setTimeout(() => { cb_obj.label = "Copy link"; }, 1500); };
+if (navigator.clipboard && window.isSecureContext) { navigator.clipboard.writeText(url).then(done, () => window.prompt("Copy this link", url)); }
+else { window.prompt("Copy this link", url); }
+""")
+        return button
+
+    def _open_wanted_tab(self) -> None:
+        wanted = (self._wanted_tab or "").lower()
+        titles = [t.lower() for t in self._tab_titles]
+        if wanted and wanted in titles:
+            self._tabs.active = titles.index(wanted)
+        elif wanted:
+            self.notify(f"tab = {self._wanted_tab!r} is not a tab of this page (one of {', '.join(titles)}); "
+                        "kept Relaxation", level="warning")
 
     def _on_playback(self, *events) -> None:
         for e in events:
@@ -679,7 +735,8 @@ class ExplorerApp(pn.viewable.Viewer):
                     section("Input", self.gallery.pane, inputs),
                     section("Playback", playback_buttons, speed),
                     section("Display", display),
-                    section("Runs", self.runs_select, self.save_run, runs_help, self.open_run)]
+                    section("Runs", self.runs_select, self.save_run, runs_help, self.open_run),
+                    section("Share", self.copy_link())]
         transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections
 
@@ -696,8 +753,9 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
-        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=True,
-                       sizing_mode="stretch_width")
+        tabs = [("Relaxation", self.relaxation_tab()), ("Train", self.train)]
+        self._tab_titles = [t for t, _ in tabs]
+        return pn.Tabs(*tabs, dynamic=True, sizing_mode="stretch_width")
 
     def __panel__(self):
         if self._layout is None:
@@ -708,6 +766,8 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def template(self) -> pn.template.FastListTemplate:
         self._tabs = self.tabs()
+        self._open_wanted_tab()
+        self._tabs.param.watch(self._write_address, ["active"])
         tmpl = pn.template.FastListTemplate(
             title="Hopfield-ResNet explorer · equilibrium propagation, live",
             sidebar=self.controls(), main=[pn.Column(self.status, self.alert, self._tabs,
