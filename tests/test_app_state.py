@@ -1039,3 +1039,18 @@ def test_a_link_names_a_zoo_model_by_its_checkpoint_and_opens_the_tab_it_names(t
         assert page.link_query()["model"] == "fmnist-resnet3-ep"
     finally:
         page.shutdown("test over")
+
+
+def test_the_free_phase_verdict_carries_the_fixed_points_stability(app):
+    from explorer.stability import stability
+    app.restart()
+    run(app)
+    free = app.run.phases["free"]
+    st = free.verdict["stability"]
+    req = app.run.request
+    again = stability(req.net, req.x, schedule=req.schedule, steps=req.t_free)   # relaxed afresh
+    assert st["spectral_radius"] == pytest.approx(again.spectral_radius[0], rel=1e-3)
+    assert 0 < st["spectral_radius"] < 1 and st["dominant_layer"] in req.net.layer_names
+    assert abs(sum(st["layer_share"].values()) - 1) < 1e-6
+    html = app.views["verdict"].html.object
+    assert "stability at s*" in html and f"ρ = {st['spectral_radius']:.3f}" in html

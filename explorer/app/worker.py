@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..ep import run_phases
+from ..stability import stability
 from ..network import OUTPUT
 from ..record import ENERGY_STATS, LAYER_STATS, PhaseResult, StepRecord
 from ..run import Run, RunStore, network_identity
@@ -303,6 +304,8 @@ class RunWorker:
 
         def on_phase(result: PhaseResult) -> None:
             phase = run.add_phase(result)
+            if result.phase == "free" and result.records and not self._stale(run_id):
+                phase.verdict["stability"] = fixed_point_stability(req, result)
             y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
             self._put(PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y), run_id)
 
@@ -320,6 +323,19 @@ class RunWorker:
         ended = RunEnded(run_id, cancelled, time.monotonic() - t0, steps, run)
         self.finished.append(ended)
         self._put(ended, run_id)
+
+
+def fixed_point_stability(req: RunRequest, free: PhaseResult) -> dict:
+    """The spectral radius of one step's Jacobian at the free phase's end, for the image on screen
+    (explorer.stability; about one free phase's work), as data for the verdict."""
+    try:
+        st = stability(req.net, req.x, schedule=req.schedule, free=free)
+    except Exception as exc:   # an estimate that fails must not cost the run
+        log.exception("stability estimate failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"spectral_radius": float(st.spectral_radius[0]), "observed_rate": st.observed_rate[0],
+            "dominant_layer": st.dominant_layer[0], "layer_share": st.layer_share[0],
+            "explanation": st.explanation, "seconds": sum(st.seconds.values())}
 
 
 def new_run(req: RunRequest) -> Run:

@@ -43,6 +43,21 @@ def _phase_body(ev: PhaseEnded) -> str:
             f"<span class='msg'>{html.escape(d['message'])}</span>")
 
 
+def _stability_row(st: dict) -> str:
+    """The fixed point's stability in one line: rho < 1 converges at rate rho, rho >= 1 cannot."""
+    if "error" in st:
+        return f"<div class='vrow stability'>stability at s*: not estimated ({html.escape(st['error'])})</div>"
+    rho = st["spectral_radius"]
+    badge = "converged" if rho < 1 else "non_finite"
+    seen = st.get("observed_rate")
+    seen = f" · observed rate {seen:.3f}" if isinstance(seen, (int, float)) else ""
+    share = st["layer_share"].get(st["dominant_layer"], 0.0)
+    words = "converges at rate ρ a step" if rho < 1 else "cannot converge (ρ ≥ 1)"
+    return (f"<div class='vrow stability'>stability at s*: <span class='badge {badge}'>ρ = {rho:.3f}</span> "
+            f"<span class='msg'>{words}{seen}; the slowest direction lives in {st['dominant_layer']} "
+            f"({100 * share:.0f} %)</span></div>")
+
+
 class VerdictView(View):
     key = "verdict"
     title = "6 · Convergence verdict"
@@ -54,7 +69,7 @@ class VerdictView(View):
                                        name="explorer.verdict.phases")
         # A fixed height: text changes inside never resize the page around it (no relayout).
         self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
-                                 sizing_mode="stretch_width", height=190, css_classes=["verdict-pane"])
+                                 sizing_mode="stretch_width", height=250, css_classes=["verdict-pane"])
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
@@ -103,6 +118,8 @@ class VerdictView(View):
             else:
                 body = "<span class='badge waiting'>waiting</span>"
             lines.append(f"<div class='vrow'>{head}{body}</div>")
+            if p == "free" and p in self.rows and "stability" in self.rows[p].verdict:
+                lines.append(_stability_row(self.rows[p].verdict["stability"]))
         tol = r.get("tol") or DEFAULT_TOL
         settings = (f"β = {r['beta']:.3g} · α = {r['alpha']:.3g} · schedule <i>{r['schedule']}</i> · "
                     f"T free {r['t_free']} · T nudge {r['t_nudge']} · tolerance {tol:.0e} · run {run.id}<br>"
