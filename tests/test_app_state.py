@@ -1054,3 +1054,27 @@ def test_the_free_phase_verdict_carries_the_fixed_points_stability(app):
     assert abs(sum(st["layer_share"].values()) - 1) < 1e-6
     html = app.views["verdict"].html.object
     assert "stability at s*" in html and f"ρ = {st['spectral_radius']:.3f}" in html
+
+
+def test_pin_a_then_switch_residual_off_draws_b_over_a_and_fills_the_differences(app):
+    app.controls()
+    app.restart()
+    run(app)
+    a = app.run
+    app.pin_current()
+    app.state.residual = False          # the paper's question: the same depth without skips
+    run(app)
+    b = app.run
+    assert b.id != a.id and app.state.model == "untrained plain"
+    assert set(app.views["energy"].curves()) >= {a.id, b.id}      # A's curves stay under B's
+    rows = {k: (va, vb, d) for k, va, vb, d in app.views["compare"].rows()}
+    assert rows["residual"] == (True, False, True) and rows["depth"][2] is False
+    assert rows["free: verdict"][1] == b.phases["free"].verdict["diagnosis"]["kind"]
+    assert rows["spectral radius"][0] == a.phases["free"].verdict["stability"]["spectral_radius"]
+    html = app.views["compare"].html.object
+    assert "A (pinned)" in html and "residual" in html and "steps to tolerance" in html
+    assert a.id in app.store          # a pinned run is never evicted
+    app.pin_current(False)
+    app.state.residual = True
+    run(app)
+    assert a.id not in app.views["energy"].curves()

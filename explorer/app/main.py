@@ -282,6 +282,24 @@ class ExplorerApp(pn.viewable.Viewer):
         if location is not None and not self._applying:
             location.update_query(**self.link_query())
 
+    def pin_button(self) -> pn.widgets.Toggle:
+        """Pin the run on screen as A (its energy curves stay, dashed, and the next run is compared with it)."""
+        toggle = pn.widgets.Toggle(name="Pin this run as A", value=False, sizing_mode="stretch_width")
+        toggle.param.watch(lambda e: self.pin_current(e.new), "value")
+        return toggle
+
+    def pin_current(self, pinned: bool = True) -> None:
+        """Pin (or unpin) the run on screen as A."""
+        compare, energy = self.views["compare"], self.views["energy"]
+        if compare.pinned is not None:
+            energy.pin(compare.pinned.id, False)
+            self.store.pin(compare.pinned.id, False)
+        run = self.run if pinned else None
+        if run is not None:
+            energy.pin(run.id)
+            self.store.pin(run.id)
+        compare.pin(run)
+
     def copy_link(self) -> pn.widgets.Button:
         """A button that copies the page's address, which holds every run setting, to the clipboard."""
         button = pn.widgets.Button(name="Copy link", button_type="default", sizing_mode="stretch_width",
@@ -736,6 +754,7 @@ else { window.prompt("Copy this link", url); }
                     section("Playback", playback_buttons, speed),
                     section("Display", display),
                     section("Runs", self.runs_select, self.save_run, runs_help, self.open_run),
+                    section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
         transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections

@@ -1,0 +1,61 @@
+"""Runs A and B: pin the run on screen as A, change anything, and the next run (B) is compared with it.
+
+The energy view keeps A's curves (dashed) under B's; this view lists what differs: the settings and
+architecture, then per phase the verdict and the steps to tolerance, the final Phi, the prediction
+and the spectral radius at the free fixed point (:mod:`explorer.compare`).
+"""
+from __future__ import annotations
+
+import html
+
+import panel as pn
+
+from ...compare import differences
+from ..worker import RunEnded
+from .base import View
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else html.escape(str(value))
+
+
+class CompareView(View):
+    key = "compare"
+    title = "Compare A and B"
+
+    def __init__(self, app_state, **params):
+        super().__init__(app_state, **params)
+        self.pinned = None                 # run A
+        self.current = None                # the last finished run (B once A is pinned)
+        self.html = pn.pane.HTML(self._text(), sizing_mode="stretch_width", css_classes=["compare-pane"])
+
+    def pin(self, run) -> None:
+        self.pinned = run
+        self.html.object = self._text()
+
+    def run_ended(self, event: RunEnded) -> None:
+        if not event.cancelled and event.run is not None:
+            self.current = event.run
+            self.html.object = self._text()
+
+    def rows(self):
+        if self.pinned is None or self.current is None or self.current.id == self.pinned.id:
+            return []
+        return differences(self.pinned, self.current)
+
+    def _text(self) -> str:
+        if self.pinned is None:
+            return ("<div class='hint'>Pin the run on screen as <b>A</b>, then change anything (residual off, "
+                    "another schedule, alpha, a model): the next run is <b>B</b>, drawn over A in the energy "
+                    "view and compared here.</div>")
+        rows = self.rows()
+        if not rows:
+            return f"<div class='hint'>A is run {self.pinned.id}. Change a setting to run B.</div>"
+        body = "".join(f"<tr class='{'differs' if d else ''}'><td>{html.escape(k)}</td><td>{_show(a)}</td>"
+                       f"<td>{_show(b)}</td></tr>" for k, a, b, d in rows)
+        return ("<table class='compare'><tr><th></th><th>A (pinned)</th><th>B</th></tr>" + body + "</table>")
+
+    def body(self):
+        return self.html
