@@ -730,7 +730,7 @@ else { window.prompt("Copy this link", url); }
                        "start": SLIDER_RANGES[n][0], "end": SLIDER_RANGES[n][1]}
                    for n, fmt in (("alpha", "0.0"), ("beta", "0.00"))}
         # the tolerance is typed (1e-4, 1e-6 ...): a slider cannot span its decades
-        widgets["tol"] = {"type": pn.widgets.FloatInput, "format": "0.0e+0"}
+        widgets["tol"] = {"type": pn.widgets.FloatInput}
         dynamics = pn.Param(s, parameters=["alpha", "beta", "t_free", "t_nudge", "schedule", "tol", "stop_at_tol"],
                             show_name=False, widgets=widgets,
                             sizing_mode="stretch_width")
