@@ -49,6 +49,8 @@ from panel.theme.fast import Fast
 
 from .. import native
 from .gallery import Gallery
+from .scan_tab import ScanTab
+from .sweep_tab import SweepTab
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
 from .views.base import Batch, Run
@@ -272,6 +274,9 @@ class ExplorerApp(pn.viewable.Viewer):
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
                                threads=threads, css=self.css, clear_alert=self.clear_alert)
+        # Scans and sweeps share one background worker per page, with their own periodic drain.
+        self.scan = ScanTab(self.state, notify=self.notify, threads=threads)
+        self.sweep = SweepTab(self.state, worker=self.scan.worker, notify=self.notify, threads=threads)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -752,8 +757,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
-        return pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), dynamic=True,
-                       sizing_mode="stretch_width")
+        tabs = pn.Tabs(("Relaxation", self.relaxation_tab()), ("Train", self.train), ("Scan", self.scan),
+                       ("Sweep", self.sweep), dynamic=True, sizing_mode="stretch_width")
+        self.scan.page_tabs = self.sweep.page_tabs = tabs   # a click there opens the Relaxation tab
+        return tabs
 
     def __panel__(self):
         if self._layout is None:
