@@ -53,12 +53,12 @@ class ScanTab(pn.viewable.Viewer):
         self._running: dict | None = None
         self._callback = None
         self._layout = None
-        self.n_images = pn.widgets.IntInput(name="Images", value=40, start=1, end=MAX_IMAGES, width=110)
-        self.batch_size = pn.widgets.IntInput(name="Batch size", value=40, start=1, end=1024, width=110)
-        self.tol = pn.widgets.FloatInput(name="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
+        self.n_images = pn.widgets.IntInput(label="Images", value=40, start=1, end=MAX_IMAGES, width=110)
+        self.batch_size = pn.widgets.IntInput(label="Batch size", value=40, start=1, end=1024, width=110)
+        self.tol = pn.widgets.FloatInput(label="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
                                          step=1e-5, format="0.[000000]", width=120)
-        self.start_button = pn.widgets.Button(name="Scan", button_type="primary", width=100, align="end")
-        self.cancel_button = pn.widgets.Button(name="Cancel", disabled=True, width=100, align="end")
+        self.start_button = pn.widgets.Button(label="Scan", button_type="primary", width=100, align="end")
+        self.cancel_button = pn.widgets.Button(label="Cancel", disabled=True, width=100, align="end")
         self.start_button.on_click(lambda _e: self.start())
         self.cancel_button.on_click(lambda _e: self.cancel())
         self.progress = pn.indicators.Progress(value=0, max=1, visible=False, sizing_mode="stretch_width",
@@ -225,7 +225,7 @@ class ScanTab(pn.viewable.Viewer):
                     f"{charts.escape(class_name(names, o.label))} → {charts.escape(class_name(names, o.prediction))}"
                     f"<br><b>{charts.escape(worst['kind'])}</b> in the {charts.escape(phase)} phase: "
                     f"{charts.escape(worst.get('message', ''))}</div>")
-            button = pn.widgets.Button(name=f"Open #{o.index}", width=110)
+            button = pn.widgets.Button(label=f"Open #{o.index}", width=110)
             button.on_click(lambda _e, i=o.index: self.open_image(i))
             self.gallery_buttons.append((o.index, button))
             cards.append(pn.Column(pn.pane.HTML(text, width=210, margin=(0, 5)), button, width=230,

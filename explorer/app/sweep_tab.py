@@ -22,7 +22,8 @@ import panel as pn
 
 from ..evaluate import one_line
 from ..scan import ScanSettings, scan_images
-from ..sweep import GRID_KEYS, PRESETS, Base, GridError, SweepResult, estimate_seconds, parse_grid, sweep
+from ..sweep import (GRID_KEYS, PRESETS, Base, GridError, SweepResult, estimate_seconds, grid_cells,
+                     parse_grid, sweep)
 from . import charts
 from .jobs import JobWorker, on_session_end, page_callback
 from .scan_tab import MAX_IMAGES, RUN_KEYS, show_relaxation
@@ -79,26 +80,26 @@ class SweepTab(pn.viewable.Viewer):
         self._dirty = False
         self.pipes: dict[tuple, hv.streams.Pipe] = {}    # (metric, third value label) -> its heatmap's data
         self.taps: dict[tuple, hv.streams.Tap] = {}
-        self.axis_names = [pn.widgets.Select(name=f"Axis {i + 1}", options=[NONE, *GRID_KEYS], value=n, width=110)
+        self.axis_names = [pn.widgets.Select(label=f"Axis {i + 1}", options=[NONE, *GRID_KEYS], value=n, width=110)
                            for i, (n, _) in enumerate(DEFAULT_AXES)]
-        self.axis_values = [pn.widgets.TextInput(name="values", value=v, placeholder="e.g. 2,4,6", width=230)
+        self.axis_values = [pn.widgets.TextInput(label="values", value=v, placeholder="e.g. 2,4,6", width=230)
                             for _, v in DEFAULT_AXES]
-        self.k_images = pn.widgets.IntInput(name="Images (K)", value=10, start=1, end=MAX_IMAGES, width=110)
-        self.tol = pn.widgets.FloatInput(name="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
+        self.k_images = pn.widgets.IntInput(label="Images (K)", value=10, start=1, end=MAX_IMAGES, width=110)
+        self.tol = pn.widgets.FloatInput(label="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
                                          step=1e-5, format="0.[000000]", width=120)
-        self.preset_button = pn.widgets.Button(name="Preset: depth × residual", width=190, align="end")
-        self.start_button = pn.widgets.Button(name="Run sweep", button_type="primary", width=110, align="end")
-        self.cancel_button = pn.widgets.Button(name="Cancel", disabled=True, width=90, align="end")
+        self.preset_button = pn.widgets.Button(label="Preset: depth × residual", width=190, align="end")
+        self.start_button = pn.widgets.Button(label="Run sweep", button_type="primary", width=110, align="end")
+        self.cancel_button = pn.widgets.Button(label="Cancel", disabled=True, width=90, align="end")
         self.confirm_text = pn.pane.HTML("", margin=(8, 10))
-        self.confirm_button = pn.widgets.Button(name="Run it", button_type="warning", width=90)
-        self.decline_button = pn.widgets.Button(name="Don't run", width=90)
+        self.confirm_button = pn.widgets.Button(label="Run it", button_type="warning", width=90)
+        self.decline_button = pn.widgets.Button(label="Don't run", width=90)
         self.confirm = pn.Row(self.confirm_text, self.confirm_button, self.decline_button, visible=False,
                               sizing_mode="stretch_width")
         self.progress = pn.indicators.Progress(value=0, max=1, visible=False, sizing_mode="stretch_width",
                                                height=18, margin=(5, 10))
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.status = pn.pane.HTML("<i>No sweep yet.</i>", sizing_mode="stretch_width", margin=(0, 10))
-        self.history_select = pn.widgets.Select(name="Sweeps of this session", options={}, width=420)
+        self.history_select = pn.widgets.Select(label="Sweeps of this session", options={}, width=420)
         self.download = pn.widgets.FileDownload(callback=self._csv_file, filename="sweep.csv",
                                                 label="Export CSV", disabled=True, width=140, align="end")
         self.heatmaps = pn.Column(sizing_mode="stretch_width")
@@ -118,6 +119,7 @@ class SweepTab(pn.viewable.Viewer):
         grid = parse_grid(items)
         if not 2 <= len(grid) <= 3:
             raise GridError(f"choose two or three axes (got {len(grid)}): the heatmaps need two")
+        grid_cells(grid)     # refuses a grid over the cell limit
         return grid, list(grid)
 
     def base(self) -> Base:
