@@ -65,8 +65,8 @@ def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str],
             title: str, clim=None) -> hv.HeatMap:
     """One metric over two axes; cells not yet run are NaN (drawn blank)."""
     kdims = [hv.Dimension(x, values=x_values), hv.Dimension(y, values=y_values)]
-    opts = dict(title=title, width=330, height=260, cmap="viridis", colorbar=True, tools=["hover", "tap"],
-                toolbar="above", xrotation=45 if len(x_values) > 8 else 0, nonselection_alpha=1.0)
+    opts = dict(title=title, width=340, height=260, cmap="viridis", colorbar=True, tools=["hover", "tap"],
+                toolbar=None, xrotation=45 if len(x_values) > 8 else 0, nonselection_alpha=1.0)
     if clim is not None:
         opts["clim"] = clim
     return hv.HeatMap(rows, kdims=kdims, vdims=[hv.Dimension(metric)]).opts(**opts)

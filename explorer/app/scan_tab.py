@@ -57,7 +57,7 @@ class ScanTab(pn.viewable.Viewer):
         self.batch_size = pn.widgets.IntInput(label="Batch size", value=40, start=1, end=1024, width=110)
         self.tol = pn.widgets.FloatInput(label="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
                                          step=1e-5, format="0.[000000]", width=120)
-        self.start_button = pn.widgets.Button(label="Scan", button_type="primary", width=100, align="end")
+        self.start_button = pn.widgets.Button(label="Scan", color="primary", width=100, align="end")
         self.cancel_button = pn.widgets.Button(label="Cancel", disabled=True, width=100, align="end")
         self.start_button.on_click(lambda _e: self.start())
         self.cancel_button.on_click(lambda _e: self.cancel())
@@ -66,6 +66,7 @@ class ScanTab(pn.viewable.Viewer):
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.status = pn.pane.HTML("<i>No scan yet.</i>", sizing_mode="stretch_width", margin=(0, 10))
         self.phase_table = pn.pane.DataFrame(None, index=False, width=420, float_format=lambda v: f"{v:.4g}",
+                                             na_rep="—",
                                              visible=False)
         self.overview = pn.pane.HTML("", width=440, margin=(0, 10))
         self.steps_plot = pn.pane.HoloViews(None, visible=False)

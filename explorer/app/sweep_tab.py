@@ -35,11 +35,12 @@ NONE = "(none)"
 CONFIRM_SECONDS = 60.0
 DEFAULT_AXES = (("alpha", "2,4,6"), ("beta", "0.05,0.15,0.5"), (NONE, ""))
 # (key, title, colour range): what each heatmap shows of a cell
-METRICS = (("converged_free", "Fraction converged (free phase)", (0.0, 1.0)),
-           ("median_steps_free", "Median steps to tol (free phase)", None),
-           ("energy_rose", "Fraction with an energy rise", (0.0, 1.0)),
+METRICS = (("converged_free", "Fraction converged (free)", (0.0, 1.0)),
+           ("median_steps_free", "Median steps to tol (free)", None),
+           ("energy_rose", "Fraction with energy rise", (0.0, 1.0)),
            ("accuracy", "Accuracy", (0.0, 1.0)),
            ("median_spectral_radius", "Median spectral radius", None))
+EMPTY = {"median_steps_free": "Steps to tol: none converged", "median_spectral_radius": "Spectral radius: not computed"}
 
 
 def metric_value(cell: dict, key: str) -> float:
@@ -88,10 +89,10 @@ class SweepTab(pn.viewable.Viewer):
         self.tol = pn.widgets.FloatInput(label="Tolerance", value=ScanSettings.tol, start=1e-12, end=0.5,
                                          step=1e-5, format="0.[000000]", width=120)
         self.preset_button = pn.widgets.Button(label="Preset: depth × residual", width=190, align="end")
-        self.start_button = pn.widgets.Button(label="Run sweep", button_type="primary", width=110, align="end")
+        self.start_button = pn.widgets.Button(label="Run sweep", color="primary", width=110, align="end")
         self.cancel_button = pn.widgets.Button(label="Cancel", disabled=True, width=90, align="end")
         self.confirm_text = pn.pane.HTML("", margin=(8, 10))
-        self.confirm_button = pn.widgets.Button(label="Run it", button_type="warning", width=90)
+        self.confirm_button = pn.widgets.Button(label="Run it", color="warning", width=90)
         self.decline_button = pn.widgets.Button(label="Don't run", width=90)
         self.confirm = pn.Row(self.confirm_text, self.confirm_button, self.decline_button, visible=False,
                               sizing_mode="stretch_width")
@@ -311,14 +312,14 @@ class SweepTab(pn.viewable.Viewer):
             panes = []
             for key, title, clim in METRICS:
                 pipe = hv.streams.Pipe(data=[])
-                full = title if third is None else f"{title}, {axes[2]} = {third}"
 
-                def draw(data, key=key, full=full, clim=clim):
+                def draw(data, key=key, title=title, clim=clim):
                     finite = [r[2] for r in data if math.isfinite(r[2])]
                     limits = clim or ((min(finite), max(finite)) if finite else (0.0, 1.0))
                     if limits[0] == limits[1]:
                         limits = (limits[0] - 0.5, limits[1] + 0.5)
-                    name = full if finite or key != "median_spectral_radius" else f"{full} (not computed)"
+                    # the third axis' value heads the row; a metric no cell has says so once cells ran
+                    name = EMPTY[key] if key in EMPTY and not finite and entry["cells"] else title
                     return charts.heatmap(data, x, y, key, self._labels(entry, x), self._labels(entry, y),
                                           name, clim=limits).opts(framewise=True)
                 dmap = hv.DynamicMap(draw, streams=[pipe])
