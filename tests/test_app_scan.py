@@ -221,8 +221,8 @@ def test_a_checkpoint_keeps_its_depth_when_a_cell_is_opened_and_says_why():
 class CancelAfterFirstCell(JobWorker):
     """Cancels the job as its first cell is handed over: the sweep ends with exactly one cell."""
 
-    def _put(self, event) -> None:
-        super()._put(event)
+    def _put(self, event, owner=None) -> None:
+        super()._put(event, owner)
         if event.get("kind") == "cell":
             self.cancel()
 
@@ -270,3 +270,15 @@ def test_three_axes_give_one_heatmap_per_value_of_the_third():
     for (key, third), pipe in tab.pipes.items():
         assert len(pipe.data) == 2 and all(not math.isnan(v) for *_, v in pipe.data if key != "median_spectral_radius"
                                            and key != "median_steps_free")
+
+
+def test_scan_and_sweep_share_the_pages_worker_without_taking_each_others_events():
+    state = untrained_state()
+    scan_tab = ScanTab(state)
+    tab = sweep_tab(state, [("alpha", "2,4"), ("beta", "0.1,0.3")], k=2, worker=scan_tab.worker)
+    assert tab.start()
+    assert not scan_tab.start() and "already running" in scan_tab.message.object
+    scan_tab.wait()                      # the scan tab's drain runs while the sweep runs ...
+    assert scan_tab.result is None
+    tab.wait()                           # ... and the sweep still gets every cell
+    assert len(tab.history) == 1 and len(tab.history[0]["result"].cells) == 4

@@ -25,6 +25,7 @@ class JobWorker:
         self._cond = threading.Condition()
         self._events: deque = deque()
         self._job = None
+        self._owner = None
         self._running = False
         self._cancelled = False
         self._closed = False
@@ -33,14 +34,15 @@ class JobWorker:
         self._thread: threading.Thread | None = None
         stop_at_exit(self)
 
-    def submit(self, job) -> None:
-        """Run ``job(put, should_stop)``; refused while another job runs (the page says so)."""
+    def submit(self, job, owner=None) -> None:
+        """Run ``job(put, should_stop)``; refused while another job runs (the page says so).
+        Its events go to ``drain(owner)`` (the Scan and Sweep tabs share the worker)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the page's job worker has been stopped")
             if self._running or self._job is not None:
                 raise RuntimeError("a scan or sweep is already running on this page")
-            self._job, self._cancelled = job, False
+            self._job, self._owner, self._cancelled = job, owner, False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
@@ -65,9 +67,8 @@ class JobWorker:
         with self._cond:
             return self._running or self._job is not None
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._events)
+    def pending(self, owner=None) -> bool:
+        return any(o == owner for o, _ in list(self._events))
 
     @property
     def closed(self) -> bool:
@@ -76,15 +77,18 @@ class JobWorker:
     def should_stop(self) -> bool:
         return self._cancelled or self._closed
 
-    def drain(self) -> list:
+    def drain(self, owner=None) -> list:
+        """Take the events of ``owner``'s jobs (the others stay for their owner)."""
         with self._cond:
-            out = list(self._events)
+            out = [e for o, e in self._events if o == owner]
+            kept = [(o, e) for o, e in self._events if o != owner]
             self._events.clear()
+            self._events.extend(kept)
         return out
 
-    def _put(self, event) -> None:
+    def _put(self, event, owner=None) -> None:
         with self._cond:
-            self._events.append(event)
+            self._events.append((owner, event))
 
     def _loop(self) -> None:
         if self._threads:
@@ -95,13 +99,13 @@ class JobWorker:
                     self._cond.wait()
                 if self._closed:
                     return
-                job, self._running = self._job, True
+                job, owner, self._running = self._job, self._owner, True
             try:
                 with torch.no_grad():
-                    job(self._put, self.should_stop)
+                    job(lambda event: self._put(event, owner), self.should_stop)
             except Exception as exc:   # the page must keep serving: report, never die
                 log.exception("a scan or sweep failed")
-                self._put({"kind": "failed", "message": f"{type(exc).__name__}: {exc}"})
+                self._put({"kind": "failed", "message": f"{type(exc).__name__}: {exc}"}, owner)
             finally:
                 with self._cond:
                     self._job, self._running = None, False

@@ -129,7 +129,7 @@ class ScanTab(pn.viewable.Viewer):
                  "cancelled": len(result.outcomes) < len(labels)})
 
         self._running = context
-        self.worker.submit(job)
+        self.worker.submit(job, owner="scan")
         self.progress.param.update(value=0, max=max(n, 1), visible=True)
         self.status.object = f"<b>Scanning</b> {n} images with {charts.escape(context['model'])} …"
         self.start_button.disabled, self.cancel_button.disabled = True, False
@@ -145,7 +145,7 @@ class ScanTab(pn.viewable.Viewer):
 
     # -- the drain (this session's periodic callback; tests call it) ------------------------------
     def drain(self) -> int:
-        events = self.worker.drain()
+        events = self.worker.drain("scan")
         for ev in events:
             kind = ev["kind"]
             if kind == "started":
@@ -159,7 +159,7 @@ class ScanTab(pn.viewable.Viewer):
             elif kind == "failed":
                 self.show_message(ev["message"])
                 self.status.object = "<i>The scan did not run.</i>"
-        if not self.worker.busy and not self.worker.pending:
+        if not self.worker.busy and not self.worker.pending("scan"):
             self.start_button.disabled, self.cancel_button.disabled = False, True
             self.progress.visible = False
             if self._callback is not None:
@@ -259,7 +259,7 @@ class ScanTab(pn.viewable.Viewer):
         """Drain until the scan has ended (tests)."""
         import time
         deadline = time.monotonic() + timeout
-        while self.worker.busy or self.worker.pending:
+        while self.worker.busy or self.worker.pending("scan"):
             if time.monotonic() > deadline:
                 raise TimeoutError("the scan did not end in time")
             self.drain()

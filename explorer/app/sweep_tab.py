@@ -216,7 +216,7 @@ class SweepTab(pn.viewable.Viewer):
             put({"kind": "done", "result": result})
 
         self._plan = plan
-        self.worker.submit(job)
+        self.worker.submit(job, owner="sweep")
         cells = math.prod(len(v) for v in grid.values())
         self.status.object = (f"<b>{'Running' if confirmed else 'Estimating'}</b> a grid of {cells} cells "
                               f"on {k} images …")
@@ -233,7 +233,7 @@ class SweepTab(pn.viewable.Viewer):
 
     # -- the drain (this session's periodic callback; tests call it) ------------------------------
     def drain(self) -> int:
-        events = self.worker.drain()
+        events = self.worker.drain("sweep")
         for ev in events:
             kind = ev["kind"]
             if kind == "estimate":
@@ -261,7 +261,7 @@ class SweepTab(pn.viewable.Viewer):
         if self._dirty:
             self._dirty = False
             self._push()
-        if not self.worker.busy and not self.worker.pending:
+        if not self.worker.busy and not self.worker.pending("sweep"):
             self.start_button.disabled, self.cancel_button.disabled = False, True
             self.progress.visible = False
             if self._callback is not None:
@@ -406,7 +406,7 @@ class SweepTab(pn.viewable.Viewer):
     def wait(self, timeout: float = 300.0, until=None) -> None:
         """Drain until the worker is idle (or ``until()`` holds)."""
         deadline = time.monotonic() + timeout
-        while (self.worker.busy or self.worker.pending) and not (until is not None and until()):
+        while (self.worker.busy or self.worker.pending("sweep")) and not (until is not None and until()):
             if time.monotonic() > deadline:
                 raise TimeoutError("the sweep did not end in time")
             self.drain()
