@@ -55,6 +55,8 @@ from ..run import load as load_run
 from ..run import save as save_run
 from . import transport
 from .gallery import Gallery
+from .scan_tab import ScanTab
+from .sweep_tab import SweepTab
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
 from .views.base import REPLAY_ID, feed, replay_events
@@ -116,6 +118,9 @@ class ExplorerApp(pn.viewable.Viewer):
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
                                threads=threads, css=self.css, clear_alert=self.clear_alert)
+        # Scans and sweeps share one background worker per page, with their own periodic drain.
+        self.scan = ScanTab(self.state, notify=self.notify, threads=threads)
+        self.sweep = SweepTab(self.state, worker=self.scan.worker, notify=self.notify, threads=threads)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -772,9 +777,12 @@ else { window.prompt("Copy this link", url); }
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
-        tabs = [("Relaxation", self.relaxation_tab()), ("Train", self.train)]
-        self._tab_titles = [t for t, _ in tabs]
-        return pn.Tabs(*tabs, dynamic=True, sizing_mode="stretch_width")
+        titled = [("Relaxation", self.relaxation_tab()), ("Train", self.train), ("Scan", self.scan),
+                  ("Sweep", self.sweep)]
+        self._tab_titles = [t for t, _ in titled]
+        tabs = pn.Tabs(*titled, dynamic=True, sizing_mode="stretch_width")
+        self.scan.page_tabs = self.sweep.page_tabs = tabs   # a click there opens the Relaxation tab
+        return tabs
 
     def __panel__(self):
         if self._layout is None:

@@ -1,0 +1,90 @@
+"""HoloViews charts of the Scan and Sweep tabs (Bokeh backend), and small text helpers."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend and its options)
+import numpy as np
+
+hv.Store.set_current_backend("bokeh")
+
+PHASE_COLORS = {"free": "#0072B2", "nudged+": "#D55E00", "nudged-": "#009E73"}
+BAR_COLOR = "#0072B2"
+CHART = dict(width=380, height=240, toolbar=None, default_tools=["hover"], fontscale=1.0)
+
+
+def value_label(value) -> str:
+    """A grid value as an axis label: on/off for residual, %g for numbers."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def percent(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def steps_histogram(histograms: dict[str, dict]) -> hv.Overlay:
+    """Steps to tolerance per phase (the images that met it), as overlaid step histograms."""
+    layers = []
+    for phase, h in histograms.items():
+        layers.append(hv.Histogram((np.asarray(h["edges"]), np.asarray(h["counts"])), kdims="steps to tol",
+                                   vdims="images", label=phase).opts(
+            fill_alpha=0.35, line_color=PHASE_COLORS.get(phase, "#555"),
+            fill_color=PHASE_COLORS.get(phase, "#555")))
+    return hv.Overlay(layers).opts(title="Steps to tolerance (converged images)", legend_position="top_right",
+                                   **CHART)
+
+
+def count_bars(counts: dict, title: str, kdim: str) -> hv.Bars:
+    items = sorted(counts.items(), key=lambda kv: -kv[1]) or [("none", 0)]
+    return hv.Bars(items, kdims=kdim, vdims="images").opts(title=title, color=BAR_COLOR, **CHART)
+
+
+def radius_histogram(values: list[float]) -> hv.Histogram:
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=12)
+    return hv.Histogram((edges, counts), kdims="spectral radius", vdims="images").opts(
+        title="Spectral radius of the free fixed point", color=BAR_COLOR, **CHART)
+
+
+def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str], y_values: list[str],
+            title: str, clim=None) -> hv.HeatMap:
+    """One metric over two axes; cells not yet run are NaN (drawn blank)."""
+    kdims = [hv.Dimension(x, values=x_values), hv.Dimension(y, values=y_values)]
+    opts = dict(title=title, width=340, height=260, cmap="viridis", colorbar=True, tools=["hover", "tap"],
+                toolbar=None, xrotation=45 if len(x_values) > 8 else 0, nonselection_alpha=1.0)
+    if clim is not None:
+        opts["clim"] = clim
+    return hv.HeatMap(rows, kdims=kdims, vdims=[hv.Dimension(metric)]).opts(**opts)
+
+
+def thumbnail(image: np.ndarray, scale: int = 3) -> str:
+    """A grey image [H, W] (any range) as an <img> tag with a PNG data URL."""
+    from PIL import Image
+    a = np.asarray(image, dtype=np.float64)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    a = np.zeros_like(a) if not math.isfinite(hi - lo) or hi <= lo else (a - lo) / (hi - lo)
+    img = Image.fromarray((a * 255).astype(np.uint8)).resize((a.shape[1] * scale, a.shape[0] * scale),
+                                                             Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"<img src='data:image/png;base64,{data}' width='{a.shape[1] * scale}' alt='image'>"
+
+
+def escape(text) -> str:
+    return html.escape(str(text))

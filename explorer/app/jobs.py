@@ -1,0 +1,130 @@
+"""Long jobs of one page (scans, sweeps): one background thread, one job at a time.
+
+A job is a function ``job(put, should_stop)``; it runs on the worker thread and hands plain
+Python events to the page with ``put``. The page drains them in a periodic callback of its own
+session (:func:`page_callback`), so nothing here touches Bokeh models, and the server's event loop
+never runs a relaxation. Cancel makes ``should_stop()`` true; a job then ends at its next step.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+import torch
+
+from .worker import stop_at_exit
+
+log = logging.getLogger("explorer.app")
+
+
+class JobWorker:
+    """A page's background thread for scans and sweeps."""
+
+    def __init__(self, name: str = "explorer-jobs", threads: int | None = 1):
+        self._cond = threading.Condition()
+        self._events: deque = deque()
+        self._job = None
+        self._owner = None
+        self._running = False
+        self._cancelled = False
+        self._closed = False
+        self._threads = threads
+        self._name = name
+        self._thread: threading.Thread | None = None
+        stop_at_exit(self)
+
+    def submit(self, job, owner=None) -> None:
+        """Run ``job(put, should_stop)``; refused while another job runs (the page says so).
+        Its events go to ``drain(owner)`` (the Scan and Sweep tabs share the worker)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the page's job worker has been stopped")
+            if self._running or self._job is not None:
+                raise RuntimeError("a scan or sweep is already running on this page")
+            self._job, self._owner, self._cancelled = job, owner, False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = self._cancelled = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    stop_now = stop
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running or self._job is not None
+
+    def pending(self, owner=None) -> bool:
+        return any(o == owner for o, _ in list(self._events))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def should_stop(self) -> bool:
+        return self._cancelled or self._closed
+
+    def drain(self, owner=None) -> list:
+        """Take the events of ``owner``'s jobs (the others stay for their owner)."""
+        with self._cond:
+            out = [e for o, e in self._events if o == owner]
+            kept = [(o, e) for o, e in self._events if o != owner]
+            self._events.clear()
+            self._events.extend(kept)
+        return out
+
+    def _put(self, event, owner=None) -> None:
+        with self._cond:
+            self._events.append((owner, event))
+
+    def _loop(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)   # as the relaxation worker: a core stays for the server
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job, owner, self._running = self._job, self._owner, True
+            try:
+                with torch.no_grad():
+                    job(lambda event: self._put(event, owner), self.should_stop)
+            except Exception as exc:   # the page must keep serving: report, never die
+                log.exception("a scan or sweep failed")
+                self._put({"kind": "failed", "message": f"{type(exc).__name__}: {exc}"}, owner)
+            finally:
+                with self._cond:
+                    self._job, self._running = None, False
+                    self._cond.notify_all()
+
+
+def page_callback(drain, period_ms: int = 150):
+    """Start ``drain`` as a periodic callback of the current session; None outside a served page
+    (tests call ``drain`` themselves)."""
+    import panel as pn
+    doc = pn.state.curdoc
+    if doc is None or getattr(doc, "session_context", None) is None:
+        return None
+    return pn.state.add_periodic_callback(drain, period=period_ms)
+
+
+def on_session_end(stop) -> None:
+    """Call ``stop()`` when the current session ends (no-op outside a served page)."""
+    import panel as pn
+    doc = pn.state.curdoc
+    if doc is not None and getattr(doc, "session_context", None) is not None:
+        pn.state.on_session_destroyed(lambda _ctx: stop())   # stop(timeout) joins briefly

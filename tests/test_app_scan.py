@@ -1,0 +1,284 @@
+"""The Scan and Sweep tabs driven from Python (issue 17, page side): what they show is what the
+engine computes on the same images and settings; bad grids run nothing; a cancelled sweep keeps its
+finished cells; a click on a failing image or a heatmap cell sets the Relaxation tab."""
+from __future__ import annotations
+
+import math
+import threading
+
+import panel as pn
+import pytest
+
+from explorer import native
+from explorer.app import ExplorerState
+from explorer.app import sweep_tab as sweep_mod
+from explorer.app.charts import percent
+from explorer.app.jobs import JobWorker
+from explorer.app.scan_tab import ScanTab
+from explorer.app.state import net_with_alpha
+from explorer.app.sweep_tab import SweepTab, csv_text
+from explorer.scan import ScanSettings, scan, scan_images
+from explorer.zoo import list_entries
+
+SHORT = dict(t_free=25, t_nudge=8)
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels():
+    """Use the eager tensor code rather than wait for a build of the fused kernels (a server does the same)."""
+    native.set_blocking(False)
+    yield
+    native.set_blocking(True)
+
+
+def untrained_state(**settings) -> ExplorerState:
+    return ExplorerState(model="untrained resnet", zoo=[], trained=[], **{**SHORT, **settings})
+
+
+def page_tabs(tab) -> pn.Tabs:
+    """The page's tabs as the page builds them, showing the tab under test."""
+    tabs = pn.Tabs(("Relaxation", pn.pane.HTML("relaxation")), ("Other", tab))
+    tabs.active = 1
+    tab.page_tabs = tabs
+    return tabs
+
+
+# ---------------------------------------------------------------------------------------------
+# Scan
+# ---------------------------------------------------------------------------------------------
+
+def test_scan_tab_shows_the_numbers_of_scan_on_the_same_images():
+    state = untrained_state(alpha=4.0, beta=0.2)
+    tab = ScanTab(state)
+    tab.__panel__()
+    tab.n_images.value, tab.batch_size.value, tab.tol.value = 7, 4, 1e-3
+    assert tab.start()
+    assert tab.start_button.disabled and not tab.cancel_button.disabled
+    tab.wait()
+    assert tab.message.visible is False, tab.message.object
+
+    net = net_with_alpha(state.base_network(), 4.0)
+    x, labels, _ = scan_images(net, 7)
+    expected = scan(net, x, labels, ScanSettings(beta=0.2, tol=1e-3, **SHORT), batch_size=4).summary()
+    shown = tab.result.summary()
+    table = tab.phase_table.object
+    assert list(table["phase"]) == ["free", "nudged+", "nudged-"]
+    assert list(table["fraction converged"]) == [expected["fraction_converged"][p] for p in table["phase"]]
+    for p, v in zip(table["phase"], table["median steps to tol"]):
+        assert (math.isnan(v) and expected["median_steps"][p] is None) or v == expected["median_steps"][p]
+    assert f"Accuracy: <b class='scan-accuracy'>{percent(expected['accuracy'])}</b>" in tab.overview.object
+    bars = tab.classes_plot.object.data
+    assert dict(zip(bars["verdict"], bars["images"])) == expected["classes"]
+    if expected["blamed_layers"]:
+        layers = tab.layers_plot.object.data
+        assert dict(zip(layers["layer"], layers["images"])) == expected["blamed_layers"]
+    hist = tab.steps_plot.object.get(0).data
+    assert list(hist["images"]) == expected["steps_histogram"]["free"]["counts"]
+    assert shown["classes"] == expected["classes"]
+    assert "not computed" in tab.radius_note.object and not tab.radius_plot.visible
+    # the gallery: every failure, most severe first
+    failures = tab.result.failures()
+    assert [i for i, _ in tab.gallery_buttons] == [o.index for o in failures]
+    assert f"{len(failures)}" in tab.gallery_head.object
+    assert not tab.start_button.disabled and tab.cancel_button.disabled and not tab.progress.visible
+
+
+def test_a_click_on_a_failing_image_opens_it_in_the_relaxation_tab_with_the_scan_settings():
+    # A tolerance no image meets in 25 steps: every image fails, so the gallery has all of them.
+    state = untrained_state(alpha=3.0, beta=0.3)
+    tab = ScanTab(state)
+    tabs = page_tabs(tab)
+    tab.n_images.value, tab.tol.value = 5, 1e-9
+    assert tab.start()
+    tab.wait()
+    assert len(tab.gallery_buttons) == 5
+    index, button = tab.gallery_buttons[-1]
+    state.param.update(alpha=7.5, beta=0.1, t_free=90, sample=0)    # changed after the scan
+    button.clicks += 1
+    assert state.sample == index and index != 0
+    assert (state.alpha, state.beta, state.t_free, state.t_nudge) == (3.0, 0.3, 25, 8)
+    assert tabs.active == 0
+
+
+def test_a_scan_refuses_bad_settings_and_a_second_job():
+    state = untrained_state()
+    tab = ScanTab(state)
+    tab.tol.value = 0
+    assert not tab.start()
+    assert "tolerance = 0" in tab.message.object and not tab.worker.busy
+    tab.tol.value = 1e-3
+    gate = threading.Event()
+    tab.worker.submit(lambda put, should_stop: gate.wait(60))    # another job of this page, still running
+    assert not tab.start()
+    assert "already running" in tab.message.object
+    gate.set()
+    tab.wait()
+    tab.n_images.value = 3
+    assert tab.start()
+    tab.wait()
+    assert len(tab.result.outcomes) == 3 and not tab.message.visible
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep
+# ---------------------------------------------------------------------------------------------
+
+def sweep_tab(state, axes, k=3, worker=None) -> SweepTab:
+    tab = SweepTab(state, worker=worker)
+    tab.__panel__()
+    tab.k_images.value = k
+    for i, (name, values) in enumerate([*axes, ("(none)", "")][:3]):
+        tab.axis_names[i].value, tab.axis_values[i].value = name, values
+    return tab
+
+
+@pytest.mark.parametrize("axes, words", [
+    ([("alpha", "2,abc"), ("beta", "0.1")], "alpha = 'abc' is not a number"),
+    ([("alpha", "2,4"), ("beta", "0.1,1.5")], "beta = 1.5 is outside its bounds"),
+    ([("alpha", "2,4"), ("depth", "3,40")], "depth = 40 is outside its bounds"),
+    ([("alpha", "2,4"), ("beta", "")], "grid axis beta has no values"),
+    ([("alpha", "2,4")], "choose two or three axes"),
+    ([("alpha", ",".join(str(a) for a in range(1, 41))), ("beta", "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")],
+     "the grid has 400 cells"),
+])
+def test_a_bad_grid_gives_one_message_naming_the_value_and_runs_nothing(axes, words):
+    tab = sweep_tab(untrained_state(), axes)
+    if words == "the grid has 400 cells":   # exactly at the limit runs: one more value does not
+        tab.axis_values[0].value += ",41"
+        words = "the grid has 410 cells, more than 400"
+    assert not tab.start()
+    assert tab.message.visible and words in tab.message.object, tab.message.object
+    assert not tab.worker.busy and tab.shown is None and tab.history == []
+
+
+def test_a_depth_the_checkpoint_family_lacks_is_refused_before_running():
+    entries = [e for e in list_entries() if e.name == "fmnist-plain3-ep"]
+    assert entries, "the zoo ships fmnist-plain3-ep"
+    state = ExplorerState(zoo=entries, trained=[], **SHORT)
+    tab = sweep_tab(state, [("depth", "3,11"), ("residual", "off")])
+    assert not tab.start()
+    assert "no plain network of depth 11" in tab.message.object
+    assert not tab.worker.busy and tab.history == []
+
+
+def test_sweep_heatmaps_hold_each_cells_numbers_and_a_click_sets_the_relaxation_tab():
+    state = untrained_state(beta=0.2)
+    tab = sweep_tab(state, [("alpha", "2,6"), ("t_nudge", "4,8")])
+    tabs = page_tabs(tab)
+    assert tab.start()
+    tab.wait()
+    assert tab.estimate is not None and tab.estimate > 0
+    (entry,) = tab.history
+    result = entry["result"]
+    assert not result.cancelled and len(result.cells) == 4
+    for key, _, _ in sweep_mod.METRICS:
+        rows = tab.pipes[(key, None)].data
+        assert len(rows) == 4
+        for x, y, v in rows:
+            cell = next(c for c in result.cells if (f"{c['settings']['alpha']:g}", str(c['settings']['t_nudge']))
+                        == (x, y))
+            want = sweep_mod.metric_value(cell, key)
+            assert (math.isnan(v) and math.isnan(want)) or v == want
+    # the CSV export: one row per cell
+    text = tab._csv_file().read().decode()
+    assert text == csv_text(result) and len(text.strip().splitlines()) == 5
+    # a click on the cell alpha = 6, t_nudge = 4
+    state.param.update(alpha=1.0, beta=0.5, t_nudge=30)
+    tab.taps[("accuracy", None)].event(x="6", y="4")
+    assert (state.alpha, state.t_nudge, state.beta, state.t_free) == (6.0, 4, 0.2, 25)
+    assert tabs.active == 0
+
+
+def test_a_depth_residual_cell_opens_its_untrained_network_and_says_why_when_it_cannot():
+    state = untrained_state()
+    tab = sweep_tab(state, [("depth", "3,5"), ("residual", "on,off")], k=2)
+    tab.apply_preset()
+    assert (tab.axis_names[0].value, tab.axis_names[1].value) == ("depth", "residual")
+    assert tab.axis_values[0].value == "3,5,7,9,11,13,15,17,19,21,23,25"
+    tab.axis_values[0].value = "3,5"
+    assert tab.start()
+    tab.wait()
+    assert len(tab.history[0]["result"].cells) == 4
+    tab.taps[("converged_free", None)].event(x="5", y="off")
+    assert (state.model, state.depth, state.residual) == ("untrained plain", 5, False)
+    # the builder of the Relaxation tab stops at depth 12: the cell opens with the depth kept, and says so
+    assert not tab.open_cell({**tab.history[0]["result"].cells[0]["settings"], "depth": 25})
+    assert "depth 25 is beyond the Relaxation tab's builder" in tab.message.object
+    assert state.depth == 5
+
+
+def test_a_checkpoint_keeps_its_depth_when_a_cell_is_opened_and_says_why():
+    state = ExplorerState(zoo=[e for e in list_entries() if e.name == "fmnist-plain3-ep"], trained=[], **SHORT)
+    assert state.model.startswith("zoo: fmnist-plain3-ep")
+    tab = sweep_tab(state, [("depth", "3,5"), ("beta", "0.1")])
+    model = state.model
+    assert not tab.open_cell({"depth": 5, "residual": False, "alpha": 2.0, "beta": 0.1, "t_free": 25,
+                              "t_nudge": 8, "schedule": "paper"}, {"model": model})
+    assert "fixes the depth" in tab.message.object and state.model == model and state.depth == 3
+    assert state.alpha == 2.0 and state.beta == 0.1
+
+
+class CancelAfterFirstCell(JobWorker):
+    """Cancels the job as its first cell is handed over: the sweep ends with exactly one cell."""
+
+    def _put(self, event, owner=None) -> None:
+        super()._put(event, owner)
+        if event.get("kind") == "cell":
+            self.cancel()
+
+
+def test_a_cancelled_sweep_keeps_its_finished_cells():
+    state = untrained_state()
+    tab = sweep_tab(state, [("alpha", "2,4,6"), ("beta", "0.1,0.3")], worker=CancelAfterFirstCell())
+    assert tab.start()
+    tab.wait()
+    (entry,) = tab.history
+    result = entry["result"]
+    assert result.cancelled and len(result.cells) == 1
+    assert "Cancelled" in tab.status.object and "1 of 6 cells" in tab.status.object
+    rows = tab.pipes[("converged_free", None)].data
+    assert sum(not math.isnan(v) for _, _, v in rows) == 1 and len(rows) == 6
+    assert len(tab._csv_file().read().decode().strip().splitlines()) == 2
+    # the page can run the next sweep; both stay in the session's list
+    tab.worker = JobWorker()
+    assert tab.start()
+    tab.wait()
+    assert len(tab.history) == 2 and len(tab.history[1]["result"].cells) == 6
+    assert len(tab.history_select.options) == 2
+    tab.history_select.value = 0                   # showing the first again
+    assert sum(not math.isnan(v) for _, _, v in tab.pipes[("converged_free", None)].data) == 1
+
+
+def test_a_grid_above_a_minute_waits_for_confirmation(monkeypatch):
+    monkeypatch.setattr(sweep_mod, "CONFIRM_SECONDS", 0.0)   # every grid is "long"
+    tab = sweep_tab(untrained_state(), [("alpha", "2,4"), ("beta", "0.1")], k=2)
+    assert tab.start()
+    tab.wait()
+    assert tab.confirm.visible and "Run it?" in tab.confirm_text.object
+    assert tab.history == [] and tab.shown is None
+    tab.confirm_button.clicks += 1
+    tab.wait()
+    assert not tab.confirm.visible and len(tab.history) == 1 and len(tab.history[0]["result"].cells) == 2
+
+
+def test_three_axes_give_one_heatmap_per_value_of_the_third():
+    tab = sweep_tab(untrained_state(), [("alpha", "2,4"), ("beta", "0.1"), ("schedule", "paper,synchronous")],
+                    k=2)
+    assert tab.start()
+    tab.wait()
+    assert {third for _, third in tab.pipes} == {"paper", "synchronous"}
+    for (key, third), pipe in tab.pipes.items():
+        assert len(pipe.data) == 2 and all(not math.isnan(v) for *_, v in pipe.data if key != "median_spectral_radius"
+                                           and key != "median_steps_free")
+
+
+def test_scan_and_sweep_share_the_pages_worker_without_taking_each_others_events():
+    state = untrained_state()
+    scan_tab = ScanTab(state)
+    tab = sweep_tab(state, [("alpha", "2,4"), ("beta", "0.1,0.3")], k=2, worker=scan_tab.worker)
+    assert tab.start()
+    assert not scan_tab.start() and "already running" in scan_tab.message.object
+    scan_tab.wait()                      # the scan tab's drain runs while the sweep runs ...
+    assert scan_tab.result is None
+    tab.wait()                           # ... and the sweep still gets every cell
+    assert len(tab.history) == 1 and len(tab.history[0]["result"].cells) == 4
