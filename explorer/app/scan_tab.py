@@ -25,7 +25,7 @@ log = logging.getLogger("explorer.app")
 
 GALLERY_MAX = 24           # failing images shown (the most severe)
 MAX_IMAGES = 10_000
-RUN_KEYS = ("alpha", "beta", "t_free", "t_nudge", "schedule")
+RUN_KEYS = ("alpha", "beta", "t_free", "t_nudge", "schedule", "tol")
 
 
 def show_relaxation(tabs) -> None:
@@ -99,7 +99,7 @@ class ScanTab(pn.viewable.Viewer):
         settings = ScanSettings(beta=float(s.beta), t_free=int(s.t_free), t_nudge=int(s.t_nudge),
                                 schedule=s.schedule, tol=float(tol))
         context = {"model": s.model, "depth": int(s.depth), "residual": bool(s.residual),
-                   **{k: getattr(s, k) for k in RUN_KEYS}}
+                   **{k: getattr(s, k) for k in RUN_KEYS}, "tol": float(tol)}
         return net, settings, int(n), int(batch), context
 
     def start(self) -> bool:

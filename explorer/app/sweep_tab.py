@@ -375,7 +375,10 @@ class SweepTab(pn.viewable.Viewer):
         if "depth" in settings or "residual" in settings:
             depth, residual = settings.get("depth", s.depth), settings.get("residual", s.residual)
             lo, hi = s.param.depth.bounds
-            if s.model not in UNTRAINED:
+            family = s.family() if s.model not in UNTRAINED else {}
+            if (depth, residual) in family and (depth, residual) != (s.depth, s.residual):
+                s.model = family[(depth, residual)]    # the trained sibling, then the cell's settings
+            elif s.model not in UNTRAINED:
                 if (depth, residual) != (s.depth, s.residual):
                     notes.append(f"{s.model} fixes the depth and the skip edges: the cell's "
                                  f"{'residual' if residual else 'plain'} depth-{depth} network is a trained "
