@@ -55,6 +55,7 @@ from ..run import load as load_run
 from ..run import save as save_run
 from . import transport
 from .gallery import Gallery
+from .gradients_tab import GradientsTab
 from .scan_tab import ScanTab
 from .sweep_tab import SweepTab
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
@@ -121,6 +122,7 @@ class ExplorerApp(pn.viewable.Viewer):
         # Scans and sweeps share one background worker per page, with their own periodic drain.
         self.scan = ScanTab(self.state, notify=self.notify, threads=threads)
         self.sweep = SweepTab(self.state, worker=self.scan.worker, notify=self.notify, threads=threads)
+        self.gradients = GradientsTab(self.state, worker=self.scan.worker, notify=self.notify)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
@@ -778,7 +780,7 @@ else { window.prompt("Copy this link", url); }
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
         titled = [("Relaxation", self.relaxation_tab()), ("Train", self.train), ("Scan", self.scan),
-                  ("Sweep", self.sweep)]
+                  ("Sweep", self.sweep), ("EP vs BPTT", self.gradients)]
         self._tab_titles = [t for t, _ in titled]
         tabs = pn.Tabs(*titled, dynamic=True, sizing_mode="stretch_width")
         self.scan.page_tabs = self.sweep.page_tabs = tabs   # a click there opens the Relaxation tab

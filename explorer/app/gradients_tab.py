@@ -1,0 +1,161 @@
+"""The EP against BPTT tab (issue 16, item 3): for the run on screen, how good is EP's gradient?
+
+One button computes, on the page's job worker (never on the server's event loop), for the Relaxation
+tab's model, image and settings (explorer.gradients):
+
+- per parameter tensor, the cosine and relative error of centered and one-sided EP against BPTT
+  through the free phase (the numbers ``python -m explorer gradcheck`` prints for the same network);
+- the same at the run's budget (T_free, T_nudge) against a converged reference: how far the fixed
+  budget is from the true gradient;
+- the float32 estimate against the float64 one: when beta is too small for the precision in use;
+- the GDU view (Ernoult et al. 2019): along the nudged phase, EP's running update against BPTT's
+  gradient truncated to the last k steps, for a few units of a chosen tensor.
+"""
+from __future__ import annotations
+
+import logging
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+import torch
+
+from ..gradients import budget_against_converged, ep_against_bptt, gdu, precision
+from .jobs import JobWorker, on_session_end, page_callback
+from .state import SettingError, net_with_alpha
+
+log = logging.getLogger("explorer.app")
+OWNER = "gradients"
+PARTS = ("through the free phase", "budget against converged", "float32 against float64")
+
+
+def comparison_frame(comparison) -> pd.DataFrame:
+    """One row per parameter tensor: cosine and relative error per estimate."""
+    rows = []
+    for name, per in comparison.parameters.items():
+        row = {"parameter": name}
+        for est, v in per.items():
+            row[f"{est} cosine"] = round(float(v["cosine"]), 4)
+            row[f"{est} rel. error"] = round(float(v["rel_error"]), 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gdu_curves(result, parameter: str) -> hv.Overlay:
+    """EP's running update (solid) and truncated BPTT (dashed) per followed unit of one tensor."""
+    curves = []
+    for j, unit in enumerate(result.units[parameter]):
+        ep = [(k, row[j]) for k, row in zip(result.steps, result.ep[parameter])]
+        bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
+        curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}"))
+        curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(line_dash="dashed"))
+    return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, height=320, legend_position="right",
+                                   toolbar=None)
+
+
+def compute(net, x, target, settings: dict, put, should_stop) -> None:
+    """The job: each part as it is ready (a part takes seconds on the default model)."""
+    common = dict(beta=settings["beta"], t_free=settings["t_free"], t_nudge=settings["t_nudge"],
+                  schedule=settings["schedule"])
+    steps = [("through the free phase", lambda: ep_against_bptt(net, x, target, **common)),
+             ("budget against converged", lambda: budget_against_converged(net, x, target, **common)),
+             ("float32 against float64", lambda: precision(net, x, target, **common)),
+             ("gdu", lambda: gdu(net, x, target, **common))]
+    for part, fn in steps:
+        if should_stop():
+            put({"kind": "cancelled"})
+            return
+        with torch.enable_grad():   # BPTT differentiates the unrolled phase (the worker runs without grad)
+            put({"kind": "part", "part": part, "result": fn()})
+    put({"kind": "done"})
+
+
+class GradientsTab(pn.viewable.Viewer):
+    """EP's gradient estimate for the Relaxation tab's run, against BPTT, a converged reference and float64."""
+
+    gdu_parameter = param.Selector(default=None, objects=[], label="GDU of tensor")
+
+    def __init__(self, state, worker: JobWorker | None = None, notify=None, **params):
+        super().__init__(**params)
+        self.state, self.worker = state, worker or JobWorker()
+        self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
+        self.results: dict = {}
+        self._callback = None
+        self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", button_type="primary")
+        self.start_button.on_click(lambda _e: self.start())
+        self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
+                                   sizing_mode="stretch_width")
+        self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width")
+                       for p in PARTS}
+        self.notes = {p: pn.pane.HTML("", sizing_mode="stretch_width") for p in PARTS}
+        self.gdu_plot = pn.pane.HoloViews(hv.Overlay([]), sizing_mode="stretch_width", height=340)
+        self.param.watch(lambda _e: self._draw_gdu(), "gdu_parameter")
+
+    def start(self) -> bool:
+        s = self.state
+        try:
+            net = net_with_alpha(s.base_network(), float(s.alpha))
+            x = net.check_input(s.samples.normalised(s.sample).to(net.device))
+            target = s.samples.labels[s.sample:s.sample + 1].to(net.device)
+            settings = dict(beta=float(s.beta), t_free=int(s.t_free), t_nudge=int(s.t_nudge), schedule=s.schedule)
+            self.worker.submit(lambda put, stop: compute(net, x, target, settings, put, stop), OWNER)
+        except (SettingError, RuntimeError, ValueError) as exc:
+            self.status.object = f"<b>Cannot start:</b> {exc}"
+            return False
+        self.results = {}
+        self.start_button.disabled = True
+        self.status.object = (f"computing for {s.model}, image {s.sample}: β = {s.beta:g}, T free {s.t_free}, "
+                              f"T nudge {s.t_nudge}, schedule {s.schedule} …")
+        if self._callback is None:
+            self._callback = page_callback(self.drain)
+            on_session_end(self.worker.stop)
+        return True
+
+    def drain(self) -> int:
+        events = self.worker.drain(OWNER)
+        for ev in events:
+            if ev["kind"] == "part":
+                self._show(ev["part"], ev["result"])
+            elif ev["kind"] in ("done", "cancelled", "failed"):
+                self.start_button.disabled = False
+                self.status.object = {"done": "done.", "cancelled": "cancelled."}.get(
+                    ev["kind"], f"<b>failed:</b> {ev.get('message')}")
+        return len(events)
+
+    def _show(self, part: str, result) -> None:
+        self.results[part] = result
+        if part == "gdu":
+            self.param.gdu_parameter.objects = list(result.units)
+            self.gdu_parameter = next(iter(result.units), None)
+            self._draw_gdu()
+            return
+        self.tables[part].object = comparison_frame(result)
+        worst = ", ".join(f"{k} {v:.4f}" for k, v in result.min_cosine.items())
+        self.notes[part].object = f"against {result.reference}; lowest cosine: {worst}"
+
+    def _draw_gdu(self) -> None:
+        result = self.results.get("gdu")
+        if result is not None and self.gdu_parameter in result.units:
+            self.gdu_plot.object = gdu_curves(result, self.gdu_parameter)
+
+    def wait(self, timeout: float = 300.0) -> None:
+        """Drain until the job has ended (tests)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self.worker.busy or self.worker.pending(OWNER):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the comparison did not end in time")
+            self.drain()
+            time.sleep(0.05)
+        self.drain()
+
+    def __panel__(self):
+        sections = []
+        for p in PARTS:
+            sections += [pn.pane.Markdown(f"#### EP {p}"), self.notes[p], self.tables[p]]
+        return pn.Column(pn.Row(self.start_button, self.status, sizing_mode="stretch_width"), *sections,
+                         pn.pane.Markdown("#### GDU: EP's running update against truncated BPTT along the "
+                                          "nudged phase"),
+                         pn.widgets.Select.from_param(self.param.gdu_parameter, width=240), self.gdu_plot,
+                         sizing_mode="stretch_width")

@@ -1,0 +1,45 @@
+"""The EP against BPTT tab: the numbers of explorer.gradients for the run on screen."""
+import pytest
+import torch
+
+from explorer.app.gradients_tab import PARTS, GradientsTab
+from explorer.app.state import ExplorerState, net_with_alpha
+from explorer.gradients import ep_against_bptt
+
+
+@pytest.fixture
+def tab():
+    state = ExplorerState(zoo=[], depth=2, t_free=25, t_nudge=8, beta=0.1)
+    t = GradientsTab(state)
+    yield t
+    t.worker.stop()
+
+
+def test_the_tab_shows_ep_against_bptt_for_the_run_on_screen(tab):
+    assert tab.start()
+    tab.wait()
+    assert tab.status.object == "done." and not tab.start_button.disabled
+    s = tab.state
+    net = net_with_alpha(s.base_network(), s.alpha)
+    expected = ep_against_bptt(net, s.samples.normalised(s.sample), s.samples.labels[s.sample:s.sample + 1],
+                               beta=s.beta, t_free=s.t_free, t_nudge=s.t_nudge, schedule=s.schedule)
+    table = tab.tables["through the free phase"].object
+    assert list(table["parameter"]) == list(expected.parameters)
+    for name, row in zip(table["parameter"], table.to_dict("records")):
+        for est in ("centered", "one_sided"):
+            assert row[f"{est} cosine"] == pytest.approx(expected.parameters[name][est]["cosine"], abs=1e-4)
+    for part in PARTS:
+        assert len(tab.tables[part].object) == len(expected.parameters) and "lowest cosine" in tab.notes[part].object
+    assert "bptt cosine" in tab.tables["budget against converged"].object.columns
+    assert tab.gdu_parameter in tab.results["gdu"].units and tab.gdu_plot.object is not None
+    assert len(tab.gdu_plot.object) == 2 * len(tab.results["gdu"].units[tab.gdu_parameter])
+
+
+def test_while_a_scan_holds_the_pages_worker_the_tab_says_so_and_runs_nothing(tab):
+    import threading
+    release = threading.Event()
+    tab.worker.submit(lambda put, stop: release.wait(60), "scan")    # the page's worker is busy
+    try:
+        assert not tab.start() and "already running" in tab.status.object and not tab.results
+    finally:
+        release.set()
