@@ -363,16 +363,25 @@ def _faults_probe(tuning: str) -> tuple[bool, float]:
     return applied == "True", float(faults)
 
 
+@pytest.fixture(scope="module")
+def fault_probes() -> dict:
+    """The same probe in two fresh processes, tuned ("1") and not ("0")."""
+    return {tuning: _faults_probe(tuning) for tuning in ("1", "0")}
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc and Linux's page-fault count")
-def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
+def test_steps_reuse_freed_memory_instead_of_faulting_it_in_again(fault_probes):
     # Untuned, glibc gave the freed edge outputs back to the kernel every step: 200 to 350 page
-    # faults a step here.
-    applied, faults = _faults_probe("1")
-    assert applied and faults < 50, f"{faults:.0f} page faults a step"
+    # faults a step here, none tuned. Compared with the untuned process rather than with a fixed
+    # bound, so that faults from outside the steps (another busy process, the kernel reclaiming
+    # idle pages) cannot fail it: the settings applied, and they removed most of the faults.
+    (applied, tuned), (_, untuned) = fault_probes["1"], fault_probes["0"]
+    assert applied, "mallopt refused the settings"
+    assert tuned < 0.5 * untuned, f"{tuned:.0f} page faults a step tuned, {untuned:.0f} untuned"
 
 
-def test_the_malloc_tuning_can_be_turned_off():
-    applied, _ = _faults_probe("0")
+def test_the_malloc_tuning_can_be_turned_off(fault_probes):
+    applied, _ = fault_probes["0"]
     assert not applied
 
 
