@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import Callable
 
 import torch
@@ -51,16 +52,40 @@ def relax(net: HopfieldNetwork, x: torch.Tensor, *, steps: int, beta: float = 0.
         return run.run(want, should_stop)
 
 
+# network -> the parameters' versions when they were last found finite. Reading every weight
+# (37 MB for Hopfield-ResNet13) was most of a relax call's set-up at batch 1; in-place updates
+# (optimiser steps, load_state_dict, writes under no_grad) move a tensor's version, and new
+# tensors its address.
+_FINITE_AT: "weakref.WeakKeyDictionary[HopfieldNetwork, tuple]" = weakref.WeakKeyDictionary()
+
+
 def _first_non_finite_parameter(net: HopfieldNetwork) -> str | None:
     # One sum per tensor: NaN and inf propagate, so a finite sum means finite values
     # (barring overflow of the sum, which the element check below then settles). The two
     # dictionaries directly: named_parameters() walks the module tree, 20 us more a call.
     named = [(f"weights.{k}", p) for k, p in net.weights.items()] + \
             [(f"biases.{k}", p) for k, p in net.biases.items()]
+    versions = tuple((p._version, p.data_ptr(), p.dtype) for _, p in named)
+    if _FINITE_AT.get(net) == versions:
+        return None
     sums = torch.stack([p.detach().sum() for _, p in named])
     if bool(torch.isfinite(sums).all()):
+        _FINITE_AT[net] = versions
         return None
     return next((n for n, p in named if not torch.isfinite(p).all()), None)
+
+
+def _zero_state(net: HopfieldNetwork, batch: int) -> dict[str, torch.Tensor]:
+    """``net.zero_state(batch)``, each map allocated once, in the layout ``_layout`` gives it
+    (zeros in NCHW, then a channels-last copy, cost twice the memory traffic)."""
+    out = {}
+    for n in net.layer_names:
+        shape = (batch, *net.spec.shape_of(n))
+        t = torch.empty(shape, device=net.device, dtype=net.dtype)
+        if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+            t = torch.empty(shape, device=net.device, dtype=net.dtype, memory_format=torch.channels_last)
+        out[n] = t.zero_()
+    return out
 
 
 def _unit_indices(net: HopfieldNetwork, count: int) -> dict[str, torch.Tensor]:
@@ -149,7 +174,7 @@ class _Run:
         self.scalars = self.record is not None and self.record.scalars
         self.on_step = on_step
         self.names = net.layer_names
-        s = net.zero_state(batch) if state is None else {n: state[n] for n in self.names}
+        s = _zero_state(net, batch) if state is None else {n: state[n] for n in self.names}
         for n in self.names:
             want = (batch, *spec.shape_of(n))
             if tuple(s[n].shape) != want:

@@ -9,6 +9,7 @@ import torch
 
 from ..network import INPUT, OUTPUT
 from ..record import Finding, Verdict
+from .stats import _flat
 
 SATURATED = 0.99   # a layer with this fraction of units at alpha (or at 0) is saturated (silent)
 DEFAULT_TOL = 1e-4
@@ -124,8 +125,18 @@ class ConvergenceTracker:
 
     def _final_saturation(self, t: int, state: dict) -> None:
         for n in self.hidden:
-            flat = state[n].flatten()
-            if flat.numel() == 0:
+            if state[n].numel() == 0:
+                continue
+            # In memory order (a view, not flatten's copy of a channels-last map; the fractions are
+            # counts, the same in any order). One pass settles the common cases exactly (every unit
+            # at 0, as in the zero start state, or every unit at alpha); the counts only where not.
+            flat = _flat(state[n]).reshape(-1)
+            low, high = torch.aminmax(flat)
+            if float(low) >= self.alpha:
+                self.onset[n] = ("saturated", t)
+                continue
+            if float(high) <= 0:
+                self.onset[n] = ("silent", t)
                 continue
             if float((flat >= self.alpha).float().mean()) >= SATURATED:
                 self.onset[n] = ("saturated", t)
