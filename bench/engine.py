@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/engine.py            # full run (about 18 minutes on 2 cores)
     .venv/bin/python bench/engine.py --quick    # smaller counts, for a smoke test
+    .venv/bin/python bench/engine.py --setup-only   # the set-up cost of a relax call, alone
 
 Measures, for Hopfield-ResNet13 (batch 1, 16) and a small Fashion-MNIST
-network (batch 1, 64): ms per relaxation iteration against the same update
+network (batch 1, 64): the fixed set-up of a relax call (steps=0), ms per relaxation iteration against the same update
 computed by autograd of Phi (as earlier EP code does it), the cost of
 recording, achieved GFLOP/s against this machine's conv2d throughput measured
 in the same run, iterations and time to equilibrium for each schedule against
@@ -138,6 +139,34 @@ def per_iteration(net, batch, iters, repeats, ceiling):
             "faults": faults["explicit"], "faults_recorded": faults["recorded"]}
 
 
+def setup_cost(net, batch, calls: int = 30) -> dict:
+    """ms of a relax call that runs no step (``steps=0``): the fixed set-up every call pays (a slider
+    change, a sweep cell, a scanned batch), median of ``calls`` after warm-up, bare and recording."""
+    x = torch.rand(batch, *net.spec.input_shape, generator=torch.Generator().manual_seed(0)).to(net.device)
+    out = {}
+    for name, kw in (("bare", {}), ("recorded", {"record": RecordConfig()})):
+        relax(net, x, steps=0, **kw)   # warm-up: kernels loaded, packed weights and timed choices made
+        relax(net, x, steps=1, **kw)
+        times = []
+        for _ in range(calls):
+            _sync()
+            t0 = time.perf_counter()
+            relax(net, x, steps=0, **kw)
+            _sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times) * 1e3
+    return out
+
+
+def print_setup_costs(nets_batches, calls: int) -> None:
+    print("\n## Fixed set-up of a relax call (steps=0; median of %d calls after warm-up)" % calls)
+    print("| network | batch | set-up ms | set-up ms, recording |")
+    print("|---|---|---|---|")
+    for net, batch in nets_batches:
+        r = setup_cost(net, batch, calls)
+        print(f"| {net.spec.name} | {batch} | {r['bare']:.2f} | {r['recorded']:.2f} |", flush=True)
+
+
 def to_equilibrium(net, batch, cap, ms_per_iter):
     x = net.check_input(torch.rand(batch, *net.spec.input_shape, generator=torch.Generator().manual_seed(0)))
     rows = {}
@@ -209,6 +238,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test, not for figures)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-gradient", action="store_true")
+    parser.add_argument("--setup-only", action="store_true", help="only the set-up cost table (about a minute)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -216,8 +246,9 @@ def main(argv=None):
     quick = args.quick
     print(f"# engine benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    ceiling = conv_ceiling(device)
-    print(f"conv2d ceiling (256->256 3x3 16x16 batch 16): {ceiling:.1f} GFLOP/s")
+    if not args.setup_only:
+        ceiling = conv_ceiling(device)
+        print(f"conv2d ceiling (256->256 3x3 16x16 batch 16): {ceiling:.1f} GFLOP/s")
     native.get()
     print(f"relaxation engine: {native.status() if device.type == 'cpu' else 'eager tensor code (GPU)'}\n")
 
@@ -225,6 +256,9 @@ def main(argv=None):
     small = HopfieldNetwork(hopfield_family(5, input_shape=(1, 28, 28), width=16, name="fmnist-resnet-5x16"),
                             seed=0).to(device)
     cases = [(resnet13, 1), (resnet13, 16), (small, 1), (small, 64)]
+    print_setup_costs(cases, 10 if quick else 30)
+    if args.setup_only:
+        return
 
     print("## Per relaxation iteration (paper schedule)")
     print("(best of interleaved rounds; ceiling: the conv2d ceiling measured in the same rounds, and the "

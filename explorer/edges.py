@@ -23,6 +23,9 @@ def _per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class Edge:
     kind = "?"
+    # The compiled kernels (explorer.native) that compute exactly this class's forward and
+    # feedback: "conv" or "dense". None (a new kind of edge): relaxed by the eager tensor code.
+    native: str | None = None
 
     def __init__(self, spec, src_shape, dst_shape):
         self.spec = spec
@@ -44,6 +47,7 @@ class ConvEdge(Edge):
     """A main-path convolution s_{k-1} -> s_k (kernel/stride/padding)."""
 
     kind = "conv"
+    native = "conv"
 
     def __init__(self, spec, src_shape, dst_shape):
         super().__init__(spec, src_shape, dst_shape)
@@ -88,6 +92,7 @@ class DenseEdge(Edge):
     """The readout: y gets W vec(s_L)."""
 
     kind = "dense"
+    native = "dense"
 
     def __init__(self, spec, src_shape, dst_shape):
         super().__init__(spec, src_shape, dst_shape)

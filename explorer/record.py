@@ -92,9 +92,13 @@ class Finding:
     message: str
     step: int | None = None
     layer: str | None = None
+    # What the finding rests on, as data: energy_rose {"steps": every step at which F (Phi) rose};
+    # converged / not_converged {"relative_step": the last one, "tol": the tolerance judged by}.
+    evidence: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "step": self.step, "layer": self.layer}
+        return {"kind": self.kind, "message": self.message, "step": self.step, "layer": self.layer,
+                "evidence": dict(self.evidence)}
 
 
 @dataclass
@@ -129,6 +133,10 @@ class PhaseResult:
     verdict: Verdict
     records: list[StepRecord] = field(default_factory=list)
     phi: torch.Tensor | None = None     # Phi of ``state`` per sample, when it was recorded
+    stepper: str = ""                   # which stepper ran it: "native", "eager" (explorer.dynamics.STEPPERS)
+    # per edge and direction the code that computed its output and how that was chosen:
+    # {"s3->s4": {"forward": {"kernel": "small", "by": "timed"}, "feedback": ...}} (native stepper)
+    kernels: dict = field(default_factory=dict)
 
     def series(self, name: str, layer: str | None = None) -> torch.Tensor:
         """A statistic over steps: [steps, n_layers, batch] (or [steps, batch])."""
@@ -137,6 +145,6 @@ class PhaseResult:
         return torch.stack([r.stat(name, layer) for r in self.records])
 
     def to_dict(self, per_sample: bool = False) -> dict:
-        return {"phase": self.phase, "beta": self.beta, "steps": self.steps,
+        return {"phase": self.phase, "beta": self.beta, "steps": self.steps, "stepper": self.stepper,
                 "verdict": self.verdict.to_dict(),
                 "records": [r.to_dict(per_sample) for r in self.records]}

@@ -303,3 +303,59 @@ def test_over_relaxation_reaches_the_same_fixed_point_and_still_descends(small_n
     assert float((phis[1:] - phis[:-1]).max()) <= 1e-9 * float(phis.abs().max())
     with pytest.raises(ValueError, match="omega"):
         relax(net, x, steps=1, omega=2.0)
+
+
+def test_energy_rose_names_every_step_it_rose_at_as_evidence():
+    net = strong_skips(seed=0)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for fused in (False, True):
+        result = relax(net, x, steps=60, schedule="paper", record=RecordConfig(), fused=fused)
+        f = result.series("F").sum(-1).tolist()
+        rose = [t for t in range(1, len(f)) if f[t] - f[t - 1] > 1e-5 * (abs(f[t - 1]) + 1.0)]
+        finding = result.verdict.first("energy_rose")
+        assert len(rose) > 1 and finding.evidence == {"steps": rose} and finding.step == rose[0]
+        assert finding.to_dict()["evidence"] == {"steps": rose}
+
+
+def test_convergence_findings_carry_the_last_relative_step_and_the_tolerance(small_net, batch):
+    net = small_net()
+    x, _ = batch(net)
+    early = relax(net, x, steps=500, tol=1e-6, record=RecordConfig())
+    ev = early.verdict.first("converged").evidence
+    assert ev["tol"] == 1e-6 and 0 < ev["relative_step"] < 1e-6
+    short = relax(net, x, steps=2)
+    ev = short.verdict.first("not_converged").evidence
+    assert ev["tol"] == 1e-4 and ev["relative_step"] > 1e-4
+    long = relax(net, x, steps=300)   # every step run, judged against the default tolerance at the end
+    ev = long.verdict.first("converged").evidence
+    assert ev["tol"] == 1e-4 and ev["relative_step"] < 1e-4 and "converged by step 300" in long.verdict.message
+
+
+def test_a_registered_stepper_runs_relax_without_touching_the_driver(small_net, batch):
+    # The way a CUDA-graph stepper would come in: one class, registered; relax picks it.
+    from explorer import dynamics
+    calls = []
+
+    class Counting(dynamics.EagerStepper):
+        name, label = "counting", "the counting stepper"
+
+        def step(self, level, t, pending=None, fractions_from=0.0):
+            calls.append((level, t))
+            return super().step(level, t, pending, fractions_from)
+    before = dict(dynamics.STEPPERS)
+    dynamics.register_stepper(Counting, first=True)
+    try:
+        net = small_net()
+        x, _ = batch(net)
+        got = relax(net, x, steps=5, record=RecordConfig())
+        named = relax(net, x, steps=3, stepper="counting")
+    finally:
+        dynamics.STEPPERS.clear()
+        dynamics.STEPPERS.update(before)
+    assert got.stepper == "counting" and calls[:5] == [(2, t) for t in range(1, 6)]
+    assert named.stepper == "counting" and calls[5:] == [(0, 1), (0, 2), (1, 3)]
+    eager = relax(net, x, steps=5, record=RecordConfig(), fused=False)
+    for n in net.layer_names:
+        assert torch.equal(got.state[n], eager.state[n])
+    with pytest.raises(ValueError, match="unknown stepper"):
+        relax(net, x, steps=1, stepper="counting")

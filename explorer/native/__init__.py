@@ -54,7 +54,10 @@ def _build():
     # OpenMP for at::parallel_for; libgomp.so.1 resolves to the copy torch has already loaded.
     flags = ["-O3", "-fno-trapping-math", "-fno-signed-zeros", "-fno-math-errno", "-fopenmp"]
     if os.environ.get("EXPLORER_NATIVE_ARCH", "native") == "native":
-        flags.append("-march=native")   # built on, and for, the machine it runs on
+        # Built on, and for, the machine it runs on. torch keys its cache on the flags' text, not on
+        # the CPU: the tag makes a cache carried to another CPU rebuild rather than run the old
+        # host's instructions (AVX2 code on an AVX-512 host; an illegal instruction the other way).
+        flags += ["-march=native", f"-DEXPLORER_CPU_TAG={_cpu_tag()}"]
     try:
         built = os.path.exists(os.path.join(cpp_extension._get_build_directory(NAME, verbose=False), NAME + ".so"))
     except Exception:
@@ -66,6 +69,19 @@ def _build():
         warnings.simplefilter("ignore")
         return cpp_extension.load(name=NAME, sources=[str(SOURCE)],
                                   extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's model and instruction-set flags (Linux), else of platform's name."""
+    import hashlib
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features"))]
+        text = "".join(sorted(set(lines)))
+    except OSError:
+        text = ""
+    return hashlib.sha1((text or platform.processor() or platform.machine()).encode()).hexdigest()[:12]
 
 
 def set_blocking(block: bool) -> None:

@@ -737,55 +737,58 @@ at::Tensor alias(const at::Tensor& base, at::IntArrayRef sizes, at::IntArrayRef 
 // (frac_zero, frac_alpha), then the pending energy's F summed, the largest relative step
 // max_l delta / (scale + 1e-12) (NaN when one is not finite), the largest of those means];
 // scale is ||s - s*|| when use_nudge else ||s||.
-std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t batch, const at::Tensor& size,
-                                 const at::Tensor& hidden, const at::Tensor& bias_norm, double inv_beta,
-                                 const at::Tensor& y, const at::Tensor& onehot, int64_t cost, double beta,
-                                 const std::vector<at::Tensor>& states, const std::vector<at::Tensor>& unit_offsets,
-                                 bool use_nudge, bool stats_wanted, const at::Tensor& pending, const at::Tensor& arena,
-                                 int64_t slot, double* sm) {
+using Rows = std::vector<const double*>;   // per layer its [NRAW, B] float64 block
+constexpr int NSTATS = 11;  // len(LAYER_STATS)
+
+// The previous step's energy [3, B]: its late terms arrive now (subtracted from Phi and F in
+// place); writes its F summed over the batch into `fsum`.
+static void complete_pending(const Rows& rows, int64_t batch, const at::Tensor& pending, double* fsum_out) {
   const int64_t nl = (int64_t)rows.size();
-  constexpr int S = 11;  // len(LAYER_STATS)
-  auto at_ = [&](int64_t l, int k, int64_t b) { return rows[l][k * batch + b]; };
-  const double* sz = size.data_ptr<double>();
-  const int64_t* hid = hidden.data_ptr<int64_t>();
-  const double* bn = bias_norm.data_ptr<double>();
-  std::fill_n(sm, 4 + 4 * nl, 0.0);
-  if (pending.numel()) {  // the previous step's energy [3, B]: its late terms arrive now
-    TORCH_CHECK(pending.dim() == 2 && pending.size(0) == 3 && pending.size(1) == batch && pending.is_contiguous(),
-                "finalize: pending energy");
-    AT_DISPATCH_FLOATING_TYPES(pending.scalar_type(), "pending", [&] {
-      scalar_t* pe = pending.data_ptr<scalar_t>();
-      double fsum = 0;
-      for (int64_t b = 0; b < batch; ++b) {
-        double late = 0;
-        for (int64_t l = 0; l < nl; ++l) late += at_(l, LATE, b);
-        pe[b] = (scalar_t)(pe[b] - late);
-        pe[2 * batch + b] = (scalar_t)(pe[2 * batch + b] - late);
-        fsum += (double)pe[2 * batch + b];
-      }
-      sm[1 + 4 * nl] = fsum;
-    });
-  }
+  TORCH_CHECK(pending.dim() == 2 && pending.size(0) == 3 && pending.size(1) == batch && pending.is_contiguous(),
+              "finalize: pending energy");
+  AT_DISPATCH_FLOATING_TYPES(pending.scalar_type(), "pending", [&] {
+    scalar_t* pe = pending.data_ptr<scalar_t>();
+    double fsum = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      double late = 0;
+      for (int64_t l = 0; l < nl; ++l) late += rows[l][LATE * batch + b];
+      pe[b] = (scalar_t)(pe[b] - late);
+      pe[2 * batch + b] = (scalar_t)(pe[2 * batch + b] - late);
+      fsum += (double)pe[2 * batch + b];
+    }
+    *fsum_out = fsum;
+  });
+}
+
+// Per layer the batch norms (delta, scale) into sm[1 + 2l], sm[2 + 2l]; returns the largest
+// relative step (NaN when any layer's is not finite).
+static double relative_step(const Rows& rows, int64_t batch, bool use_nudge, double* sm) {
+  const int64_t nl = (int64_t)rows.size();
   for (int64_t l = 0; l < nl; ++l) {
     double d2 = 0, s2 = 0;
     for (int64_t b = 0; b < batch; ++b) {
-      d2 += at_(l, DELTA2, b);
-      s2 += at_(l, use_nudge ? NUDGE2 : NORM2, b);
+      d2 += rows[l][DELTA2 * batch + b];
+      s2 += rows[l][(use_nudge ? NUDGE2 : NORM2) * batch + b];
     }
     sm[1 + 2 * l] = std::sqrt(d2);
     sm[2 + 2 * l] = std::sqrt(s2);
   }
-  double max_rel = 0;   // the relative step: NaN when any layer's is not finite
+  double max_rel = 0;
   for (int64_t l = 0; l < nl; ++l) {
     const double r = sm[1 + 2 * l] / (sm[2 + 2 * l] + 1e-12);
     max_rel = std::isfinite(r) ? std::max(max_rel, r) : NAN;
     if (std::isnan(max_rel)) break;
   }
-  sm[2 + 4 * nl] = max_rel;
-  if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor()};
+  return max_rel;
+}
 
-  // Computed in float64, written once in the state's dtype.
-  std::vector<double> st(nl * S * batch), en(3 * batch, 0.0);
+// The LAYER_STATS rows [L, S, B] into `st` and Phi per sample into en[0, B) (float64), the
+// fractions' batch means into sm (see finalize).
+static void layer_stats(const Rows& rows, int64_t batch, const double* sz, const int64_t* hid, const double* bn,
+                        double inv_beta, std::vector<double>& st, std::vector<double>& en, double* sm) {
+  const int64_t nl = (int64_t)rows.size();
+  constexpr int S = NSTATS;
+  auto at_ = [&](int64_t l, int k, int64_t b) { return rows[l][k * batch + b]; };
   for (int64_t l = 0; l < nl; ++l) {
     double fz = 0, fa = 0;
     for (int64_t b = 0; b < batch; ++b) {
@@ -812,6 +815,82 @@ std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t
     sm[2 + 2 * nl + 2 * l] = fa / batch;
     sm[3 + 4 * nl] = std::max({sm[3 + 4 * nl], fz / batch, fa / batch});
   }
+}
+
+// The cost per sample into en[B, 2B): 0 none, 1 mse, 2 cross-entropy.
+template <typename scalar_t>
+static void sample_costs(const at::Tensor& y, const at::Tensor& onehot, int64_t cost, int64_t batch,
+                         std::vector<double>& en) {
+  TORCH_CHECK(y.dim() == 2 && onehot.sizes() == y.sizes() && y.is_contiguous() && onehot.is_contiguous() &&
+              onehot.scalar_type() == y.scalar_type(), "finalize: y and its one-hot target");
+  const scalar_t* yp = y.data_ptr<scalar_t>();
+  const scalar_t* tp = onehot.data_ptr<scalar_t>();
+  const int64_t k = y.size(1);
+  for (int64_t b = 0; b < batch; ++b) {
+    double c = 0;
+    if (cost == 1) {
+      for (int64_t j = 0; j < k; ++j) { const double e = (double)yp[b * k + j] - tp[b * k + j]; c += 0.5 * e * e; }
+    } else {
+      double mx = -INFINITY, se = 0, ty = 0;
+      for (int64_t j = 0; j < k; ++j) mx = std::max(mx, (double)yp[b * k + j]);
+      for (int64_t j = 0; j < k; ++j) {
+        se += std::exp((double)yp[b * k + j] - mx);
+        ty += (double)tp[b * k + j] * yp[b * k + j];
+      }
+      c = mx + std::log(se) - ty;
+    }
+    en[batch + b] = c;
+  }
+}
+
+// The chosen units of every layer into `up` [L, U, B].
+template <typename scalar_t>
+static void copy_units(const std::vector<at::Tensor>& states, const std::vector<at::Tensor>& unit_offsets,
+                       int64_t nl, int64_t batch, c10::ScalarType dtype, scalar_t* up) {
+  const int64_t nu = unit_offsets[0].numel();
+  for (int64_t l = 0; l < nl; ++l) {
+    const at::Tensor& s = states[l];
+    TORCH_CHECK(s.scalar_type() == dtype && per_sample_blocks(s), "finalize: state ", l);
+    const int64_t n = s.numel() / std::max<int64_t>(batch, 1);
+    const int64_t* off = unit_offsets[l].data_ptr<int64_t>();
+    const scalar_t* sp = s.data_ptr<scalar_t>();
+    for (int64_t u = 0; u < nu; ++u)
+      for (int64_t b = 0; b < batch; ++b) up[(l * nu + u) * batch + b] = sp[b * n + off[u]];
+  }
+}
+
+// The step's record from the groups' raw rows (`rows`: per layer, in the order of the layers, its
+// [NRAW, B] float64 block).
+// size, bias_norm: [L] float64; hidden: [L] int64 (0/1).
+// y [B, K], onehot [B, K] or numel 0;
+// cost: 0 none, 1 mse, 2 cross-entropy. units: per layer a state and int64 offsets into one sample.
+// pending: the previous step's energy [3, B] (numel 0: none), from which this step's LATE sums
+// are subtracted in place (Phi and F).
+// arena [steps, L*S*B + 3*B + L*U*B]: stats, energy and units become views into its row `slot`. Records kept for a whole phase, each in blocks of its own, fragmented the heap
+// that the convolutions allocate from (their time rose 6 % with records kept at batch 1).
+// Returns stats [L, S, B], energy [3, B] (in y's dtype; without the late terms, which the next
+// step supplies), units [L, U, B] (undefined when none asked); writes `sm` [4 + 4L]: [F summed over the
+// batch, then per layer the batch norms (delta, scale), then per layer the batch means
+// (frac_zero, frac_alpha), then the pending energy's F summed, the largest relative step
+// max_l delta / (scale + 1e-12) (NaN when one is not finite), the largest of those means];
+// scale is ||s - s*|| when use_nudge else ||s||.
+std::vector<at::Tensor> finalize(const Rows& rows, int64_t batch, const at::Tensor& size,
+                                 const at::Tensor& hidden, const at::Tensor& bias_norm, double inv_beta,
+                                 const at::Tensor& y, const at::Tensor& onehot, int64_t cost, double beta,
+                                 const std::vector<at::Tensor>& states, const std::vector<at::Tensor>& unit_offsets,
+                                 bool use_nudge, bool stats_wanted, const at::Tensor& pending, const at::Tensor& arena,
+                                 int64_t slot, double* sm) {
+  const int64_t nl = (int64_t)rows.size();
+  constexpr int S = NSTATS;
+  std::fill_n(sm, 4 + 4 * nl, 0.0);
+  if (pending.numel()) complete_pending(rows, batch, pending, &sm[1 + 4 * nl]);
+  sm[2 + 4 * nl] = relative_step(rows, batch, use_nudge, sm);
+  if (!stats_wanted) return {at::Tensor(), at::Tensor(), at::Tensor()};
+
+  // Computed in float64, written once in the state's dtype.
+  std::vector<double> st(nl * S * batch), en(3 * batch, 0.0);
+  layer_stats(rows, batch, size.data_ptr<double>(), hidden.data_ptr<int64_t>(), bias_norm.data_ptr<double>(),
+              inv_beta, st, en, sm);
   at::Tensor stats, energy, units;   // views into row `slot` of the caller's block [steps, record size]
   const int64_t nu = unit_offsets.empty() ? 0 : unit_offsets[0].numel();
   const int64_t ns = nl * S * batch, ne = 3 * batch, nun = nl * nu * batch;
@@ -823,28 +902,7 @@ std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t
   energy = alias(arena, {3, batch}, {batch, 1}, at0 + ns);
   if (nu) units = alias(arena, {nl, nu, batch}, {nu * batch, batch, 1}, at0 + ns + ne);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "finalize", [&] {
-    if (cost != 0) {
-      TORCH_CHECK(y.dim() == 2 && onehot.sizes() == y.sizes() && y.is_contiguous() && onehot.is_contiguous() &&
-                  onehot.scalar_type() == y.scalar_type(), "finalize: y and its one-hot target");
-      const scalar_t* yp = y.data_ptr<scalar_t>();
-      const scalar_t* tp = onehot.data_ptr<scalar_t>();
-      const int64_t k = y.size(1);
-      for (int64_t b = 0; b < batch; ++b) {
-        double c = 0;
-        if (cost == 1) {
-          for (int64_t j = 0; j < k; ++j) { const double e = (double)yp[b * k + j] - tp[b * k + j]; c += 0.5 * e * e; }
-        } else {
-          double mx = -INFINITY, se = 0, ty = 0;
-          for (int64_t j = 0; j < k; ++j) mx = std::max(mx, (double)yp[b * k + j]);
-          for (int64_t j = 0; j < k; ++j) {
-            se += std::exp((double)yp[b * k + j] - mx);
-            ty += (double)tp[b * k + j] * yp[b * k + j];
-          }
-          c = mx + std::log(se) - ty;
-        }
-        en[batch + b] = c;
-      }
-    }
+    if (cost != 0) sample_costs<scalar_t>(y, onehot, cost, batch, en);
     double fsum = 0;
     for (int64_t b = 0; b < batch; ++b) {
       en[2 * batch + b] = en[b] + beta * en[batch + b];
@@ -855,18 +913,7 @@ std::vector<at::Tensor> finalize(const std::vector<const double*>& rows, int64_t
     for (size_t i = 0; i < st.size(); ++i) stp[i] = (scalar_t)st[i];
     scalar_t* enp = energy.data_ptr<scalar_t>();
     for (int64_t i = 0; i < 3 * batch; ++i) enp[i] = (scalar_t)en[i];
-    if (nu) {
-      scalar_t* up = units.data_ptr<scalar_t>();
-      for (int64_t l = 0; l < nl; ++l) {
-        const at::Tensor& s = states[l];
-        TORCH_CHECK(s.scalar_type() == y.scalar_type() && per_sample_blocks(s), "finalize: state ", l);
-        const int64_t n = s.numel() / std::max<int64_t>(batch, 1);
-        const int64_t* off = unit_offsets[l].data_ptr<int64_t>();
-        const scalar_t* sp = s.data_ptr<scalar_t>();
-        for (int64_t u = 0; u < nu; ++u)
-          for (int64_t b = 0; b < batch; ++b) up[(l * nu + u) * batch + b] = sp[b * n + off[u]];
-      }
-    }
+    if (nu) copy_units<scalar_t>(states, unit_offsets, nl, batch, y.scalar_type(), units.data_ptr<scalar_t>());
   });
   return {stats, energy, units};
 }
