@@ -238,6 +238,31 @@ def main(argv=None) -> int:
             page.close()
             heavy.close()
 
+            # -- a sweep running in this page: latency in its Relaxation tab meanwhile --------------------
+            page, errs = open_page(browser, server.url)
+            errors += errs
+            page.get_by_text("Sweep", exact=True).first.click()
+            values = page.locator("input[placeholder='e.g. 2,4,6']")
+            values.nth(0).fill("2,3,4,5,6")
+            values.nth(0).press("Enter")
+            values.nth(1).fill("0.05,0.1,0.2,0.35,0.5")
+            values.nth(1).press("Enter")
+            page.get_by_role("button", name="Run sweep").click()
+            page.wait_for_timeout(4000)
+            if page.get_by_role("button", name="Run it").count():
+                page.get_by_role("button", name="Run it").click()
+            page.wait_for_timeout(2000)
+            page.get_by_text("Relaxation", exact=True).first.click()
+            page.wait_for_timeout(2000)
+            during = []
+            for i in range(max(1, args.changes // 2)):
+                during.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.22 + 0.01 * i, 3)))
+                page.wait_for_timeout(250)
+            ok = [v for v in during if v >= 0] or [float("nan")]
+            rows.append(("slider change while a 5x5 sweep runs in this page, median", f"{statistics.median(ok):.0f} ms",
+                         f"p95 {pct(ok, 95):.0f} ms, {sum(v < 0 for v in during)} missed (target median < 300)"))
+            page.close()
+
             # -- memory: RSS after 10 and after N slider changes ---------------------------------------
             page, errs = open_page(browser, server.url)
             errors += errs

@@ -77,7 +77,7 @@ def test_the_scan_tab_scans_a_few_images_and_the_sweep_tab_fills_its_heatmaps(se
                      what="the steps histogram")
             wait_for(lambda: page.get_by_role("button", name="Scan", exact=True).is_enabled(),
                      what="the Scan button to come back")
-            wait_for(lambda: page.get_by_text("not computed for this scan").count() == 1,
+            wait_for(lambda: page.get_by_text("Median spectral radius").count() == 1,
                      what="the spectral radius note")
             assert page.get_by_text("Accuracy:").count() == 1
             screenshots(page, "scan-tab")
