@@ -1078,3 +1078,25 @@ def test_pin_a_then_switch_residual_off_draws_b_over_a_and_fills_the_differences
     app.state.residual = True
     run(app)
     assert a.id not in app.views["energy"].curves()
+
+
+def test_the_replay_player_scrubs_a_finished_run_across_every_view(app):
+    app.controls()
+    app.restart()
+    run(app)
+    finished = app.run
+    frames = sum(len(p.records) for p in finished.phases.values())
+    assert not app.player.disabled and app.player.end == frames - 1
+    app.player.value = T_FREE + 5          # free phase done, 5 steps into nudged +beta
+    run(app)
+    assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": 5, "nudged-": 0}
+    assert app.views["verdict"].source.data["phase"] == ["free"]
+    assert f"nudged+ step 4 of {T_NUDGE}" in app.replay_text.object
+    app.player.value = 3                   # back: the views hold the run as it stood at step 3
+    run(app)
+    assert energy_rows(app) == {"free": 4, "nudged+": 0, "nudged-": 0}
+    app.player.value = frames - 1          # the end: everything again, identical numbers
+    run(app)
+    assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": T_NUDGE + 1, "nudged-": T_NUDGE + 1}
+    assert app.views["verdict"].source.data["phase"] == ["free", "nudged+", "nudged-"]
+    assert app.run.id == finished.id

@@ -60,7 +60,7 @@ from .scan_tab import ScanTab
 from .sweep_tab import SweepTab
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
-from .views.base import REPLAY_ID, feed, replay_events
+from .views.base import REPLAY_ID, feed, replay_events, replay_frames, replay_position
 from .views.train import TrainView
 from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
 
@@ -152,7 +152,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self.run: Run | None = None           # the run the views show (streaming or stored)
         self._shown_number = 0                # its worker run number (REPLAY_ID: drawn from the store)
         self._ignore_upto = 0                 # the worker's runs up to this one are not drawn (a stored one is)
-        self._replay: Run | None = None       # a stored run to draw at the next drain
+        self._replay: Run | None = None       # a stored run to draw at the next drain ...
+        self._replay_upto: int | None = None  # ... up to this frame (the replay player's position)
+        self._replay_run: Run | None = None   # the finished run the player scrubs
         self._listed = (-1, None)             # (store version, shown run id) the Runs list shows
         self.runs_select = pn.widgets.Select(label="Runs", options={}, sizing_mode="stretch_width")
         self.runs_select.param.watch(self._on_select_run, "value")
@@ -375,16 +377,51 @@ else { window.prompt("Copy this link", url); }
             self.restart()
 
     # -- stored runs -------------------------------------------------------------------------
-    def show_run(self, run: Run) -> None:
-        """Draw a stored run in every view (at the next drain); the live run is no longer drawn."""
+    def show_run(self, run: Run, upto: int | None = None) -> None:
+        """Draw a stored run in every view (at the next drain), up to its frame ``upto`` (None: all);
+        the live run is no longer drawn."""
         self._ignore_upto = self.worker.latest_run
-        self._replay = run
+        self._replay, self._replay_upto = run, upto
+
+    def replay_player(self) -> pn.Column:
+        """Scrub the shown finished run step by step across every view (space: play or pause,
+        arrow keys: a step back or forward)."""
+        self.player = pn.widgets.Player(name="explorer-replay", start=0, end=1, value=0, step=1, interval=120,
+                                        loop_policy="once", show_value=False, disabled=True,
+                                        visible_buttons=["slower", "previous", "reverse", "pause", "play",
+                                                         "next", "faster"], sizing_mode="stretch_width")
+        self.replay_text = pn.pane.HTML("<div class='hint'>Replay: a finished run can be scrubbed here "
+                                        "(space plays or pauses, arrow keys step).</div>", margin=(0, 10))
+        self.player.param.watch(self._on_scrub, "value")
+        return pn.Column(self.player, self.replay_text, sizing_mode="stretch_width")
+
+    def _on_scrub(self, event) -> None:
+        run = self._replay_run
+        if self._applying or run is None:
+            return
+        phase, step, steps = replay_position(run, int(event.new))
+        self.replay_text.object = (f"<div class='hint'>{'paused' if self.player.direction == 0 else 'playing'} "
+                                   f"at {phase} step {step} of {steps} (frame {int(event.new) + 1} of "
+                                   f"{replay_frames(run)})</div>")
+        self.show_run(run, int(event.new))
+
+    def _arm_replay(self, run: Run) -> None:
+        """A run finished: the player now scrubs it (set at its last frame, without redrawing)."""
+        if not hasattr(self, "player") or run is None:
+            return
+        self._replay_run = run
+        with self._applying_settings():
+            self.player.end = max(replay_frames(run) - 1, 1)
+            self.player.value = self.player.end
+        self.player.disabled = False
 
     def _on_select_run(self, event) -> None:
         run_id = event.new
         if self._applying or run_id is None or run_id == getattr(self.run, "id", None) or run_id not in self.store:
             return
-        self.show_run(self.store.select(run_id))
+        run = self.store.select(run_id)
+        self.show_run(run)
+        self._arm_replay(run)
 
     def _saved_run(self) -> Run | None:
         """The shown run once it is stored (finished), else the newest stored one."""
@@ -422,6 +459,7 @@ else { window.prompt("Copy this link", url); }
         self.store.add(run)
         self.notify(f"opened run {run.id} from {name}", level="success")
         self.show_run(run)
+        self._arm_replay(run)     # a saved run opens into the same replay
 
     def _list_runs(self) -> None:
         """Keep the Runs list in step with the store (on the page's thread, in the drain)."""
@@ -501,7 +539,7 @@ else { window.prompt("Copy this link", url); }
         events = [ev for ev in events
                   if ev.run_id == REPLAY_ID or (ev.run_id == latest and ev.run_id > self._ignore_upto)]
         if self._replay is not None:
-            events, self._replay = replay_events(self._replay) + events, None
+            events, self._replay = replay_events(self._replay, self._replay_upto) + events, None
             self._drained_events += 1
         start = next((i for i, ev in enumerate(events) if isinstance(ev, RunStarted)), None)
         if start is not None and start + 1 < len(events):
@@ -519,6 +557,8 @@ else { window.prompt("Copy this link", url); }
                 self._update_status()
             elif isinstance(ev, RunFailed):
                 self.notify(f"the relaxation failed: {ev.message}")
+            elif isinstance(ev, RunEnded) and ev.run_id != REPLAY_ID and not ev.cancelled:
+                self._arm_replay(ev.run)
         if drawn:
             self._first_frame_due = False
         if self._display_dirty:
@@ -758,7 +798,7 @@ else { window.prompt("Copy this link", url); }
         sections = [section("Model", model, upload_help, self.upload),
                     section("Dynamics", dynamics),
                     section("Input", self.gallery.pane, inputs),
-                    section("Playback", playback_buttons, speed),
+                    section("Playback", playback_buttons, speed, self.replay_player()),
                     section("Display", display),
                     section("Runs", self.runs_select, self.save_run, runs_help, self.open_run),
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),

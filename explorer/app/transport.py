@@ -264,6 +264,25 @@ if (!window.__explorer_page) {
   scan();
   scan_sliders();
   setInterval(() => { scan(); scan_sliders(); }, 1000);
+  // Replay keys (public model properties): space plays or pauses the replay player, the arrow
+  // keys step it back or forward; not while typing in a field.
+  document.addEventListener("keydown", (e) => {
+    const el = e.composedPath ? e.composedPath()[0] : e.target;
+    if (el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT")) return;
+    if (![" ", "ArrowLeft", "ArrowRight"].includes(e.key)) return;
+    let player = null;
+    for (const doc of Bokeh.documents)
+      for (const m of doc.all_models)
+        if (m.constructor.__name__ === "Player" && !m.disabled) player = m;
+    if (player == null) return;
+    e.preventDefault();
+    if (e.key === " ") player.direction = player.direction === 0 ? 1 : 0;
+    else {
+      player.direction = 0;
+      const v = player.value + (e.key === "ArrowRight" ? 1 : -1);
+      player.value = Math.max(player.start, Math.min(player.end, v));
+    }
+  });
   // The page is ready: from now on the server may send changes (any sent while the page was still
   // connecting could be lost), and what came with the document is confirmed.
   ack.data = {seq: [tick.data.seq[0]], ready: [1]};

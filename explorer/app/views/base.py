@@ -44,21 +44,47 @@ def layer_color(layers, name: str) -> str:
 REPLAY_ID = -1   # the worker's run number of events replayed from a stored run
 
 
-def replay_events(run: Run) -> list:
-    """A stored run as the events the worker sent while it ran (frames from its records)."""
+def replay_events(run: Run, upto: int | None = None) -> list:
+    """A stored run as the events the worker sent while it ran (frames from its records); with
+    ``upto``, only its first ``upto + 1`` frames (the three phases' records counted one after the
+    other), each phase's end only once all its frames are in: the run as it stood at that step."""
     events: list = [RunStarted(REPLAY_ID, run.request, run)]
-    steps = 0
+    steps, left, complete = 0, (float("inf") if upto is None else upto + 1), True
+    for phase in PHASES:
+        p = run.phases.get(phase)
+        if p is None or left <= 0:
+            complete = complete and p is None
+            continue
+        shown = p.records[:int(min(left, len(p.records)))]
+        left -= len(shown)
+        events.extend(Frame.from_record(REPLAY_ID, rec) for rec in shown)
+        if len(shown) < len(p.records):
+            complete = False
+            continue
+        y = p.output[0].to(torch.float64).numpy() if p.output is not None else np.full(run.n_classes, np.nan)
+        events.append(PhaseEnded(REPLAY_ID, phase, p.steps, p.verdict, y))
+        steps += p.steps
+    if complete:
+        cancelled = any(p.verdict.get("status") == "cancelled" for p in run.phases.values())
+        events.append(RunEnded(REPLAY_ID, cancelled, 0.0, steps, run))
+    return events
+
+
+def replay_position(run: Run, index: int) -> tuple[str, int, int]:
+    """Frame ``index`` of a run (phases counted one after the other) as (phase, step, that phase's steps)."""
     for phase in PHASES:
         p = run.phases.get(phase)
         if p is None:
             continue
-        events.extend(Frame.from_record(REPLAY_ID, rec) for rec in p.records)
-        y = p.output[0].to(torch.float64).numpy() if p.output is not None else np.full(run.n_classes, np.nan)
-        events.append(PhaseEnded(REPLAY_ID, phase, p.steps, p.verdict, y))
-        steps += p.steps
-    cancelled = any(p.verdict.get("status") == "cancelled" for p in run.phases.values())
-    events.append(RunEnded(REPLAY_ID, cancelled, 0.0, steps, run))
-    return events
+        if index < len(p.records):
+            return phase, p.records[index].step, p.steps
+        index -= len(p.records)
+    last = next(p for p in reversed([run.phases.get(n) for n in PHASES]) if p is not None)
+    return last.phase, last.steps, last.steps
+
+
+def replay_frames(run: Run) -> int:
+    return sum(len(p.records) for p in run.phases.values())
 
 
 def feed(views, events, run: Run | None, run_number: int | None = None) -> tuple[Run | None, int, int]:
