@@ -584,7 +584,8 @@ else { window.prompt("Copy this link", url); }
             self.status.object = text
 
     def counts(self) -> dict[str, int]:
-        return {k: v.data_count() for k, v in self.views.items()}
+        """Rows of data per view that a run streams into (the comparison waits for a pinned run)."""
+        return {k: v.data_count() for k, v in self.views.items() if k != "compare"}
 
     def prefill(self, timeout: float = 0.3) -> None:
         """Give the first run a moment so the page opens with data already in its plots."""
