@@ -156,6 +156,7 @@ def _draw(run: Run, view: str, sample: int = 0):
         names = run.class_names if len(run.class_names) == run.n_classes else [str(c) for c in k]
         ax.set_xticks(k + width * (len(y) - 1) / 2, names, rotation=30, ha="right")
         ax.set(ylabel="y", title=f"Output units y, sample {sample} (label {names[run.label]})")
+        ax.legend(fontsize=7, loc="best")
         return fig, ax, None, None
     _phase_spans(ax, run)
     ax.legend(fontsize=7, loc="best", ncols=2)
@@ -183,18 +184,24 @@ def gif_bytes(run: Run, view: str = "energy", sample: int = 0, max_frames: int =
     n = len(x)
     stride = max(1, -(-n // max_frames))
     frames_at = list(range(0, n, stride)) + ([n - 1] if (n - 1) % stride else [])
-    cursor = ax.axvline(x[0], color="k", lw=1)
-    dot, = ax.plot([x[0]], [marker_y[0]] if marker_y is not None else [np.nan], "o", color="k", ms=6)
-    label = ax.text(0.01, 0.02, "", transform=ax.transAxes, fontsize=8)
-    fig.canvas.draw()                         # lay out once; later frames only move three artists
+    cursor = ax.axvline(x[0], color="k", lw=1, animated=True)
+    dot, = ax.plot([x[0]], [marker_y[0]] if marker_y is not None else [np.nan], "o", color="k", ms=6,
+                   animated=True)
+    label = ax.text(0.01, 0.02, "", transform=ax.transAxes, fontsize=8, animated=True)
+    canvas = fig.canvas
+    canvas.draw()                             # the static curves once; frames blit only the marker
+    fig.set_layout_engine("none")
+    background = canvas.copy_from_bbox(fig.bbox)
     frames = []
     for i in frames_at:
+        canvas.restore_region(background)
         cursor.set_xdata([x[i], x[i]])
         if marker_y is not None:
             dot.set_data([x[i]], [marker_y[i]])
         label.set_text(f"step {x[i]} of {x[-1]}")
-        fig.canvas.draw()
-        frame = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba())
+        for artist in (cursor, dot, label):
+            ax.draw_artist(artist)
+        frame = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
         frames.append(frame.convert("RGB").quantize(colors=64, method=Image.Quantize.FASTOCTREE))
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
