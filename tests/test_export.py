@@ -172,3 +172,30 @@ def test_the_standalone_html_fetches_nothing_and_embeds_the_records(run):
     assert torch.equal(torch.tensor(cols[f"step_size:{layer}"], dtype=dtype),
                        torch.stack([r.stat("step_size", layer)[0] for r in records]))
     assert cols["x"] == s["x"]
+
+
+# ---------------------------------------------------------------------------
+# The page's export buttons (Python level)
+# ---------------------------------------------------------------------------
+
+def test_the_pages_export_buttons_download_the_shown_run(tmp_path):
+    from explorer.app import ExplorerApp, ExplorerState
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=30, t_nudge=12, speed="max"), autostart=False)
+    try:
+        assert all(b.disabled and "finished run" in b.description for b in app.exports.values())
+        app.restart()
+        app.run_until_idle(timeout=60)
+        shown = app.run
+        assert not any(b.disabled for b in app.exports.values())
+        csv = app.exports["csv"].callback().getvalue()
+        assert app.exports["csv"].filename == f"run-{shown.id}.csv" and csv == csv_bytes(shown)
+        assert json.loads(app.exports["json"].callback().getvalue())["id"] == shown.id
+        assert Image.open(app.exports["gif"].callback()).is_animated
+        assert app.exports["gif"].filename == f"run-{shown.id}-energy.gif"
+        assert b"slider.value" in app.exports["html"].callback().getvalue()
+        app.export_view.value = "residual_share"
+        assert Image.open(app.exports["png"].callback()).format == "PNG"
+        assert app.exports["png"].filename == f"run-{shown.id}-residual_share.png"
+        assert b"<svg" in app.exports["svg"].callback().getvalue()
+    finally:
+        app.shutdown("test over")
