@@ -15,6 +15,7 @@ from explorer.export import (VIEWS, ExportError, csv_bytes, figure_bytes, gif_by
                              series)
 from explorer.record import ENERGY_STATS, LAYER_STATS, RecordConfig
 from explorer.run import Run, network_identity
+from test_app_browser import Watched, browser, server  # noqa: F401  (fixtures)
 from test_run import make_run
 
 
@@ -199,3 +200,29 @@ def test_the_pages_export_buttons_download_the_shown_run(tmp_path):
         assert b"<svg" in app.exports["svg"].callback().getvalue()
     finally:
         app.shutdown("test over")
+
+
+# ---------------------------------------------------------------------------
+# A download in the real browser
+# ---------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_the_csv_download_in_the_browser_equals_the_saved_run(server, browser, tmp_path):  # noqa: F811
+    from explorer.run import load
+    from test_app_runs_browser import JS_RUNS
+    w = Watched(browser, server.url)
+    try:
+        w.wait_for(w.all_drawn, what="the first run")
+        w.wait_for(lambda: (w.page.evaluate(JS_RUNS) or {}).get("options"), what="the first run to be listed")
+        files = {}
+        for label, name in (("Save run", "run.parquet"), ("CSV", "run.csv")):
+            with w.page.expect_download(timeout=60_000) as info:
+                w.page.get_by_role("button", name=label, exact=True).click()
+            files[label] = tmp_path / name
+            info.value.save_as(files[label])
+        shown = load(files["Save run"])
+        assert info.value.suggested_filename == f"run-{shown.id}.csv"
+        assert files["CSV"].read_bytes() == csv_bytes(shown)      # the browser's file is the shown run's records
+        assert w.errors() == [], w.console
+    finally:
+        w.page.close()
