@@ -233,6 +233,26 @@ if (toggle.active) {
 """
 
 
+def _inline_resources():
+    """Bokeh's own JS and CSS inline, without the files other libraries' models register
+    (Panel's, once it is imported, would add a script by relative path the offline file lacks)."""
+    from bokeh.resources import Resources
+
+    class InlineOnly(Resources):
+        def clone(self, *, components=None) -> "InlineOnly":     # file_html clones with the used components
+            return InlineOnly(mode="inline", components=list(self.components if components is None else components))
+
+        @property
+        def js_files(self) -> list[str]:
+            return []
+
+        @property
+        def css_files(self) -> list[str]:
+            return []
+
+    return InlineOnly(mode="inline")
+
+
 def html_bytes(run: Run, sample: int = 0) -> bytes:
     """A standalone HTML replay: the energy and step-size plots, a slider and a play button driven by
     CustomJS over the run's data embedded in the file (source ``curves``); Bokeh's JS inline, so
@@ -242,7 +262,6 @@ def html_bytes(run: Run, sample: int = 0) -> bytes:
     from bokeh.models import ColumnDataSource, CustomJS, Div, Slider, Span, Toggle
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
-    from bokeh.resources import INLINE
 
     s = series(run, sample)
     curves = ColumnDataSource(s, name="curves")        # lists, so the numbers are JSON numbers in the file
@@ -274,7 +293,7 @@ def html_bytes(run: Run, sample: int = 0) -> bytes:
     title = Div(text=f"<h3>Run {run.id}: {run.network.get('model', '')}, sample {run.sample}, "
                      f"β {st.get('beta')}, α {st.get('alpha')}, {st.get('schedule')}</h3>")
     layout = column(title, row(toggle, label), slider, energy, steps, sizing_mode="stretch_width")
-    return file_html(layout, INLINE, title=f"Run {run.id}").encode()
+    return file_html(layout, _inline_resources(), title=f"Run {run.id}").encode()
 
 
 __all__ = ["VIEWS", "FORMATS", "ExportError", "records_frame", "csv_bytes", "json_data", "json_bytes",
