@@ -226,3 +226,36 @@ def test_the_csv_download_in_the_browser_equals_the_saved_run(server, browser, t
         assert w.errors() == [], w.console
     finally:
         w.page.close()
+
+
+JS_REPLAY_TO = """(i) => {
+  const slider = [...Bokeh.documents[0]._all_models.values()].find((m) => m.title === 'record');
+  slider.value = i;
+}"""
+JS_MARKER = """() => {
+  const marker = [...Bokeh.documents[0]._all_models.values()].find((m) => m.name === 'marker');
+  return {x: marker.data.x[0], y: marker.data.y[0]};
+}"""
+
+
+@pytest.mark.browser
+def test_the_standalone_html_replays_offline_in_the_browser(browser, run, tmp_path):  # noqa: F811
+    path = tmp_path / "run.html"
+    path.write_bytes(html_bytes(run))
+    context = browser.new_context(offline=True)
+    page = context.new_page()
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(path.as_uri())
+        page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
+        s = series(run)
+        i = len(s["x"]) - 5
+        page.evaluate(JS_REPLAY_TO, i)         # as a person dragging the slider (CustomJS runs async)
+        page.wait_for_function(f"() => ({JS_MARKER})().x === {s['x'][i]}", timeout=30_000)
+        assert page.evaluate(JS_MARKER) == {"x": s["x"][i], "y": s["F"][i]}
+        assert page.get_by_text(f"step {s['x'][i]} of {s['x'][-1]}").count() == 1
+        assert [u for u in requests if not u.startswith(("file:", "data:", "blob:"))] == [] and errors == []
+    finally:
+        context.close()
