@@ -162,6 +162,15 @@ class ExplorerApp(pn.viewable.Viewer):
                                                 label="Save run", disabled=True, sizing_mode="stretch_width")
         self.open_run = pn.widgets.FileInput(accept=".parquet", sizing_mode="stretch_width")
         self.open_run.param.watch(self._on_open_run, "value")
+        # Exports of the shown finished run (explorer.export), each built when its button is clicked.
+        self.export_view = pn.widgets.Select(label="Export view", options=["energy", "step_size",
+                                             "residual_share", "output"], value="energy",
+                                             sizing_mode="stretch_width")
+        self.exports = {kind: pn.widgets.FileDownload(callback=lambda kind=kind: self._export_file(kind),
+                                                      filename=f"run.{kind}", label=kind.upper(), disabled=True,
+                                                      description="Exports need a finished run", margin=(2, 3),
+                                                      width=62)
+                        for kind in ("csv", "json", "gif", "html", "png", "svg")}
         self.frames_drawn = 0
         self._good = self.state.run_settings()
         self._applying = False
@@ -443,6 +452,28 @@ else { window.prompt("Copy this link", url); }
         self.save_run.filename = f"run-{run.id}.parquet"
         return io.BytesIO(data)
 
+    def _export_file(self, kind: str):
+        """An export button's file (CSV, JSON, GIF of the energy view, HTML replay, PNG/SVG of the
+        chosen view) of the shown finished run, built when clicked."""
+        from .. import export
+        run, button = self._saved_run(), self.exports[kind]
+        view = self.export_view.value
+        makers = {"csv": export.csv_bytes, "json": export.json_bytes, "html": export.html_bytes,
+                  "gif": lambda r: export.gif_bytes(r, "energy"),
+                  "png": lambda r: export.figure_bytes(r, view, "png"),
+                  "svg": lambda r: export.figure_bytes(r, view, "svg")}
+        try:
+            if run is None:
+                raise ValueError("no run has finished yet")
+            data = makers[kind](run)
+        except Exception as exc:   # a person clicked: say why, keep serving
+            self.notify(f"could not export the run as {kind.upper()}: {exc}")
+            button.filename = "run-not-exported.txt"
+            return io.BytesIO(f"The run could not be exported: {exc}\n".encode())
+        stem = f"run-{run.id}" + (f"-{view}" if kind in ("png", "svg") else "-energy" if kind == "gif" else "")
+        button.filename = f"{stem}.{kind}"
+        return io.BytesIO(data)
+
     def _on_open_run(self, event) -> None:
         data, name = event.new, self.open_run.filename or "the file"
         if not data:
@@ -472,6 +503,10 @@ else { window.prompt("Copy this link", url); }
             self.runs_select.options = options
             self.runs_select.value = shown if shown in options.values() else None
         self.save_run.disabled = not options
+        for button in self.exports.values():
+            button.disabled = not options
+            button.description = "Exports need a finished run" if not options else \
+                f"Download the shown run as {button.label}"
 
     # ------------------------------------------------------------------------------------
     # Messages
@@ -801,7 +836,12 @@ else { window.prompt("Copy this link", url); }
                     section("Input", self.gallery.pane, inputs),
                     section("Playback", playback_buttons, speed, self.replay_player()),
                     section("Display", display),
-                    section("Runs", self.runs_select, self.save_run, runs_help, self.open_run),
+                    section("Runs", self.runs_select, self.save_run, runs_help, self.open_run,
+                            pn.pane.HTML("<div class='hint'>Export the shown run (exports need a finished "
+                                         "run; GIF: the energy view; PNG/SVG: the chosen view).</div>",
+                                         stylesheets=[self.css], margin=(0, 10)),
+                            pn.Row(*(self.exports[k] for k in ("csv", "json", "gif", "html"))),
+                            self.export_view, pn.Row(self.exports["png"], self.exports["svg"])),
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
         transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
