@@ -2,7 +2,7 @@
 
 The energy view keeps A's curves (dashed) under B's; this view lists what differs: the settings and
 architecture, then per phase the verdict and the steps to tolerance, the final Phi, the prediction
-and the spectral radius at the free fixed point (:mod:`explorer.compare`).
+and the spectral radius at the free fixed point (:mod:`explorer.comparison`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import html
 
 import panel as pn
 
-from ...compare import differences
+from ...comparison import differences
 from ..worker import RunEnded
 from .base import View
 
