@@ -48,7 +48,7 @@ def _stability_row(st: dict) -> str:
     if "error" in st:
         return f"<div class='vrow stability'>stability at s*: not estimated ({html.escape(st['error'])})</div>"
     rho = st["spectral_radius"]
-    badge = "converged" if rho < 1 else "non_finite"
+    badge = "rho-below-one" if rho < 1 else "rho-above-one"   # not a phase's verdict badge
     seen = st.get("observed_rate")
     seen = f" · observed rate {seen:.3f}" if isinstance(seen, (int, float)) else ""
     share = st["layer_share"].get(st["dominant_layer"], 0.0)
