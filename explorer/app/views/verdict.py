@@ -45,7 +45,7 @@ def _phase_body(ev: PhaseEnded) -> str:
 
 class VerdictView(View):
     key = "verdict"
-    title = "6 · Convergence verdict"
+    title = "2 · Convergence verdict"
     about = ""
 
     def __init__(self, app_state, **params):
