@@ -30,12 +30,12 @@ JS_VIEW_BOXES = """() => {
   walk(document);
   return out;
 }"""
-# The drawn width of the figure titled "Output units y" (its view's element in the page).
+# The plot-area width of the figure titled "Output units y" (its view's element in the page).
 JS_OUTPUT_WIDTH = """() => {
   for (const m of Bokeh.documents[0].all_models) {
     if (m.title && m.title.text === 'Output units y') {
-      const view = Bokeh.index.find_one(m);
-      return view == null ? -1 : view.el.getBoundingClientRect().width;
+      const view = Bokeh.index.find_one(m);   // the plot area itself (its frame), not the pane's box
+      return view == null ? -1 : view.frame.bbox.width;
     }
   }
   return -2;

@@ -781,7 +781,7 @@ else { window.prompt("Copy this link", url); }
         return sections
 
     def relaxation_tab(self):
-        """The views in reading order (their titles are numbered so); rows wrap on narrow pages."""
+        """The views in reading order (their titles are numbered so); the output beside the verdict."""
         v = self.views
         cards = self._view_cards = {key: v[key].panel() for key in VIEW_ORDER}
         # The output plot keeps room for its ten class labels beside the input image.
@@ -789,9 +789,9 @@ else { window.prompt("Copy this link", url); }
         for pane in cards["output"].select(pn.pane.Bokeh):
             if pane.object is v["output"].fig:
                 pane.min_width = 320
-        cards["output"].param.update(min_width=600, styles={"flex": "3 1 600px"})
-        cards["verdict"].param.update(min_width=340, styles={"flex": "2 1 340px"})
-        top = pn.FlexBox(cards["output"], cards["verdict"], flex_wrap="wrap", sizing_mode="stretch_width")
+        cards["output"].param.update(min_width=560)
+        cards["verdict"].param.update(sizing_mode="fixed", width=350)
+        top = pn.Row(cards["output"], cards["verdict"], sizing_mode="stretch_width")
         return pn.Column(top, *(cards[k] for k in VIEW_ORDER[2:]), sizing_mode="stretch_width")
 
     def presentation_controls(self) -> pn.Column:
