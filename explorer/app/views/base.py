@@ -22,7 +22,7 @@ import numpy as np
 import panel as pn
 import torch
 from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, GlyphRenderer, LabelSet,
-                          LogColorMapper, PrintfTickFormatter, Range1d)
+                          LogColorMapper, Range1d)
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -171,8 +171,9 @@ def make_figure(title: str, height: int = 260, x_label: str = "iteration", y_lab
 # Font sizes (px) on a desk and in presentation mode (read from the back of a room).
 FONT_SIZES = {False: {"title": 15, "axis_label": 13, "tick": 12, "legend": 12},
               True: {"title": 24, "axis_label": 19, "tick": 17, "legend": 16}}
-# Plain numbers on axes and colour bars ("0.0005", "5e-06"), never "5.000e-4".
-TICK_FORMAT = "%.3g"
+# Plain numbers on axes and colour bars ("0.0005"), never "5.000e-4": scientific only past 1e-6 / 1e6;
+# the precision stays "auto" so close ticks (-487.5, -488) keep distinct labels.
+PLAIN_TICKS = dict(power_limit_low=-6, power_limit_high=6)
 
 
 def style(fig: figure, present: bool = False) -> None:
@@ -203,10 +204,10 @@ def tidy_ticks(fig: figure) -> None:
     """Plain tick labels on linear axes and colour bars (log axes keep their powers of ten)."""
     for axis in (*fig.xaxis, *fig.yaxis):
         if type(axis.formatter) is BasicTickFormatter:
-            axis.formatter = PrintfTickFormatter(format=TICK_FORMAT)
+            axis.formatter = BasicTickFormatter(**PLAIN_TICKS)
     for bar in color_bars(fig):
         if bar.formatter == "auto" and not isinstance(bar.color_mapper, LogColorMapper):
-            bar.formatter = PrintfTickFormatter(format=TICK_FORMAT)
+            bar.formatter = BasicTickFormatter(**PLAIN_TICKS)
 
 
 def style_legend(fig: figure, location: str = "top_right", outside: bool = True) -> None:
