@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import panel as pn
+import param
 import torch
 from bokeh.models import ColumnDataSource, CustomJS
 from tornado.ioloop import PeriodicCallback
@@ -60,7 +61,7 @@ from .scan_tab import ScanTab
 from .sweep_tab import SweepTab
 from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
 from .views import VIEW_CLASSES
-from .views.base import REPLAY_ID, feed, replay_events, replay_frames, replay_position
+from .views.base import REPLAY_ID, feed, replay_events, replay_frames, replay_position, style
 from .views.train import TrainView
 from .worker import Frame, PhaseEnded, RunEnded, RunFailed, RunStarted, RunWorker
 
@@ -88,6 +89,43 @@ CSS_FILE = Path(__file__).resolve().parents[2] / "assets" / "app.css"
 LINK_SETTINGS = ("sample", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule", "tol",
                  "stop_at_tol", "speed")
 DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
+
+# The relaxation tab's views in reading order (their titles carry these numbers).
+VIEW_ORDER = ("output", "verdict", "energy", "residual", "trajectories", "nudge")
+NARROW_WIDTH = 1300   # below it the sidebar starts collapsed: the views need the width
+
+
+class SidebarFit(pn.custom.JSComponent):
+    """Collapses the template's sidebar on narrow pages (on load, and on crossing the width) and
+    in presentation mode; a sidebar opened by hand stays open until the next crossing."""
+    present = param.Boolean(default=False)
+    narrow_width = param.Integer(default=NARROW_WIDTH)
+    _esm = """
+export function render({ model }) {
+  const nav = (open) => { if (typeof window.closeNav === 'function') (open ? window.openNav : window.closeNav)(); };
+  let narrow = null;
+  const fit = () => {
+    const now = window.innerWidth < model.narrow_width;
+    if (now === narrow) return;
+    narrow = now;
+    nav(!(narrow || model.present));
+  };
+  fit();
+  window.addEventListener('resize', fit);
+  model.on('present', () => nav(!(model.present || narrow)));
+  model.on('remove', () => window.removeEventListener('resize', fit));
+  const el = document.createElement('span');
+  el.className = 'sidebar-fit';
+  return el;
+}
+"""
+
+
+FULLSCREEN_JS = """
+const card = cards[pick.value];
+const view = card == null ? null : Bokeh.index.find_one(card);
+if (view != null && view.el.requestFullscreen) view.el.requestFullscreen();
+"""
 
 # Panel's Fast design without its web font: the page loads nothing from outside the server.
 OfflineFast = transport.offline_design()
@@ -265,6 +303,8 @@ class ExplorerApp(pn.viewable.Viewer):
         and the others still apply. A zoo model may be named by its checkpoint name alone."""
         given = dict(given)
         self._wanted_tab = given.pop("tab", None)
+        given.pop("theme", None)   # the template reads its theme from the address itself
+        self._present_wanted = given.pop("present", "").lower() in ("1", "true", "yes", "on")
         if "model" in given:
             given["model"] = self._model_choice(given["model"])
         typed, problems = self.state.settings_from_text(given)
@@ -848,15 +888,46 @@ else { window.prompt("Copy this link", url); }
         return sections
 
     def relaxation_tab(self):
+        """The views in reading order (their titles are numbered so); the output beside the verdict."""
         v = self.views
-        row = dict(sizing_mode="stretch_width")
-        return pn.Column(
-            pn.Row(v["output"].panel(), v["verdict"].panel(sizing_mode=None, width=560), **row),
-            v["energy"].panel(),
-            v["residual"].panel(),
-            v["trajectories"].panel(),
-            v["nudge"].panel(),
-            sizing_mode="stretch_width")
+        cards = self._view_cards = {key: v[key].panel() for key in VIEW_ORDER}
+        # The output plot keeps room for its ten class labels beside the input image.
+        v["output"].fig.min_width = 320
+        for pane in cards["output"].select(pn.pane.Bokeh):
+            if pane.object is v["output"].fig:
+                pane.min_width = 320
+        cards["output"].param.update(min_width=560)
+        cards["verdict"].param.update(sizing_mode="fixed", width=350)
+        top = pn.Row(cards["output"], cards["verdict"], sizing_mode="stretch_width")
+        return pn.Column(top, *(cards[k] for k in VIEW_ORDER[2:]), sizing_mode="stretch_width")
+
+    def presentation_controls(self) -> pn.Column:
+        """Presentation mode: a toggle, the views shown, a view full screen (Fullscreen API)."""
+        titles = {self.views[k].title: k for k in VIEW_ORDER}
+        self.present = pn.widgets.Toggle(name="Presentation mode", value=getattr(self, "_present_wanted", False),
+                                         button_type="primary", sizing_mode="stretch_width")
+        self.shown_views = pn.widgets.MultiChoice(name="Views shown", options=titles, value=list(VIEW_ORDER),
+                                                  sizing_mode="stretch_width")
+        self.full_view = pn.widgets.Select(name="Full screen", options=titles, value="output",
+                                           sizing_mode="stretch_width")
+        full = pn.widgets.Button(name="Show full screen", sizing_mode="stretch_width")
+        # The Select's browser-side value is the view's title: the script maps titles to cards.
+        full.js_on_click(args={"pick": self.full_view, **{k: self._view_cards[k] for k in VIEW_ORDER}},
+                         code="const cards = {" + ", ".join(f"{self.views[k].title!r}: {k}" for k in VIEW_ORDER)
+                         + "};" + FULLSCREEN_JS)
+        self.sidebar_fit = SidebarFit(present=self.present.value, width=0, height=0, margin=0)
+        self.present.link(self.sidebar_fit, value="present")
+        self.present.param.watch(self._on_present, "value")
+        self.shown_views.param.watch(self._on_present, "value")
+        self._on_present()
+        return pn.Column(self.present, self.shown_views, self.full_view, full, sizing_mode="stretch_width")
+
+    def _on_present(self, *_events) -> None:
+        on = self.present.value
+        for key, card in self._view_cards.items():
+            card.visible = key in self.shown_views.value
+        for pane in self._tabs.select(pn.pane.Bokeh) if self._tabs is not None else ():
+            style(pane.object, present=on)
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""
@@ -878,11 +949,18 @@ else { window.prompt("Copy this link", url); }
         self._tabs = self.tabs()
         self._open_wanted_tab()
         self._tabs.param.watch(self._write_address, ["active"])
+        sidebar = self.controls()
+        present = self.presentation_controls()
+        sidebar.insert(0, pn.Column(pn.pane.HTML("<div class='section'>Present</div>", stylesheets=[self.css],
+                                                 margin=(8, 10, 0, 10)), present, sizing_mode="stretch_width"))
         tmpl = pn.template.FastListTemplate(
             title="Hopfield-ResNet explorer · equilibrium propagation, live",
-            sidebar=self.controls(), main=[pn.Column(self.status, self.alert, self._tabs,
-                                                     sizing_mode="stretch_width")],
-            sidebar_width=350, accent="#0072B2", main_layout=None, theme_toggle=False, design=OfflineFast,
+            sidebar=sidebar, main=[pn.Column(self.sidebar_fit, self.status, self.alert, self._tabs,
+                                             sizing_mode="stretch_width")],
+            sidebar_width=330, accent="#0072B2", main_layout=None, design=OfflineFast,
+            # Light or dark (the header's toggle reloads the page with ?theme=dark).
+            theme_toggle=True,
+            collapsed_sidebar=self.present.value,
             # The header's busy spinner would flip twice per tick (the periodic drain counts as
             # "busy"), costing the browser a restyle every 40 ms.
             busy_indicator=None,

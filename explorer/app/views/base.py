@@ -21,7 +21,8 @@ import time
 import numpy as np
 import panel as pn
 import torch
-from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer, LabelSet, Range1d
+from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, GlyphRenderer, LabelSet,
+                          LogColorMapper, Range1d)
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -193,31 +194,64 @@ def make_figure(title: str, height: int = 260, x_label: str = "iteration", y_lab
     return fig
 
 
-def style(fig: figure) -> None:
-    fig.title.text_font_size = "15px"
+# Font sizes (px) on a desk and in presentation mode (read from the back of a room).
+FONT_SIZES = {False: {"title": 15, "axis_label": 13, "tick": 12, "legend": 12},
+              True: {"title": 24, "axis_label": 19, "tick": 17, "legend": 16}}
+# Plain numbers on axes and colour bars ("0.0005"), never "5.000e-4": scientific only past 1e-6 / 1e6;
+# the precision stays "auto" so close ticks (-487.5, -488) keep distinct labels.
+PLAIN_TICKS = dict(power_limit_low=-6, power_limit_high=6)
+
+
+def style(fig: figure, present: bool = False) -> None:
+    sizes = FONT_SIZES[present]
+    fig.title.text_font_size = f"{sizes['title']}px"
     fig.title.text_font = FONT
     fig.title.text_font_style = "bold"
     for axis in (*fig.xaxis, *fig.yaxis):
-        axis.axis_label_text_font_size = "13px"
+        axis.axis_label_text_font_size = f"{sizes['axis_label']}px"
         axis.axis_label_text_font_style = "normal"
         axis.axis_label_text_font = FONT
-        axis.major_label_text_font_size = "12px"
+        axis.major_label_text_font_size = f"{sizes['tick']}px"
+    for leg in fig.legend:
+        leg.label_text_font_size = f"{sizes['legend']}px"
+    for bar in color_bars(fig):
+        bar.major_label_text_font_size = f"{sizes['tick']}px"
+        bar.title_text_font_size = f"{sizes['axis_label']}px"
     fig.grid.grid_line_alpha = 0.35
     fig.outline_line_color = None
     fig.background_fill_color = "#fcfcfc"
 
 
-def style_legend(fig: figure, location: str = "top_right") -> None:
+def color_bars(fig: figure) -> list:
+    return [m for m in (*fig.right, *fig.left, *fig.above, *fig.below) if isinstance(m, ColorBar)]
+
+
+def tidy_ticks(fig: figure) -> None:
+    """Plain tick labels on linear axes and colour bars (log axes keep their powers of ten)."""
+    for axis in (*fig.xaxis, *fig.yaxis):
+        if type(axis.formatter) is BasicTickFormatter:
+            axis.formatter = BasicTickFormatter(**PLAIN_TICKS)
+    for bar in color_bars(fig):
+        if bar.formatter == "auto" and not isinstance(bar.color_mapper, LogColorMapper):
+            bar.formatter = BasicTickFormatter(**PLAIN_TICKS)
+
+
+def style_legend(fig: figure, location: str = "top_right", outside: bool = True) -> None:
+    """The legend outside the plot area (beside it), so it never covers a curve; ``outside=False``
+    for a caller that places it itself (below the plot)."""
     if not fig.legend:
         return
     leg = fig.legend[0]
-    leg.location = location
+    leg.location = "top_left" if location.startswith("top") else "bottom_left"
     leg.label_text_font_size = "12px"
-    leg.background_fill_alpha = 0.75
-    leg.border_line_alpha = 0.2
+    leg.background_fill_alpha = 0.0
+    leg.border_line_alpha = 0.0
     leg.spacing = 0
-    leg.padding = 4
-    leg.margin = 4
+    leg.padding = 2
+    leg.margin = 2
+    if outside and leg in fig.center:
+        fig.center = [m for m in fig.center if m is not leg]
+        fig.add_layout(leg, "right")
 
 
 SHOW_TARGET_JS = """
@@ -544,4 +578,6 @@ class View(pn.viewable.Viewer):
 
 def bokeh_pane(fig, **kw):
     kw.setdefault("sizing_mode", "stretch_width")
+    if hasattr(fig, "xaxis"):   # by now the view has added its colour bars
+        tidy_ticks(fig)
     return pn.pane.Bokeh(fig, **kw)

@@ -58,7 +58,7 @@ class Curves:
 
 class EnergyView(View):
     key = "energy"
-    title = "2 · Energy descent"
+    title = "3 · Energy descent"
     about = ("Φ during the free phase, F = Φ + βC during the nudged phases (both nudged phases start "
              "from the free fixed point s*). Red crosses: steps where the engine found the energy rose. "
              f"The axis follows the energy after free step {ZOOM_SKIP}; the start from zero lies above it.")

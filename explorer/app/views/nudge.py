@@ -31,7 +31,7 @@ def block_origin(phase: str, n_layers: int) -> int:
 class NudgeView(View):
     key = "nudge"
     min_interval = 0.2
-    title = "4 · Nudged versus free"
+    title = "6 · Nudged versus free"
     about = ("How far each layer moves from the free fixed point s* while the output is nudged "
              "towards the label (log colour scale), and one feature map before and after.")
 

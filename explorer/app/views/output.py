@@ -27,7 +27,7 @@ OTHER_COLOR = "#9DB4C8"
 class OutputView(View):
     key = "output"
     min_interval = 0.2
-    title = "5 · Output and prediction"
+    title = "1 · Output and prediction"
     about = "The input image, the output units y and the prediction argmax y* against the label."
 
     def __init__(self, app_state, **params):

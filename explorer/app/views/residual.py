@@ -24,7 +24,7 @@ PART_LABELS = {"direct": "direct edge", "skip": "skip edge", "feedback": "feedba
 class ResidualView(View):
     key = "residual"
     min_interval = 0.2
-    title = "3 · Residual-path contributions"
+    title = "4 · Residual-path contributions"
     about = ("Share of each layer's drive that comes through its skip edge, per iteration (left), "
              "and the split of the drive into direct edge, skip edge and feedback at the latest step "
              "(right). Only even layers receive a skip.")
@@ -53,7 +53,7 @@ class ResidualView(View):
         self.bfig.hbar_stack(list(PARTS), y="layer", height=0.7, source=self.bars,
                              color=[PART_COLORS[p] for p in PARTS],
                              legend_label=[PART_LABELS[p] for p in PARTS])
-        style_legend(self.bfig, "bottom_right")
+        style_legend(self.bfig, "bottom_right", outside=False)
         self.bfig.legend[0].orientation = "horizontal"
         self.bfig.add_layout(self.bfig.legend[0], "below")
         static_legend(self.bfig)

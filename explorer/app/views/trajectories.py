@@ -29,7 +29,7 @@ def unit_column(j: int, layer: str) -> str:
 
 class TrajectoriesView(View):
     key = "trajectories"
-    title = "1 · Per-layer state trajectories"
+    title = "5 · Per-layer state trajectories"
     about = ("Each colour is one layer. Step size on a log scale: a converging layer's line falls "
              "steadily; a flat or rising line is a layer that keeps moving.")
 

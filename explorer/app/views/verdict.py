@@ -60,7 +60,7 @@ def _stability_row(st: dict) -> str:
 
 class VerdictView(View):
     key = "verdict"
-    title = "6 · Convergence verdict"
+    title = "2 · Convergence verdict"
     about = ""
 
     def __init__(self, app_state, **params):

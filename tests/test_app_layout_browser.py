@@ -1,0 +1,127 @@
+"""The page's layout in a real browser (issue 18, items 1 and 5): at projector and desk sizes no view
+overlaps another and the output plot keeps room for its class labels; presentation mode (``?present=1``)
+hides the sidebar and sets tick labels of at least 16 px. Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import pytest
+
+from test_app_browser import ARTIFACTS, Watched, browser, server  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
+SIZES = [(1024, 768), (1280, 720), (1600, 1000), (1920, 1080)]
+MIN_OUTPUT_WIDTH = 250
+SIDEBAR_GALLERY = "Click an image"   # the input gallery's plot, in the sidebar
+
+# Page boxes of the views' cards (their elements carry the class explorer-view), in the order shown.
+JS_VIEW_BOXES = """() => {
+  const out = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.classList && el.classList.contains('explorer-view')) {
+        const r = el.getBoundingClientRect();
+        if (r.width > 0 && r.height > 0)
+          out.push({cls: Array.from(el.classList).join(' '), x: r.left + scrollX, y: r.top + scrollY,
+                    w: r.width, h: r.height});
+      }
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return out;
+}"""
+# The plot-area width of the figure titled "Output units y" (its view's element in the page).
+JS_OUTPUT_WIDTH = """() => {
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.title && m.title.text === 'Output units y') {
+      const view = Bokeh.index.find_one(m);   // the plot area itself (its frame), not the pane's box
+      return view == null ? -1 : view.frame.bbox.width;
+    }
+  }
+  return -2;
+}"""
+# The smallest tick-label font size (px) of each titled plot's axes and colour bars.
+JS_TICK_SIZES = """() => {
+  const out = {};
+  for (const m of Bokeh.documents[0].all_models) {
+    if (m.constructor.__name__ !== 'Figure' || !m.title || !m.title.text) continue;
+    for (const r of [...m.left, ...m.right, ...m.above, ...m.below]) {
+      const size = r.major_label_text_font_size;
+      if (size == null) continue;
+      const px = parseFloat(String(size.value ?? size));
+      out[m.title.text] = Math.min(out[m.title.text] ?? 1e9, px);
+    }
+  }
+  return out;
+}"""
+JS_SIDEBAR_WIDTH = "() => { const s = document.getElementById('sidebar'); return s ? s.getBoundingClientRect().width : -1; }"
+
+
+def overlaps(a: dict, b: dict, slack: float = 1.0) -> bool:
+    return (a["x"] + slack < b["x"] + b["w"] and b["x"] + slack < a["x"] + a["w"]
+            and a["y"] + slack < b["y"] + b["h"] and b["y"] + slack < a["y"] + a["h"])
+
+
+# One source per plotted view that the free phase fills (the layout does not wait for the whole run).
+FREE_PHASE_SOURCES = ("explorer.trajectories.stats", "explorer.energy.free", "explorer.residual.heat",
+                      "explorer.nudge.map_free", "explorer.output.bars", "explorer.output.input")
+
+
+def free_phase_drawn(src: dict) -> bool:
+    return all(src.get(name, {}).get("rows", 0) > 0 for name in FREE_PHASE_SOURCES)
+
+
+def open_at(browser, url: str, width: int, height: int) -> Watched:
+    """The page drawn in full (a tall window: the page draws only the views in sight), then at its size."""
+    w = Watched(browser, url, height=2700)
+    w.page.set_viewport_size({"width": width, "height": 2700})
+    w.wait_for(lambda: free_phase_drawn(w.sources()), timeout=180, what="every view's free-phase plot drawn")
+    w.page.set_viewport_size({"width": width, "height": height})
+    return w
+
+
+def view_key(box: dict) -> str:
+    return next((c[len("view-"):] for c in box["cls"].split() if c.startswith("view-")), box["cls"])
+
+
+@pytest.mark.parametrize("width,height", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_views_do_not_overlap_and_the_output_plot_keeps_its_width(server, browser, width, height):
+    w = open_at(browser, server.url + "?speed=max", width, height)
+    try:
+        # A layout settles after the first draw: wait until the boxes stop moving.
+        last = None
+        def settled():
+            nonlocal last
+            boxes = w.page.evaluate(JS_VIEW_BOXES)
+            same, last = boxes == last, boxes
+            return same and len(boxes) == 6 and boxes
+        boxes = w.wait_for(settled, timeout=60, what="six view boxes, settled")
+        for i, a in enumerate(boxes):
+            assert a["x"] >= -1 and a["x"] + a["w"] <= width + 1, f"{view_key(a)} runs off the page: {a}"
+            for b in boxes[i + 1:]:
+                assert not overlaps(a, b), f"{view_key(a)} overlaps {view_key(b)} at {width}x{height}: {a} {b}"
+        # The plots inside the cards lay out after the cards: wait for the output plot's final width.
+        try:
+            w.wait_for(lambda: w.page.evaluate(JS_OUTPUT_WIDTH) >= MIN_OUTPUT_WIDTH, timeout=30, what="output plot")
+        finally:
+            w.page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
+        if width < 1300:   # a narrow page opens with the sidebar collapsed
+            assert w.page.evaluate(JS_SIDEBAR_WIDTH) < 1
+        assert not w.errors(), w.errors()
+    finally:
+        w.page.close()
+
+
+def test_presentation_mode_hides_the_sidebar_and_enlarges_tick_labels(server, browser):
+    w = open_at(browser, server.url + "?present=1&speed=max", 1280, 720)
+    try:
+        assert w.page.evaluate(JS_SIDEBAR_WIDTH) < 1, "the sidebar is shown in presentation mode"
+        sizes = w.page.evaluate(JS_TICK_SIZES)
+        assert len(sizes) >= 6 and "Output units y" in sizes, sizes
+        sizes.pop(SIDEBAR_GALLERY, None)   # in the hidden sidebar
+        small = {title: px for title, px in sizes.items() if px < 16}
+        assert not small, f"tick labels under 16 px in presentation mode: {small}"
+        w.page.screenshot(path=str(ARTIFACTS / "layout-present-1280x720.png"), full_page=True)
+        assert not w.errors(), w.errors()
+    finally:
+        w.page.close()
