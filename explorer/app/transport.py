@@ -245,8 +245,23 @@ if (!window.__explorer_page) {
       }
       v.el.__explorer_view = v;
       io.observe(v.el);
+      sized.observe(v.el);
     }
   };
+  // A plot whose box changed size without a window resize (the sidebar folding away, a row
+  // reflowing) can keep its old layout and stay blank: lay it out again once its size settles.
+  const sized = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const v = e.target.__explorer_view;
+      const box = e.contentRect;
+      if (v == null || box.width === 0 || box.height === 0) continue;
+      const key = Math.round(box.width) + "x" + Math.round(box.height);
+      if (v.__explorer_size === key) continue;
+      v.__explorer_size = key;   // (the first size too: a plot laid out before its box was sized stays blank)
+      if (typeof v.invalidate_layout === "function")
+        requestAnimationFrame(() => { try { v.invalidate_layout(); } catch (err) { console.warn(err); } });
+    }
+  });
   // A slider moved with the arrow keys updates only value_throttled; copy it into value so the
   // move reaches the server like a drag (the settings follow "value").
   const sliders = new WeakSet();

@@ -69,7 +69,8 @@ class VerdictView(View):
                                        name="explorer.verdict.phases")
         # A fixed height: text changes inside never resize the page around it (no relayout).
         self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
-                                 sizing_mode="stretch_width", height=250, css_classes=["verdict-pane"])
+                                 sizing_mode="stretch_width", height=360, css_classes=["verdict-pane"],
+                                 styles={"overflow-y": "auto"})
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
