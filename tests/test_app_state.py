@@ -1100,3 +1100,16 @@ def test_the_replay_player_scrubs_a_finished_run_across_every_view(app):
     assert energy_rows(app) == {"free": T_FREE + 1, "nudged+": T_NUDGE + 1, "nudged-": T_NUDGE + 1}
     assert app.views["verdict"].source.data["phase"] == ["free", "nudged+", "nudged-"]
     assert app.run.id == finished.id
+
+
+def test_every_setting_in_the_sidebar_has_its_help_text(app):
+    import panel as pn
+    sections = app.controls()
+    widgets = {w.name: w for sec in sections for w in sec.select(pn.widgets.Widget)}
+    # (Panel 1.9's sliders have no help icon; every other widget shows its parameter's doc)
+    helped = [n for n in ("model", "schedule", "tol", "stop_at_tol", "residual", "sample")
+              if "description" in widgets[app.state.param[n].label].param]
+    assert {"model", "schedule", "tol"} <= set(helped)
+    for name in helped:
+        p = app.state.param[name]
+        assert widgets[p.label].description == p.doc, name

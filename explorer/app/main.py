@@ -559,7 +559,8 @@ else { window.prompt("Copy this link", url); }
         for w in getattr(self, "_model_controls", pn.Column()).select(pn.widgets.Widget):
             if w.name in labels:
                 w.disabled = reason is not None
-                w.description = reason
+                help_ = next(p.doc for p in (self.state.param.depth, self.state.param.residual) if p.label == w.name)
+                w.description = reason or help_
 
     def notify(self, text: str, level: str = "error", key: str | None = None) -> None:
         """Tell the person: a toast (when served) and the alert pane; kept in ``messages``. Another
@@ -885,7 +886,17 @@ else { window.prompt("Copy this link", url); }
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
         transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
+        self._help_texts(sections)
         return sections
+
+    def _help_texts(self, sections) -> None:
+        """Every setting's widget carries its parameter's doc as help (the '?' beside its name),
+        also where a widget type was chosen by hand (the alpha and beta sliders, speed)."""
+        docs = {p.label: p.doc for p in self.state.param.objects("existing").values() if p.doc and p.label}
+        for w in (w for sec in sections for w in sec.select(pn.widgets.Widget)):
+            if w.name in docs and not getattr(w, "description", None) and "description" in w.param:
+                w.description = docs[w.name]
+        self._architecture_controls()
 
     def relaxation_tab(self):
         """The views in reading order (their titles are numbered so); the output beside the verdict."""
