@@ -908,7 +908,7 @@ else { window.prompt("Copy this link", url); }
             if pane.object is v["output"].fig:
                 pane.min_width = 320
         cards["output"].param.update(min_width=560)
-        cards["verdict"].param.update(sizing_mode="fixed", width=350)
+        cards["verdict"].param.update(sizing_mode="fixed", width=310)
         top = pn.Row(cards["output"], cards["verdict"], sizing_mode="stretch_width")
         return pn.Column(top, *(cards[k] for k in VIEW_ORDER[2:]), sizing_mode="stretch_width")
 
