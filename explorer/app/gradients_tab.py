@@ -22,7 +22,7 @@ import param
 import torch
 
 from ..gradients import budget_against_converged, ep_against_bptt, gdu, precision
-from .jobs import JobWorker, on_session_end, page_callback
+from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
 from .state import SettingError, net_with_alpha
 
 log = logging.getLogger("explorer.app")
@@ -141,14 +141,7 @@ class GradientsTab(pn.viewable.Viewer):
 
     def wait(self, timeout: float = 300.0) -> None:
         """Drain until the job has ended (tests)."""
-        import time
-        deadline = time.monotonic() + timeout
-        while self.worker.busy or self.worker.pending(OWNER):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the comparison did not end in time")
-            self.drain()
-            time.sleep(0.05)
-        self.drain()
+        drain_until_idle(self.worker, OWNER, self.drain, "comparison", timeout)
 
     def __panel__(self):
         sections = []

@@ -112,6 +112,18 @@ class JobWorker:
                     self._cond.notify_all()
 
 
+def drain_until_idle(worker: JobWorker, owner, drain, what: str, timeout: float, until=None) -> None:
+    """Drain ``owner``'s events until its job has ended (or ``until()`` holds): tests and scripts."""
+    import time
+    deadline = time.monotonic() + timeout
+    while (worker.busy or worker.pending(owner)) and not (until is not None and until()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {what} did not end in time")
+        drain()
+        time.sleep(0.02)
+    drain()
+
+
 def page_callback(drain, period_ms: int = 150):
     """Start ``drain`` as a periodic callback of the current session; None outside a served page
     (tests call ``drain`` themselves)."""

@@ -18,7 +18,7 @@ from ..dynamics import check_beta
 from ..evaluate import one_line
 from ..scan import ScanResult, ScanSettings, scan, scan_images
 from . import charts
-from .jobs import JobWorker, on_session_end, page_callback
+from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
 from .state import UNTRAINED, SettingError, class_name, net_with_alpha
 
 log = logging.getLogger("explorer.app")
@@ -257,14 +257,7 @@ class ScanTab(pn.viewable.Viewer):
     # -- tests and scripts ------------------------------------------------------------------------
     def wait(self, timeout: float = 120.0) -> None:
         """Drain until the scan has ended (tests)."""
-        import time
-        deadline = time.monotonic() + timeout
-        while self.worker.busy or self.worker.pending("scan"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the scan did not end in time")
-            self.drain()
-            time.sleep(0.02)
-        self.drain()
+        drain_until_idle(self.worker, "scan", self.drain, "scan", timeout)
 
     def __panel__(self):
         if self._layout is None:

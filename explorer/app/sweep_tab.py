@@ -25,7 +25,7 @@ from ..scan import ScanSettings, scan_images
 from ..sweep import (GRID_KEYS, PRESETS, Base, GridError, SweepResult, estimate_seconds, grid_cells,
                      parse_grid, sweep)
 from . import charts
-from .jobs import JobWorker, on_session_end, page_callback
+from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
 from .scan_tab import MAX_IMAGES, RUN_KEYS, show_relaxation
 from .state import DEFAULT_WIDTH, SAMPLE_SHAPE, UNTRAINED, SettingError
 
@@ -408,13 +408,7 @@ class SweepTab(pn.viewable.Viewer):
     # -- tests and scripts ------------------------------------------------------------------------------
     def wait(self, timeout: float = 300.0, until=None) -> None:
         """Drain until the worker is idle (or ``until()`` holds)."""
-        deadline = time.monotonic() + timeout
-        while (self.worker.busy or self.worker.pending("sweep")) and not (until is not None and until()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the sweep did not end in time")
-            self.drain()
-            time.sleep(0.02)
-        self.drain()
+        drain_until_idle(self.worker, "sweep", self.drain, "sweep", timeout, until)
 
     def __panel__(self):
         if self._layout is None:
