@@ -75,8 +75,8 @@ def browser():
 class Watched:
     """A page with its console messages and network requests recorded."""
 
-    def __init__(self, browser, url, height=2700):
-        self.page = browser.new_page(viewport={"width": 1600, "height": height})
+    def __init__(self, browser, url, height=2700, width=1600):
+        self.page = browser.new_page(viewport={"width": width, "height": height})
         self.console, self.failed, self.outside = [], [], []
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))
         self.page.on("pageerror", lambda e: self.console.append(("error", str(e))))

@@ -54,6 +54,28 @@ JS_TICK_SIZES = """() => {
   }
   return out;
 }"""
+# Painted pixels of the output chart's canvas: dark ones left of the plot area (the y axis: ticks,
+# labels) and ones in the plot area with the colour of the bars of the classes other than the label.
+JS_OUTPUT_PIXELS = """() => {
+  for (const m of Bokeh.documents[0].all_models) {
+    if (!(m.title && m.title.text === 'Output units y')) continue;
+    const v = Bokeh.index.find_one(m);
+    if (v == null) return null;
+    const c = v.canvas_view.primary.canvas, f = v.frame.bbox, r = c.width / v.bbox.width;
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let axis = 0, bars = 0;
+    for (let y = Math.floor(f.top * r); y < Math.floor(f.bottom * r); y++)
+      for (let x = 0; x < c.width; x++) {
+        const i = 4 * (y * c.width + x);
+        if (px[i + 3] < 128) continue;
+        if (x < f.left * r && px[i] + px[i + 1] + px[i + 2] < 300) axis++;
+        else if (x > f.left * r && x < f.right * r && Math.abs(px[i] - 0x9D) + Math.abs(px[i + 1] - 0xB4)
+                 + Math.abs(px[i + 2] - 0xC8) < 30) bars++;
+      }
+    return {axis, bars, canvas: c.width / r, box: v.el.getBoundingClientRect().width};
+  }
+  return null;
+}"""
 JS_SIDEBAR_WIDTH = "() => { const s = document.getElementById('sidebar'); return s ? s.getBoundingClientRect().width : -1; }"
 
 
@@ -107,6 +129,26 @@ def test_views_do_not_overlap_and_the_output_plot_keeps_its_width(server, browse
             w.page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
         if width < 1300:   # a narrow page opens with the sidebar collapsed
             assert w.page.evaluate(JS_SIDEBAR_WIDTH) < 1
+        assert not w.errors(), w.errors()
+    finally:
+        w.page.close()
+
+
+def test_a_page_opened_at_projector_size_paints_the_output_chart(server, browser):
+    """Opened straight at 1280x720 (the sidebar folds away while the page loads), the output chart is
+    painted: its y axis and its bars are on the canvas, and the canvas fills its box (it was blank,
+    or drawn at half its box, in 2 of 3 tries)."""
+    w = Watched(browser, server.url + "?speed=max", width=1280, height=720)
+    try:
+        w.wait_for(lambda: w.sources().get("explorer.output.bars", {}).get("rows", 0) > 0 and w.verdicts_shown() == 3,
+                   timeout=180, what="a finished run")
+        def painted():
+            p = w.page.evaluate(JS_OUTPUT_PIXELS)
+            return p is not None and p["axis"] > 20 and p["bars"] > 50 and abs(p["canvas"] - p["box"]) <= 2 and p
+        try:
+            w.wait_for(painted, timeout=30, what="the output chart painted at its box's width")
+        finally:
+            w.page.screenshot(path=str(ARTIFACTS / "output-painted-1280x720.png"))
         assert not w.errors(), w.errors()
     finally:
         w.page.close()

@@ -276,9 +276,24 @@ if (!window.__explorer_page) {
       }
     }
   };
+  // A plot whose canvas kept an old size after its box settled (seen at page load while the
+  // sidebar folds away: the chart drawn at half its box) is laid out again.
+  window.__explorer_relayouts = 0;
+  const heal = () => {
+    for (const v of plots) {
+      if (v.__explorer_hidden || !v.el.isConnected || v.canvas_view == null) continue;
+      if (typeof v.invalidate_layout !== "function") continue;
+      const box = v.el.getBoundingClientRect(), canvas = v.canvas_view.bbox;
+      if (box.width === 0 || box.height === 0 || canvas == null) continue;
+      if (Math.abs(canvas.width - box.width) > 2 || Math.abs(canvas.height - box.height) > 2) {
+        window.__explorer_relayouts++;
+        try { v.invalidate_layout(); } catch (err) { console.warn(err); }
+      }
+    }
+  };
   scan();
   scan_sliders();
-  setInterval(() => { scan(); scan_sliders(); }, 1000);
+  setInterval(() => { scan(); scan_sliders(); heal(); }, 1000);
   // Replay keys (public model properties): space plays or pauses the replay player, the arrow
   // keys step it back or forward; not while typing in a field.
   document.addEventListener("keydown", (e) => {

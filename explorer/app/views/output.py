@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import panel as pn
 import torch
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Title
+from bokeh.models import ColumnDataSource, HoverTool, Range1d, Title
 
 from ...network import OUTPUT
 from ..state import class_name
 from ..worker import PhaseEnded
 from .base import PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure, static_legend
+from .categories import Categories
 
 LABEL_COLOR = "#009E73"
 WRONG_COLOR = "#C00000"
@@ -33,24 +34,26 @@ class OutputView(View):
     def __init__(self, app_state, **params):
         super().__init__(app_state, **params)
         names = [class_name(app_state.samples.class_names, k) for k in range(10)]
-        self.bars = ColumnDataSource(data={"name": names, "y": [0.0] * 10, "color": [OTHER_COLOR] * 10,
+        self.bars = ColumnDataSource(data={"x": Categories.positions(10), "name": names, "y": [0.0] * 10,
+                                           "color": [OTHER_COLOR] * 10,
                                            "y_plus": [np.nan] * 10, "y_minus": [np.nan] * 10,
                                            "target": [0.0] * 10}, name="explorer.output.bars")
         self.image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                       name="explorer.output.input")
-        self.x_range = FactorRange(factors=names)
+        self.x_range = Range1d(-0.5, 9.5)
         self.y = StableRange(floor=(0.0, 1.0), headroom=0.1)   # always shows the one-hot target
         self.fig = make_figure("Output units y", height=330, x_label="", y_label="y",
                                x_range=self.x_range, y_range=self.y.range, tools="save")
+        self.classes = Categories(self.fig, names)
         # Laid out under the title (Bokeh puts the figure's own title outermost).
         self.subtitle = Title(text="", text_font_size="13px", text_font_style="normal", text_color="#444444")
         self.fig.add_layout(self.subtitle, "above")
-        self.fig.vbar(x="name", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
-        self.fig.scatter(x="name", y="target", source=self.bars, marker="dash", size=26, line_width=3,
+        self.fig.vbar(x="x", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
+        self.fig.scatter(x="x", y="target", source=self.bars, marker="dash", size=26, line_width=3,
                          color="#333333", legend_label="target (one-hot)")
-        self.fig.scatter(x="name", y="y_plus", source=self.bars, marker="triangle", size=10,
+        self.fig.scatter(x="x", y="y_plus", source=self.bars, marker="triangle", size=10,
                          color=PHASE_COLORS["nudged+"], legend_label="y after nudged +β")
-        self.fig.scatter(x="name", y="y_minus", source=self.bars, marker="inverted_triangle", size=10,
+        self.fig.scatter(x="x", y="y_minus", source=self.bars, marker="inverted_triangle", size=10,
                          color=PHASE_COLORS["nudged-"], legend_label="y after nudged −β")
         self.fig.add_tools(HoverTool(tooltips=[("class", "@name"), ("y", "@y{0.000}"),
                                                ("y (+β)", "@y_plus{0.000}"), ("y (−β)", "@y_minus{0.000}")]))
@@ -80,10 +83,10 @@ class OutputView(View):
         r = run
         n = r.n_classes
         names = [class_name(r.class_names, k) for k in range(n)]
-        if list(self.x_range.factors) != names:
-            self.x_range.factors = names
+        self.classes.set(names)
         colors = [LABEL_COLOR if k == r.label else OTHER_COLOR for k in range(n)]
-        self.bars.data = {"name": names, "y": [0.0] * n, "color": colors, "y_plus": [np.nan] * n,
+        self.bars.data = {"x": Categories.positions(n), "name": names, "y": [0.0] * n, "color": colors,
+                          "y_plus": [np.nan] * n,
                           "y_minus": [np.nan] * n, "target": [1.0 if k == r.label else 0.0 for k in range(n)]}
         x = run.x[0].reshape(-1, *run.x.shape[-2:])[0] if run.x.dim() >= 3 else None
         key = (r.sample, None if x is None else float(x.double().sum()))
