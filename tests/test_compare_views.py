@@ -85,7 +85,7 @@ def test_pin_a_then_run_b_keeps_as_numbers_in_every_compared_view_and_unpin_drop
     assert pinned_ids(app) == {k: {a.id} for k in COMPARED}
     assert_holds_a(app, a)
     assert app.views["energy"].curves()[b.id]["free"].data["run"][0] == b.id   # B streams over A
-    assert app.views["residual"].apane.visible and app.views["nudge"].apane.visible
+    assert app.views["residual"].afig.visible and app.views["nudge"].afig.visible
     for k in COMPARED:
         note = app.views[k].pin_note.pane
         assert note.visible and "A (pinned)" in note.object and "residual" in note.object, k
@@ -99,11 +99,12 @@ def test_pin_a_then_run_b_keeps_as_numbers_in_every_compared_view_and_unpin_drop
     app.pin_current(False)
     app.drain()                                                  # unpinning takes effect at the next drain
     assert pinned_ids(app) == {k: set() for k in COMPARED}
-    assert not app.views["residual"].apane.visible and not app.views["nudge"].apane.visible
+    assert not app.views["residual"].afig.visible and not app.views["nudge"].afig.visible
     assert not any(app.views[k].pin_note.pane.visible for k in COMPARED)
     assert app.views["energy"].pin_marks.data["x"] == []
     step_fig = app.views["trajectories"].figs["step_size"]
-    assert not [r for r in step_fig.renderers if (r.data_source.name or "").startswith("explorer.trajectories.pinned")]
+    kept = [r for r in step_fig.renderers if (r.data_source.name or "").startswith("explorer.trajectories.pinned")]
+    assert kept and all(len(r.data_source.data["x"]) == 0 for r in kept)   # lines kept, emptied
     app.state.residual = True                                    # a new run after unpin: as before
     run(app)
     assert pinned_ids(app) == {k: set() for k in COMPARED}
@@ -119,6 +120,8 @@ def test_a_view_out_of_sight_while_b_ran_draws_a_when_it_comes_into_view(app):
     app.state.beta = 0.3
     run(app)
     assert pinned_ids(app)["energy"] == {a.id} and pinned_ids(app)["nudge"] == set()
+    rows = {k: (va, vb) for k, va, vb, _ in app.views["compare"].rows()}   # the sidebar's table is never held back
+    assert rows["beta"] == (pytest.approx(a.beta), pytest.approx(0.3))
     app.visible_source.data = {"keys": ["*"]}
     app.drain()
     assert pinned_ids(app) == {k: {a.id} for k in COMPARED}

@@ -114,7 +114,8 @@ class NudgeView(View):
                                 tooltips=[("step", "$x{0}"), ("‖s_β − s*‖ of A", "@image{0.000e}")])
         self.aheat = {p: HeatImage(self.afig, self.mapper, f"explorer.nudge.pinned.{p}") for p in NUDGED}
         self.afig.ygrid.grid_line_color = None
-        self.apane = bokeh_pane(self.afig, visible=False)
+        self.afig.visible = False
+        self.apane = bokeh_pane(self.afig)
         self.pin_note = PinNote("in the lower map")
 
     # -- data ------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class NudgeView(View):
         """The latest pinned run's distances in the lower map (hidden when none is pinned)."""
         run = runs[-1] if runs else None
         self.pinned_id = run.id if run is not None else None
-        self.apane.visible = run is not None
+        self.afig.visible = run is not None   # the figure: a served Bokeh pane rejects its own styles then
         self.pin_note.show(runs[-1:])
         self._pinned_max = 0.0
         if run is None:

@@ -89,7 +89,8 @@ class ResidualView(View):
         self.aheat = HeatImage(self.afig, self.mapper, "explorer.residual.pinned")
         self.afig.ygrid.grid_line_color = None
         self.abands = PhaseBands(self.afig, labels=False)
-        self.apane = bokeh_pane(self.afig, visible=False)
+        self.afig.visible = False
+        self.apane = bokeh_pane(self.afig)
         self.pin_note = PinNote("in the lower map")
 
     def _set_rows(self, layers: list[str]) -> None:
@@ -126,7 +127,7 @@ class ResidualView(View):
         """The latest pinned run's shares in the lower map (hidden when none is pinned)."""
         run = runs[-1] if runs else None
         self.pinned_id = run.id if run is not None else None
-        self.apane.visible = run is not None
+        self.afig.visible = run is not None   # the figure: a served Bokeh pane rejects its own styles then
         self.pin_note.show(runs[-1:])
         if run is None:
             self.aheat.reset(1, 1)

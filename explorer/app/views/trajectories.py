@@ -43,7 +43,7 @@ class TrajectoriesView(View):
         self.row = pn.Column(sizing_mode="stretch_width")
         self.pin_note = PinNote("dashed in the step-size plot")
         self.pinned: dict[str, ColumnDataSource] = {}   # a pinned run's step sizes, by run id
-        self._pinned_lines: list = []
+        self._pinned_lines: list[tuple[ColumnDataSource, dict]] = []   # (source, line per layer) per pinned run
         self._build(tuple(app_state.base_network().layer_names))
 
     # -- figures ------------------------------------------------------------------------
@@ -150,21 +150,30 @@ class TrajectoriesView(View):
         self.source.stream(with_breaks(batch, cols))
 
     def draw_pinned(self, runs: list[Run]) -> None:
-        """Pinned runs' step sizes, dashed in each layer's colour, under the run that streams."""
+        """Pinned runs' step sizes, dashed in each layer's colour, under the run that streams. Their
+        sources and lines stay once made (emptied when unpinned): a page keeps a removed source."""
         fig = self.figs["step_size"]
-        fig.renderers = [r for r in fig.renderers if r not in self._pinned_lines]
-        self.pinned, self._pinned_lines = {}, []
-        for run in runs:
+        self.pinned = {}
+        for k, run in enumerate(runs):
+            if k == len(self._pinned_lines):
+                self._pinned_lines.append((ColumnDataSource(data={"x": []}, name=f"explorer.trajectories.pinned{k}"),
+                                           {}))
+            src, lines = self._pinned_lines[k]
+            for n in run.layers:
+                if n not in lines:
+                    lines[n] = fig.line("x", column("step_size", n), source=src, line_width=1.5, **PINNED_LINE)
+                lines[n].glyph.line_color = layer_color(run.layers, n)
             batch = stored_batch(run)
             values = batch.stat("step_size")
             values = np.where(values > 0, values, np.nan)
-            cols = {"x": batch.x, **{column("step_size", n): values[:, i] for i, n in enumerate(run.layers)}}
-            src = ColumnDataSource(data=with_breaks(batch, cols),
-                                   name=f"explorer.trajectories.pinned{len(self.pinned)}")
+            nothing = np.full(len(batch), np.nan)    # a line of a layer this run does not have
+            cols = {"x": batch.x, **{column("step_size", n): (values[:, run.layers.index(n)] if n in run.layers
+                                                              else nothing) for n in lines}}
+            src.data = with_breaks(batch, cols)
             self.pinned[run.id] = src
-            self._pinned_lines += [fig.line("x", column("step_size", n), source=src, line_width=1.5,
-                                            color=layer_color(run.layers, n), **PINNED_LINE) for n in run.layers]
             self.ranges["step_size"].include(values)
+        for src, _lines in self._pinned_lines[len(runs):]:
+            src.data = {k: [] for k in src.data}
         cover_time(self.x_range, runs)
         fig.title.text = "step size ‖Δs‖ / ‖s‖" + (" · dashed: A" if runs else "")
         self.pin_note.show(runs)
