@@ -85,6 +85,9 @@ def test_pin_a_then_run_b_keeps_as_numbers_in_every_compared_view_and_unpin_drop
     assert pinned_ids(app) == {k: {a.id} for k in COMPARED}
     assert_holds_a(app, a)
     assert app.views["energy"].curves()[b.id]["free"].data["run"][0] == b.id   # B streams over A
+    mark = app.views["energy"].pin_marks["free"].data                            # "A" at A's free curve's end
+    assert mark["x"] == [a.x_end - 2 * T_NUDGE] and mark["value"] == pytest.approx(
+        [float(a.phases["free"].records[-1].energy[ENERGY_INDEX["phi"], 0])])
     assert app.views["residual"].afig.visible and app.views["nudge"].afig.visible
     for k in COMPARED:
         note = app.views[k].pin_note.pane
@@ -101,7 +104,7 @@ def test_pin_a_then_run_b_keeps_as_numbers_in_every_compared_view_and_unpin_drop
     assert pinned_ids(app) == {k: set() for k in COMPARED}
     assert not app.views["residual"].afig.visible and not app.views["nudge"].afig.visible
     assert not any(app.views[k].pin_note.pane.visible for k in COMPARED)
-    assert app.views["energy"].pin_marks.data["x"] == []
+    assert all(m.data["x"] == [] for m in app.views["energy"].pin_marks.values())
     step_fig = app.views["trajectories"].figs["step_size"]
     kept = [r for r in step_fig.renderers if (r.data_source.name or "").startswith("explorer.trajectories.pinned")]
     assert kept and all(len(r.data_source.data["x"]) == 0 for r in kept)   # lines kept, emptied

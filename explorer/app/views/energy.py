@@ -96,10 +96,13 @@ class EnergyView(View):
         self.overlays: list[Curves] = []       # pinned runs' curves, dashed
         # "A" at the end of each pinned curve, so the dashed lines are named in the plot itself
         self.pin_note = PinNote("dashed, an A at each curve's end")
-        self.pin_marks = ColumnDataSource(data={"x": [], "value": [], "color": []},
-                                          name="explorer.energy.pinned_marks")
-        self.fig.text("x", "value", text={"value": "A"}, source=self.pin_marks, color="color",
-                      text_font_size="13px", text_font_style="bold", x_offset=4, text_baseline="middle")
+        # (one per phase, each its own colour: a text glyph coloured from a column raised in the page
+        # when its rows were removed)
+        self.pin_marks = {p: ColumnDataSource(data={"x": [], "value": []}, name=f"explorer.energy.pinned_mark.{p}")
+                          for p in PHASES}
+        for p, src in self.pin_marks.items():
+            self.fig.text("x", "value", text={"value": "A"}, source=src, color=PHASE_COLORS[p], text_font_size="13px",
+                          text_font_style="bold", x_offset=4, text_baseline="middle")
         self.fig.scatter("x", "value", source=self.rose, marker="x", size=11, line_width=2.5,
                          color=ROSE_COLOR, legend_label="energy rose")
         self.fig.add_tools(HoverTool(tooltips=[("iteration", "@x"), ("step", "@step"), ("Φ", "@phi{0.0000}"),
@@ -130,18 +133,18 @@ class EnergyView(View):
         """Pinned runs' curves (dashed, an "A" at each curve's end) from their records."""
         while len(self.overlays) < len(runs):
             self.overlays.append(Curves(self.fig, f"pinned{len(self.overlays)}.", primary=False))
-        marks = {"x": [], "value": [], "color": []}
+        marks = {p: {"x": [], "value": []} for p in PHASES}
         for curves, run in zip(self.overlays, runs):
             batch = stored_batch(run)
             curves.fill(batch)
-            for p, (idx, cols) in phase_columns(batch).items():
+            for p, (_idx, cols) in phase_columns(batch).items():
                 self._include(p, cols["step"], cols["value"])
-                marks["x"].append(float(cols["x"][-1]))
-                marks["value"].append(float(cols["value"][-1]))
-                marks["color"].append(PHASE_COLORS[p])
+                marks[p]["x"].append(float(cols["x"][-1]))
+                marks[p]["value"].append(float(cols["value"][-1]))
         for curves in self.overlays[len(runs):]:
             curves.clear()
-        self.pin_marks.data = marks
+        for p, src in self.pin_marks.items():
+            src.data = marks[p]
         self.pin_note.show(runs)
         cover_time(self.x_range, runs)
         if self.run is not None:
