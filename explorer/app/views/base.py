@@ -445,9 +445,15 @@ def empty(source: ColumnDataSource) -> None:
 PINNED_LINE = {"line_dash": "dashed", "line_alpha": 0.55}
 
 
+_STORED: dict = {}   # the last stored batch made, by (run id, records): the four views draw A from one
+
+
 def stored_batch(run: Run) -> Batch:
     """Every record of a stored run as one batch (the three phases one after the other)."""
-    return Batch(run, [Frame.from_record(REPLAY_ID, rec) for rec in run.records()])
+    key = (run.id, sum(len(p.records) for p in run.phases.values()))
+    if _STORED.get("key") != key:
+        _STORED.update(key=key, batch=Batch(run, [Frame.from_record(REPLAY_ID, rec) for rec in run.records()]))
+    return _STORED["batch"]
 
 
 def pinned_caption(run: Run) -> str:
