@@ -341,22 +341,26 @@ class ExplorerApp(pn.viewable.Viewer):
             location.update_query(**self.link_query())
 
     def pin_button(self) -> pn.widgets.Toggle:
-        """Pin the run on screen as A (its energy curves stay, dashed, and the next run is compared with it)."""
+        """Pin the run on screen as A (it stays drawn, muted, in the views, and the next run is compared with it)."""
         toggle = pn.widgets.Toggle(name="Pin this run as A", value=False, sizing_mode="stretch_width")
         toggle.param.watch(lambda e: self.pin_current(e.new), "value")
         return toggle
 
     def pin_current(self, pinned: bool = True) -> None:
-        """Pin (or unpin) the run on screen as A."""
-        compare, energy = self.views["compare"], self.views["energy"]
-        if compare.pinned is not None:
-            energy.pin(compare.pinned.id, False)
-            self.store.pin(compare.pinned.id, False)
+        """Pin (or unpin) the run on screen as A: every view keeps it drawn (View.pin), from the next drain."""
+        compare = self.views["compare"]
         run = self.run if pinned else None
+        for view in (v for v in self.views.values() if v is not compare):
+            if compare.pinned is not None:
+                view.pin(compare.pinned.id, False)
+            if run is not None:
+                view.pin(run)
+        if compare.pinned is not None:
+            self.store.pin(compare.pinned.id, False)
         if run is not None:
-            energy.pin(run.id)
             self.store.pin(run.id)
         compare.pin(run)
+        self._display_dirty = True   # the views draw (or drop) A at the next drain
 
     def copy_link(self) -> pn.widgets.Button:
         """A button that copies the page's address, which holds every run setting, to the clipboard."""

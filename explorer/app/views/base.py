@@ -15,6 +15,7 @@ start from the free fixed point s*.
 """
 from __future__ import annotations
 
+import html
 import math
 import time
 
@@ -440,6 +441,51 @@ def empty(source: ColumnDataSource) -> None:
     source.data = {k: [] for k in source.data}
 
 
+# Runs A and B (issue 16): a pinned run (A) stays drawn, muted and labelled, under the run that streams (B).
+PINNED_LINE = {"line_dash": "dashed", "line_alpha": 0.55}
+
+
+_STORED: dict = {}   # the last stored batch made, by (run id, records): the four views draw A from one
+
+
+def stored_batch(run: Run) -> Batch:
+    """Every record of a stored run as one batch (the three phases one after the other)."""
+    key = (run.id, sum(len(p.records) for p in run.phases.values()))
+    if _STORED.get("key") != key:
+        _STORED.update(key=key, batch=Batch(run, [Frame.from_record(REPLAY_ID, rec) for rec in run.records()]))
+    return _STORED["batch"]
+
+
+def pinned_caption(run: Run) -> str:
+    """How a pinned run is named in the views: A, with what sets it apart at a glance."""
+    s = run.settings
+    return (f"A (pinned): {run.network.get('model')}, {'residual' if run.residual else 'plain'}, "
+            f"depth {len(run.hidden)}, β {s['beta']:.3g}, α {s['alpha']:.3g}, {s['schedule']}")
+
+
+class PinNote:
+    """One line above a view's plots naming the pinned run (A) drawn muted in them."""
+
+    def __init__(self, how: str):
+        self.how = how   # how A is drawn here ("dashed", "in the lower map")
+        self.pane = pn.pane.HTML("", visible=False, margin=(0, 10), sizing_mode="stretch_width",
+                                 css_classes=["pin-note"])
+
+    def show(self, runs) -> None:
+        text = "".join(f"<div class='pin-note'>{self.how}: <b>{html.escape(pinned_caption(r))}</b>, "
+                       f"run {html.escape(r.id)}</div>" for r in runs)
+        if self.pane.object != text:
+            self.pane.object = text
+        self.pane.visible = bool(runs)
+
+
+def cover_time(rng: Range1d, runs) -> None:
+    """Widen a time axis so it covers every given run (the shown one and those pinned)."""
+    end = max((r.x_end for r in runs), default=rng.end)
+    if end > rng.end:
+        rng.update(end=end, bounds=(0, end))
+
+
 class View(pn.viewable.Viewer):
     """Base class: a titled card of Bokeh figures fed by ColumnDataSources, drawing runs.
 
@@ -463,6 +509,8 @@ class View(pn.viewable.Viewer):
         self._buffer: list = []
         self._deferred: list = []
         self._drawn_at = 0.0
+        self._pins: dict[str, Run | None] = {}   # runs pinned as A, by id (None: its record not seen yet)
+        self._overlaid: tuple[str, ...] | None = ()   # ids of the pinned runs drawn now (None: redraw)
 
     # Called only from the page's periodic callback ----------------------------------------
     def offer(self, batch: Batch) -> None:
@@ -502,6 +550,7 @@ class View(pn.viewable.Viewer):
         else:
             self._deferred = []
             self.start_run(run)
+            self.sync_pins()
 
     def end(self, event) -> None:
         """A phase (PhaseEnded) or the run (RunEnded) ended."""
@@ -524,6 +573,7 @@ class View(pn.viewable.Viewer):
             if op == "start":
                 buffered, self._buffer = self._buffer, []
                 self.start_run(arg)
+                self.sync_pins()
                 self._buffer = buffered
             elif op == "frames":
                 self.push(Batch(self.run, arg))
@@ -539,10 +589,43 @@ class View(pn.viewable.Viewer):
         self.flush()
 
     def start_run(self, run: Run) -> None:
+        if self.run is not None and self._pins.get(self.run.id, self.run) is None:
+            self._pins[self.run.id] = self.run   # pinned by id while it was shown: its record, now
         self.run = run
 
     def push(self, batch: Batch) -> None:
         pass
+
+    # Runs A and B --------------------------------------------------------------------------
+    def pin(self, run: Run | str, pinned: bool = True) -> None:
+        """Keep (or stop keeping) a run drawn under the runs that follow; drawn at the next
+        :meth:`sync_pins` (a run's start, or the drain's display refresh)."""
+        run_id = run if isinstance(run, str) else run.id
+        if not pinned:
+            self._pins.pop(run_id, None)
+            return
+        known = run if isinstance(run, Run) else self.run if self.run is not None and self.run.id == run_id else None
+        self._pins[run_id] = known or self._pins.get(run_id)
+
+    def pinned_runs(self) -> list[Run]:
+        """The pinned runs drawn under the shown one: those whose record is known, other than it."""
+        shown = self.run.id if self.run is not None else None
+        return [r for rid, r in self._pins.items() if r is not None and rid != shown]
+
+    def sync_pins(self) -> None:
+        """Draw the pinned runs now due, and drop those unpinned, when that set changed."""
+        runs = self.pinned_runs()
+        ids = tuple(r.id for r in runs)
+        if ids != self._overlaid:
+            self._overlaid = ids
+            self.draw_pinned(runs)
+
+    def draw_pinned(self, runs: list[Run]) -> None:
+        """Draw these pinned runs (muted, labelled A) in place of those drawn before; [] clears."""
+
+    def pinned_sources(self) -> dict[str, dict[str, ColumnDataSource]]:
+        """Each drawn pinned run's sources, by run id."""
+        return {}
 
     def phase_ended(self, event: PhaseEnded) -> None:
         pass
@@ -551,7 +634,8 @@ class View(pn.viewable.Viewer):
         pass
 
     def refresh_display(self) -> None:
-        """A display-only setting changed (no new run needed)."""
+        """A display-only setting changed (no new run needed), or a run was pinned or unpinned."""
+        self.sync_pins()
 
     def sources(self) -> dict[str, ColumnDataSource]:
         return {}

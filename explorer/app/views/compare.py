@@ -1,6 +1,7 @@
 """Runs A and B: pin the run on screen as A, change anything, and the next run (B) is compared with it.
 
-The energy view keeps A's curves (dashed) under B's; this view lists what differs: the settings and
+The energy, step-size, residual-share and nudged-versus-free views keep A drawn under B (View.pin in
+base.py: dashed curves, or a map of A's own under B's); this view lists what differs: the settings and
 architecture, then per phase the verdict and the steps to tolerance, the final Phi, the prediction
 and the spectral radius at the free fixed point (:mod:`explorer.comparison`).
 """
@@ -31,6 +32,16 @@ class CompareView(View):
         self.current = None                # the last finished run (B once A is pinned)
         self.html = pn.pane.HTML(self._text(), sizing_mode="stretch_width", css_classes=["compare-pane"])
 
+    @property
+    def hidden(self) -> bool:
+        """Never: the table lives in the sidebar, not among the views the page reports in sight, and
+        a run's end must reach it (held back, B never showed in the table of a served page)."""
+        return False
+
+    @hidden.setter
+    def hidden(self, _value: bool) -> None:
+        pass
+
     def pin(self, run) -> None:
         self.pinned = run
         self.html.object = self._text()
@@ -48,8 +59,8 @@ class CompareView(View):
     def _text(self) -> str:
         if self.pinned is None:
             return ("<div class='hint'>Pin the run on screen as <b>A</b>, then change anything (residual off, "
-                    "another schedule, alpha, a model): the next run is <b>B</b>, drawn over A in the energy "
-                    "view and compared here.</div>")
+                    "another schedule, alpha, a model): the next run is <b>B</b>, drawn over A in the energy, "
+                    "step-size, residual and nudged views and compared here.</div>")
         rows = self.rows()
         if not rows:
             return f"<div class='hint'>A is run {self.pinned.id}. Change a setting to run B.</div>"

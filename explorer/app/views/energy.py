@@ -7,8 +7,9 @@ phase's verdict, its evidence listing the steps), marked when the phase ends:
 under the paper's schedule the skips make the second half-step a Jacobi step
 between coupled layers, and descent is not guaranteed.
 
-Curves are keyed by run id: a pinned run's curves stay (dashed) while another
-run streams over them, so two runs can be compared in one plot.
+Curves are keyed by run id: a pinned run's curves (run A, drawn from its
+record, dashed, an "A" at each curve's end) stay while another run streams
+over them, so two runs can be compared in one plot (View.pin in base.py).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from bokeh.models import ColumnDataSource, HoverTool
 
 from ...run import Run, rose_steps
 from ..worker import PHASES, PhaseEnded
-from .base import (PHASE_COLORS, PHASE_LABELS, ROSE_COLOR, Batch, PhaseBands, StableRange, View,
-                   bokeh_pane, make_figure, set_time_range, static_legend, style_legend, time_range)
+from .base import (PHASE_COLORS, PHASE_LABELS, PINNED_LINE, ROSE_COLOR, Batch, PhaseBands, PinNote, StableRange, View,
+                   bokeh_pane, cover_time, make_figure, set_time_range, static_legend, stored_batch, style_legend,
+                   time_range)
 
 ZOOM_SKIP = 3     # the y axis ignores the first free steps: the start from zero is far above
 DELTA_EVERY = 0.25  # seconds between draws of the change-per-step plot
@@ -30,15 +32,14 @@ CURVE_COLUMNS = ("x", "value", "phi", "cost", "F", "step", "beta", "run", "run_b
 
 
 class Curves:
-    """One run's three energy curves (a source and a line per phase)."""
+    """One run's three energy curves (a source and a line per phase); a pinned run's are dashed."""
 
     def __init__(self, fig, key: str, primary: bool):
         self.run_id: str | None = None
         self.sources = {p: ColumnDataSource(data={c: [] for c in CURVE_COLUMNS}, name=f"explorer.energy.{key}{p}")
                         for p in PHASES}
-        style = {} if primary else {"line_dash": "dashed", "line_alpha": 0.55, "line_width": 2}
-        self.lines = [fig.line("x", "value", source=self.sources[p], color=PHASE_COLORS[p],
-                               **({"line_width": 2.5, **style} if primary else style),
+        style = {"line_width": 2.5} if primary else {**PINNED_LINE, "line_width": 2}
+        self.lines = [fig.line("x", "value", source=self.sources[p], color=PHASE_COLORS[p], **style,
                                **({"legend_label": f"{ENERGY_NAME[p]}, {PHASE_LABELS[p]}"} if primary else {}))
                       for p in PHASES]
 
@@ -47,13 +48,32 @@ class Curves:
         for s in self.sources.values():
             s.data = {c: [] for c in CURVE_COLUMNS}
 
-    def copy_from(self, other: "Curves") -> None:
-        self.run_id = other.run_id
+    def fill(self, batch: Batch) -> None:
+        """A whole stored run at once (a pinned run's curves)."""
+        self.run_id = batch.run.id
+        cols = phase_columns(batch)
         for p, s in self.sources.items():
-            s.data = dict(other.sources[p].data)
+            s.data = cols[p][1] if p in cols else {c: [] for c in CURVE_COLUMNS}
 
     def rows(self) -> int:
         return sum(len(s.data["x"]) for s in self.sources.values())
+
+
+def phase_columns(batch: Batch) -> dict[str, tuple[np.ndarray, dict]]:
+    """Per phase in the batch: its frames' positions and the curve's columns (Φ free, F nudged)."""
+    run = batch.run
+    phi, cst, f = batch.energy_of("phi"), batch.energy_of("cost"), batch.energy_of("F")
+    phases = np.array(batch.phase)
+    out = {}
+    for p in PHASES:
+        idx = np.flatnonzero(phases == p)
+        if not len(idx):
+            continue
+        out[p] = idx, {"x": batch.x[idx], "value": phi[idx] if p == "free" else f[idx], "phi": phi[idx],
+                       "cost": cst[idx], "F": f[idx], "step": batch.step[idx],
+                       "beta": np.array([batch.frames[i].beta for i in idx]), "run": [run.id] * len(idx),
+                       "run_beta": np.full(len(idx), run.beta)}
+    return out
 
 
 class EnergyView(View):
@@ -74,7 +94,15 @@ class EnergyView(View):
                                x_range=self.x_range, y_range=self.y.range)
         self.main = Curves(self.fig, "", primary=True)
         self.overlays: list[Curves] = []       # pinned runs' curves, dashed
-        self.pinned: set[str] = set()          # run ids whose curves stay when another run starts
+        # "A" at the end of each pinned curve, so the dashed lines are named in the plot itself
+        self.pin_note = PinNote("dashed, an A at each curve's end")
+        # (one per phase, each its own colour: a text glyph coloured from a column raised in the page
+        # when its rows were removed)
+        self.pin_marks = {p: ColumnDataSource(data={"x": [], "value": []}, name=f"explorer.energy.pinned_mark.{p}")
+                          for p in PHASES}
+        for p, src in self.pin_marks.items():
+            self.fig.text("x", "value", text={"value": "A"}, source=src, color=PHASE_COLORS[p], text_font_size="13px",
+                          text_font_style="bold", x_offset=4, text_baseline="middle")
         self.fig.scatter("x", "value", source=self.rose, marker="x", size=11, line_width=2.5,
                          color=ROSE_COLOR, legend_label="energy rose")
         self.fig.add_tools(HoverTool(tooltips=[("iteration", "@x"), ("step", "@step"), ("Φ", "@phi{0.0000}"),
@@ -101,29 +129,37 @@ class EnergyView(View):
         """Every drawn run's curves, by run id."""
         return {c.run_id: c.sources for c in (self.main, *self.overlays) if c.run_id is not None}
 
-    def pin(self, run_id: str, pinned: bool = True) -> None:
-        """Keep (or stop keeping) this run's curves when another run starts."""
-        (self.pinned.add if pinned else self.pinned.discard)(run_id)
+    def draw_pinned(self, runs: list[Run]) -> None:
+        """Pinned runs' curves (dashed, an "A" at each curve's end) from their records."""
+        while len(self.overlays) < len(runs):
+            self.overlays.append(Curves(self.fig, f"pinned{len(self.overlays)}.", primary=False))
+        marks = {p: {"x": [], "value": []} for p in PHASES}
+        for curves, run in zip(self.overlays, runs):
+            batch = stored_batch(run)
+            curves.fill(batch)
+            for p, (_idx, cols) in phase_columns(batch).items():
+                self._include(p, cols["step"], cols["value"])
+                marks[p]["x"].append(float(cols["x"][-1]))
+                marks[p]["value"].append(float(cols["value"][-1]))
+        for curves in self.overlays[len(runs):]:
+            curves.clear()
+        for p, src in self.pin_marks.items():
+            src.data = marks[p]
+        self.pin_note.show(runs)
+        cover_time(self.x_range, runs)
+        if self.run is not None:
+            self._set_title()
 
-    def _keep_pinned(self, run: Run) -> None:
-        """Move a pinned run off the main curves before ``run`` takes them; drop unpinned overlays."""
-        for c in self.overlays:
-            if c.run_id is not None and (c.run_id not in self.pinned or c.run_id == run.id):
-                c.clear()
-        if self.main.run_id in self.pinned and self.main.run_id != run.id:
-            free = next((c for c in self.overlays if c.run_id is None), None)
-            if free is None:
-                free = Curves(self.fig, f"pinned{len(self.overlays)}.", primary=False)
-                self.overlays.append(free)
-            free.copy_from(self.main)
+    def pinned_sources(self):
+        return {c.run_id: c.sources for c in self.overlays if c.run_id is not None}
 
     def start_run(self, run: Run) -> None:
         super().start_run(run)
-        self._keep_pinned(run)
         self.main.clear(run.id)
         for s in (self.rose, self.delta):
             s.data = {k: [] for k in s.data}
         set_time_range(self.x_range, run)
+        cover_time(self.x_range, self.pinned_runs())
         for b in self.bands:
             b.place(run)
         self._last = {}
@@ -131,32 +167,29 @@ class EnergyView(View):
         self.y.reset()
         self.dy.reset()
         for c in self.overlays:
-            for s in c.sources.values():
-                self.y.include(s.data["value"])
+            for p, s in c.sources.items():
+                self._include(p, np.asarray(s.data["step"]), np.asarray(s.data["value"]))
         self.rises = 0
         self._set_title()
 
+    def _include(self, phase: str, step: np.ndarray, value: np.ndarray) -> None:
+        """The y axis follows the energy, past the free phase's first steps (the start from zero)."""
+        if len(value):
+            self.y.include(value[(step >= ZOOM_SKIP) | (phase != "free")])
+
     def _set_title(self) -> None:
         rose = f" · rose at {self.rises} step{'s' if self.rises != 1 else ''}" if self.rises else ""
-        self.fig.title.text = f"Energy: Φ (free), F = Φ + βC (nudged), β = {self.run.beta:.3g}{rose}"
+        pinned = " · dashed: A" if self._overlaid else ""
+        self.fig.title.text = f"Energy: Φ (free), F = Φ + βC (nudged), β = {self.run.beta:.3g}{rose}{pinned}"
 
     def push(self, batch: Batch) -> None:
         if not len(batch):
             return
-        run = batch.run
-        phi, cst, f = batch.energy_of("phi"), batch.energy_of("cost"), batch.energy_of("F")
-        phases = np.array(batch.phase)
         dx, dd, dc = [], [], []
-        for p in PHASES:
-            idx = np.flatnonzero(phases == p)
-            if not len(idx):
-                continue
-            value = phi[idx] if p == "free" else f[idx]
-            self.y.include(value[(batch.step[idx] >= ZOOM_SKIP) | (p != "free")])
-            self.main.sources[p].stream({
-                "x": batch.x[idx], "value": value, "phi": phi[idx], "cost": cst[idx], "F": f[idx],
-                "step": batch.step[idx], "beta": np.array([batch.frames[i].beta for i in idx]),
-                "run": [run.id] * len(idx), "run_beta": np.full(len(idx), run.beta)})
+        for p, (idx, cols) in phase_columns(batch).items():
+            value = cols["value"]
+            self._include(p, cols["step"], value)
+            self.main.sources[p].stream(cols)
             # |change| per step, to see the descent's pace (whether it rose is the engine's finding)
             prev = np.concatenate([[self._last.get(p, np.nan)], value[:-1]])
             d = np.abs(value - prev)
@@ -208,4 +241,4 @@ class EnergyView(View):
         return self.main.rows()
 
     def body(self):
-        return pn.Column(bokeh_pane(self.fig), bokeh_pane(self.dfig), sizing_mode="stretch_width")
+        return pn.Column(self.pin_note.pane, bokeh_pane(self.fig), bokeh_pane(self.dfig), sizing_mode="stretch_width")

@@ -14,7 +14,8 @@ from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper, LogColor
 from bokeh.palettes import Cividis256, Magma256, RdBu11
 
 from ...record import STAT_INDEX
-from .base import Batch, HeatImage, Run, View, bokeh_pane, layer_axis, make_figure
+from .base import (Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure, pinned_caption,
+                   stored_batch)
 
 NUDGED = ("nudged+", "nudged-")
 SIGN = {"nudged+": "+β", "nudged-": "−β"}
@@ -26,6 +27,27 @@ GAP = 0.25                            # between feature-map panels, in map width
 def block_origin(phase: str, n_layers: int) -> int:
     """Image row of the last layer of a phase's block: nudged +beta on top, a blank row between."""
     return n_layers + 1 if phase == "nudged+" else 0
+
+
+def label_rows(fig, layers: list[str]) -> None:
+    """Name a heat map's rows: a block of layers per nudged phase, the first layer on top of its block."""
+    n = len(layers)
+    labels, positions = [], []
+    for p in NUDGED:
+        y0 = block_origin(p, n)
+        for i, name in enumerate(reversed(layers)):
+            labels.append(f"{name}  {SIGN[p]}")
+            positions.append(y0 + i)
+    layer_axis(fig, labels, positions)
+    fig.y_range.update(start=-0.5, end=2 * n + 0.5)
+
+
+def distances(batch: Batch, phase: str) -> tuple[np.ndarray, np.ndarray]:
+    """The phase's real steps in the batch and ||s_beta - s*|| there, [steps, layers] (NaN where 0).
+    Step 0 is s* itself: its distance is zero by definition."""
+    idx = np.flatnonzero((np.array(batch.phase) == phase) & batch.real_step)
+    dist = batch.stats[idx][:, :, _DIST]
+    return batch.step[idx], np.where(dist > 0, dist, np.nan)
 
 
 class NudgeView(View):
@@ -49,6 +71,7 @@ class NudgeView(View):
                                      title_text_font_size="11px", major_label_text_font_size="11px"), "right")
         self._layers: list[str] = []
         self._set_rows(layers)
+        self._pinned_map(len(layers))
         # Feature maps: three panels side by side in one figure.
         self.state_mapper = LinearColorMapper(palette=Cividis256, low=0.0, high=6.0)
         self.diff_mapper = LinearColorMapper(palette=DIVERGING, low=-1.0, high=1.0)
@@ -77,15 +100,23 @@ class NudgeView(View):
         if layers == self._layers:
             return
         self._layers = list(layers)
-        n = len(layers)
-        labels, positions = [], []
-        for p in NUDGED:
-            y0 = block_origin(p, n)
-            for i, name in enumerate(reversed(layers)):   # first layer on top of its block
-                labels.append(f"{name}  {SIGN[p]}")
-                positions.append(y0 + i)
-        layer_axis(self.fig, labels, positions)
-        self.fig.y_range.update(start=-0.5, end=2 * n + 0.5)
+        label_rows(self.fig, self._layers)
+
+    def _pinned_map(self, n_layers: int) -> None:
+        """Run A's distances in a map of their own under B's (a map drawn over another hides it), on
+        the same steps and colour scale, shown while A is pinned."""
+        self.pinned_id: str | None = None
+        self._alayers: list[str] = []
+        self._pinned_max = 0.0
+        self.afig = make_figure("A (pinned)", height=300, x_label="step of the nudged phase", y_label="",
+                                x_range=self.fig.x_range, y_range=Range1d(-0.5, 2 * n_layers + 0.5),
+                                tools="xpan,xwheel_zoom,box_zoom,reset,save,hover",
+                                tooltips=[("step", "$x{0}"), ("‖s_β − s*‖ of A", "@image{0.000e}")])
+        self.aheat = {p: HeatImage(self.afig, self.mapper, f"explorer.nudge.pinned.{p}") for p in NUDGED}
+        self.afig.ygrid.grid_line_color = None
+        self.afig.visible = False
+        self.apane = bokeh_pane(self.afig)
+        self.pin_note = PinNote("in the lower map")
 
     # -- data ------------------------------------------------------------------------------
     def start_run(self, run: Run) -> None:
@@ -94,11 +125,14 @@ class NudgeView(View):
         n = len(run.layers)
         for p in NUDGED:
             self.heat[p].reset(n, run.steps_of("nudged+") + 1, y0=block_origin(p, n))
-        self.fig.x_range.update(start=0.5, end=run.steps_of("nudged+") + 0.5)
+        steps = max(r.steps_of("nudged+") for r in (run, *self.pinned_runs()))
+        self.fig.x_range.update(start=0.5, end=steps + 0.5)
         for src in (*self.maps.values(), self.labels):
             src.data = {k: [] for k in src.data}
         self._latest = {}
-        self._max = 0.0
+        self._max = self._pinned_max     # one colour scale for A and B
+        if self._max > 0:
+            self.mapper.update(high=self._max, low=max(self._max * 1e-5, 1e-12))
         self.state_mapper.update(low=0.0, high=float(run.settings["alpha"]))
         self._set_title()
 
@@ -121,16 +155,12 @@ class NudgeView(View):
 
     def push(self, batch: Batch) -> None:
         run = batch.run
-        phases = np.array(batch.phase)
         for p in NUDGED:
-            # Step 0 is s* itself: its distance is zero by definition.
-            idx = np.flatnonzero((phases == p) & batch.real_step)
-            if not len(idx):
+            steps, dist = distances(batch, p)
+            if not len(steps):
                 continue
-            dist = batch.stats[idx][:, :, _DIST]
-            flat = dist.ravel()
-            self.heat[p].fill(batch.step[idx], np.where(dist > 0, dist, np.nan)[:, ::-1])
-            top = float(np.nanmax(flat)) if np.isfinite(flat).any() else 0.0
+            self.heat[p].fill(steps, dist[:, ::-1])
+            top = float(np.nanmax(dist)) if np.isfinite(dist).any() else 0.0
             if top > self._max * 1.5 or (top > 0 and self._max == 0):   # re-scale in steps, not every tick
                 self._max = top
                 self.mapper.update(high=top, low=max(top * 1e-5, 1e-12))
@@ -144,6 +174,47 @@ class NudgeView(View):
             self._draw_maps()
             if self._channel() != self._titled_channel:
                 self._set_title()
+
+    def draw_pinned(self, runs: list[Run]) -> None:
+        """The latest pinned run's distances in the lower map (hidden when none is pinned)."""
+        run = runs[-1] if runs else None
+        self.pinned_id = run.id if run is not None else None
+        self.afig.visible = run is not None   # the figure: a served Bokeh pane rejects its own styles then
+        self.pin_note.show(runs[-1:])
+        self._pinned_max = 0.0
+        if run is None:
+            for h in self.aheat.values():
+                h.reset(1, 1)
+            return
+        self._alayers = list(run.layers)
+        n = len(self._alayers)
+        label_rows(self.afig, self._alayers)
+        self.afig.title.text = f"{pinned_caption(run)}: ‖s_β − s*‖"
+        if run.steps_of("nudged+") + 0.5 > self.fig.x_range.end:
+            self.fig.x_range.update(end=run.steps_of("nudged+") + 0.5)
+        batch = stored_batch(run)
+        for p in NUDGED:
+            self.aheat[p].reset(n, run.steps_of("nudged+") + 1, y0=block_origin(p, n))
+            steps, dist = distances(batch, p)
+            if len(steps):
+                self.aheat[p].fill(steps, dist[:, ::-1])
+                if np.isfinite(dist).any():
+                    self._pinned_max = max(self._pinned_max, float(np.nanmax(dist)))
+        if self._pinned_max > self._max:
+            self._max = self._pinned_max
+            self.mapper.update(high=self._max, low=max(self._max * 1e-5, 1e-12))
+
+    def pinned_distances(self, phase: str) -> dict[str, np.ndarray]:
+        """Per layer of the pinned run drawn (A), ||s_beta - s*|| by step as drawn."""
+        if self.pinned_id is None:
+            return {}
+        img = self.aheat[phase].array
+        return {name: img[len(self._alayers) - 1 - i] for i, name in enumerate(self._alayers)}
+
+    def pinned_sources(self):
+        if self.pinned_id is None:
+            return {}
+        return {self.pinned_id: {f"heat {p}": h.source for p, h in self.aheat.items()}}
 
     def _draw_maps(self) -> None:
         shown = self.state.map_phase
@@ -184,6 +255,7 @@ class NudgeView(View):
                                "dw": [w], "dh": [h]}
 
     def refresh_display(self) -> None:
+        super().refresh_display()
         if self.run is not None:
             self._set_title()
             if self._latest:
@@ -202,7 +274,8 @@ class NudgeView(View):
         return sum(h.filled() for h in self.heat.values()) + sum(len(s.data["image"]) for s in self.maps.values())
 
     def body(self):
-        return pn.Column(pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
+        return pn.Column(self.pin_note.pane,
+                         pn.Row(pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width"),
                                 pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
                                 sizing_mode="stretch_width"),
                          sizing_mode="stretch_width")

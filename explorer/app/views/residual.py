@@ -13,12 +13,27 @@ import panel as pn
 from bokeh.models import ColorBar, ColumnDataSource, FactorRange, LinearColorMapper, Range1d
 from bokeh.palettes import Viridis256
 
-from .base import (Batch, HeatImage, PhaseBands, Run, View, bokeh_pane, layer_axis, make_figure,
-                   set_time_range, static_legend, style_legend, time_range)
+from .base import (Batch, HeatImage, PhaseBands, PinNote, Run, View, bokeh_pane, cover_time, layer_axis,
+                   make_figure, pinned_caption, set_time_range, static_legend, stored_batch, style_legend,
+                   time_range)
 
 PARTS = ("direct", "skip", "feedback")
 PART_COLORS = {"direct": "#0072B2", "skip": "#E69F00", "feedback": "#999999"}
 PART_LABELS = {"direct": "direct edge", "skip": "skip edge", "feedback": "feedback"}
+
+
+def drive_shares(batch: Batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per real step and hidden layer: residual_share (clipped to [0, 1]) and the drive's split
+    into direct, skip and feedback (fractions of their sum; NaN where a diverged run has none)."""
+    run, keep = batch.run, batch.real_step
+    hidden_idx = [run.layers.index(n) for n in run.hidden]
+    parts = {p: batch.stat(f"drive_{p}")[keep][:, hidden_idx] for p in PARTS}
+    share = batch.stat("residual_share")[keep][:, hidden_idx]
+    total = sum(parts.values())
+    total = np.where(np.isfinite(total) & (total > 0), total, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        split = {p: v / total for p, v in parts.items()}
+    return np.clip(share, 0.0, 1.0), split
 
 
 class ResidualView(View):
@@ -61,6 +76,22 @@ class ResidualView(View):
         self.plain = False
         self._layers: list[str] = []
         self._set_rows(layers)
+        self._pinned_map()
+
+    def _pinned_map(self) -> None:
+        """Run A's shares in a map of their own under B's (one map over another would hide it), on the
+        same time axis and colours, shown while A is pinned."""
+        self.pinned_id: str | None = None
+        self._alayers: list[str] = []
+        self.afig = make_figure("A (pinned)", height=220, y_label="layer", x_range=self.x_range,
+                                y_range=Range1d(-0.5, 0.5), tools="xpan,xwheel_zoom,box_zoom,reset,save,hover",
+                                tooltips=[("iteration", "$x{0}"), ("residual share of A", "@image{0.000}")])
+        self.aheat = HeatImage(self.afig, self.mapper, "explorer.residual.pinned")
+        self.afig.ygrid.grid_line_color = None
+        self.abands = PhaseBands(self.afig, labels=False)
+        self.afig.visible = False
+        self.apane = bokeh_pane(self.afig)
+        self.pin_note = PinNote("in the lower map")
 
     def _set_rows(self, layers: list[str]) -> None:
         """Layer s1 on the top row of the image."""
@@ -77,29 +108,51 @@ class ResidualView(View):
         self.heat.reset(len(run.hidden), run.x_end + 1)
         self.bars.data = {k: [] for k in self.bars.data}
         set_time_range(self.x_range, run)
+        cover_time(self.x_range, self.pinned_runs())
         self.bands.place(run)
         self.plain = not run.residual
         self.fig.title.text = ("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)"
                                + (" · plain network: no skip edges" if self.plain else ""))
 
     def push(self, batch: Batch) -> None:
-        run = batch.run
         keep = batch.real_step
         if not keep.any():
             return
-        hidden_idx = [run.layers.index(n) for n in run.hidden]
-        direct = batch.stat("drive_direct")[keep][:, hidden_idx]
-        skip = batch.stat("drive_skip")[keep][:, hidden_idx]
-        feedback = batch.stat("drive_feedback")[keep][:, hidden_idx]
-        share = batch.stat("residual_share")[keep][:, hidden_idx]
-        total = direct + skip + feedback
-        total = np.where(np.isfinite(total) & (total > 0), total, np.nan)  # a diverged run: no shares
-        with np.errstate(invalid="ignore", divide="ignore"):
-            direct, skip, feedback = direct / total, skip / total, feedback / total
+        share, split = drive_shares(batch)
         # Image rows bottom-up: the last layer first, so s1 is the top row.
-        self.heat.fill(batch.x[keep].astype(np.int64), np.clip(share, 0.0, 1.0)[:, ::-1])
-        self.bars.data = {"layer": list(run.hidden), "direct": direct[-1].tolist(),
-                          "skip": skip[-1].tolist(), "feedback": feedback[-1].tolist()}
+        self.heat.fill(batch.x[keep].astype(np.int64), share[:, ::-1])
+        self.bars.data = {"layer": list(batch.run.hidden), **{k: v[-1].tolist() for k, v in split.items()}}
+
+    def draw_pinned(self, runs: list[Run]) -> None:
+        """The latest pinned run's shares in the lower map (hidden when none is pinned)."""
+        run = runs[-1] if runs else None
+        self.pinned_id = run.id if run is not None else None
+        self.afig.visible = run is not None   # the figure: a served Bokeh pane rejects its own styles then
+        self.pin_note.show(runs[-1:])
+        if run is None:
+            self.aheat.reset(1, 1)
+            return
+        hidden = self._alayers = list(run.hidden)
+        self.afig.y_range.update(start=-0.5, end=len(hidden) - 0.5)
+        layer_axis(self.afig, list(reversed(hidden)))
+        self.afig.title.text = f"{pinned_caption(run)}: residual share"
+        self.abands.place(run)
+        cover_time(self.x_range, [run])
+        self.aheat.reset(len(hidden), run.x_end + 1)
+        batch = stored_batch(run)
+        if batch.real_step.any():
+            self.aheat.fill(batch.x[batch.real_step].astype(np.int64), drive_shares(batch)[0][:, ::-1])
+
+    def pinned_shares(self) -> dict[str, np.ndarray]:
+        """Per layer of the pinned run drawn (A), its residual shares as drawn."""
+        if self.pinned_id is None:
+            return {}
+        img = self.aheat.array
+        n = img.shape[0]
+        return {name: img[n - 1 - i] for i, name in enumerate(self._alayers)}
+
+    def pinned_sources(self):
+        return {self.pinned_id: {"heat": self.aheat.source}} if self.pinned_id is not None else {}
 
     def shares(self) -> dict[str, np.ndarray]:
         """Per layer, the residual shares drawn so far (NaN where no step has been drawn)."""
@@ -113,5 +166,7 @@ class ResidualView(View):
         return self.heat.filled()
 
     def body(self):
-        return pn.Row(pn.Column(bokeh_pane(self.fig), sizing_mode="stretch_width"),
-                      pn.Column(bokeh_pane(self.bfig), width=330), sizing_mode="stretch_width")
+        return pn.Column(self.pin_note.pane,
+                         pn.Row(pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width"),
+                                pn.Column(bokeh_pane(self.bfig), width=330), sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")

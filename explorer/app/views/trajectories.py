@@ -11,8 +11,9 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, Legend, LegendItem
 
-from .base import (Batch, PhaseBands, Run, StableRange, View, bokeh_pane, layer_color, make_figure,
-                   set_time_range, static_legend, style_legend, time_range, with_breaks)
+from .base import (PINNED_LINE, Batch, PhaseBands, PinNote, Run, StableRange, View, bokeh_pane, cover_time,
+                   layer_color, make_figure, set_time_range, static_legend, stored_batch, style_legend, time_range,
+                   with_breaks)
 
 STATS = ("activity", "step_size", "frac_zero", "frac_alpha")
 UNITS = 4
@@ -40,6 +41,9 @@ class TrajectoriesView(View):
         self.ranges = {"activity": StableRange(), "step_size": StableRange(log=True),
                        "units": StableRange()}
         self.row = pn.Column(sizing_mode="stretch_width")
+        self.pin_note = PinNote("dashed in the step-size plot")
+        self.pinned: dict[str, ColumnDataSource] = {}   # a pinned run's step sizes, by run id
+        self._pinned_lines: list[tuple[ColumnDataSource, dict]] = []   # (source, line per layer) per pinned run
         self._build(tuple(app_state.base_network().layer_names))
 
     # -- figures ------------------------------------------------------------------------
@@ -93,7 +97,9 @@ class TrajectoriesView(View):
         self._apply_units_layer()
         grid = pn.GridBox(*(bokeh_pane(figs[k]) for k in ("activity", "step_size", "fractions", "units")),
                           ncols=2, sizing_mode="stretch_width")
-        self.row.objects = [grid]
+        self.row.objects = [self.pin_note.pane, grid]
+        self.pinned, self._pinned_lines = {}, []
+        self._overlaid = None   # new figures: pinned runs are drawn again at the next sync
 
     def _apply_units_layer(self) -> None:
         layer = self.state.units_layer if self.state.units_layer in self.layers else self.layers[0]
@@ -116,7 +122,10 @@ class TrajectoriesView(View):
             self.source.data = {k: [] for k in self.source.data}
         for r in self.ranges.values():
             r.reset()
+        for src in self.pinned.values():
+            self.ranges["step_size"].include([v for k, v in src.data.items() if k != "x"])
         set_time_range(self.x_range, run)
+        cover_time(self.x_range, self.pinned_runs())
         for b in self.bands:
             b.place(run)
 
@@ -140,7 +149,40 @@ class TrajectoriesView(View):
         self.ranges["units"].include([cols[unit_column(j, self._units_layer)] for j in range(UNITS)])
         self.source.stream(with_breaks(batch, cols))
 
+    def draw_pinned(self, runs: list[Run]) -> None:
+        """Pinned runs' step sizes, dashed in each layer's colour, under the run that streams. Their
+        sources and lines stay once made (emptied when unpinned): a page keeps a removed source."""
+        fig = self.figs["step_size"]
+        self.pinned = {}
+        for k, run in enumerate(runs):
+            if k == len(self._pinned_lines):
+                self._pinned_lines.append((ColumnDataSource(data={"x": []}, name=f"explorer.trajectories.pinned{k}"),
+                                           {}))
+            src, lines = self._pinned_lines[k]
+            for n in run.layers:
+                if n not in lines:
+                    lines[n] = fig.line("x", column("step_size", n), source=src, line_width=1.5, **PINNED_LINE)
+                lines[n].glyph.line_color = layer_color(run.layers, n)
+            batch = stored_batch(run)
+            values = batch.stat("step_size")
+            values = np.where(values > 0, values, np.nan)
+            nothing = np.full(len(batch), np.nan)    # a line of a layer this run does not have
+            cols = {"x": batch.x, **{column("step_size", n): (values[:, run.layers.index(n)] if n in run.layers
+                                                              else nothing) for n in lines}}
+            src.data = with_breaks(batch, cols)
+            self.pinned[run.id] = src
+            self.ranges["step_size"].include(values)
+        for src, _lines in self._pinned_lines[len(runs):]:
+            src.data = {k: [] for k in src.data}
+        cover_time(self.x_range, runs)
+        fig.title.text = "step size ‖Δs‖ / ‖s‖" + (" · dashed: A" if runs else "")
+        self.pin_note.show(runs)
+
+    def pinned_sources(self):
+        return {rid: {"step_size": src} for rid, src in self.pinned.items()}
+
     def refresh_display(self) -> None:
+        super().refresh_display()
         if self.layers:
             self._apply_units_layer()
 
