@@ -161,7 +161,7 @@ def scan_batch(net: HopfieldNetwork, x: torch.Tensor, labels: torch.Tensor, sett
 def _summary(d: Diagnosis) -> dict:
     out = d.to_dict()
     out.pop("measure", None)
-    # the batch's early stop is not the image's doing: its verdict is read from its trace
+    # a cancel is the user's doing, not the image's (and a cancelled batch is not kept as a result)
     out["notes"] = [n for n in out["notes"] if n.get("kind") != "cancelled"]
     return out
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..network import INPUT, OUTPUT, HopfieldNetwork
+from ..network import INPUT, OUTPUT, HopfieldNetwork, _layout
 from ..record import LAYER_STATS, STAT_INDEX, RecordConfig
 from .driver import _first_non_finite_parameter, _Run
 from .energy import energies, phi
@@ -72,8 +72,8 @@ class _Each:
         self.end = [0] * batch
         self.ended = ["ran_out"] * batch
         self.bad: list[str | None] = [None] * batch
-        self.final = {n: torch.empty((batch, *net.spec.shape_of(n)), dtype=x.dtype, device=x.device)
-                      for n in self.names}
+        self.final = {n: _layout(torch.empty((batch, *net.spec.shape_of(n)), dtype=x.dtype, device=x.device))
+                      for n in self.names}   # in the engine's layout (channels-last maps), as relax leaves it
 
     def segment(self, active: torch.Tensor, start: dict | None, t0: int, should_stop):
         """Relax the samples ``active`` from ``start`` (their rows; None: zeros) at step ``t0`` until some
