@@ -5,8 +5,10 @@
     .venv/bin/python bench/scan.py --scan-only --threads 1   # the scan rows, one thread (a loaded host)
 
 Rows: the 40 shipped samples on the page's default model, scanned in one batch and one image at
-a time with the same settings (the paper's 120/50 budget, beta 0.15, stop at tol 1e-4): seconds,
-speed-up and how many per-image verdicts agree; a 5 x 5 alpha x beta sweep on those 40 images;
+a time with the same settings (the paper's 120/50 budget, beta 0.15, stop at tol 1e-4), both in
+this process and interleaved: wall and CPU seconds, the speed-up of each, and how many per-image
+verdicts agree (class, step tol was met, steps run, findings), with the predictions, blamed layers
+and spectral radii compared (on a loaded host, --threads 1 and the CPU time are the steadier read); a 5 x 5 alpha x beta sweep on those 40 images;
 the depth x residual preset (untrained, depths 3 to 25 in steps of 2) on them. Run it on an
 otherwise idle machine.
 """
