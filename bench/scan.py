@@ -2,16 +2,20 @@
 
     .venv/bin/python bench/scan.py             # all rows (several minutes on 2 cores)
     .venv/bin/python bench/scan.py --quick     # the scan rows and a 2 x 2 grid only
+    .venv/bin/python bench/scan.py --scan-only --threads 1   # the scan rows, one thread (a loaded host)
 
 Rows: the 40 shipped samples on the page's default model, scanned in one batch and one image at
-a time with the same settings (the paper's 120/50 budget, beta 0.15, stop at tol 1e-4): seconds,
-speed-up and how many per-image verdicts agree; a 5 x 5 alpha x beta sweep on those 40 images;
+a time with the same settings (the paper's 120/50 budget, beta 0.15, stop at tol 1e-4), both in
+this process and interleaved: wall and CPU seconds, the speed-up of each, and how many per-image
+verdicts agree (class, step tol was met, steps run, findings), with the predictions, blamed layers
+and spectral radii compared (on a loaded host, --threads 1 and the CPU time are the steadier read); a 5 x 5 alpha x beta sweep on those 40 images;
 the depth x residual preset (untrained, depths 3 to 25 in steps of 2) on them. Run it on an
 otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,39 +35,73 @@ def default_model():
 
 
 def verdicts(outcomes):
-    return [(o.index, p, d["kind"], d["met_at"]) for o in outcomes for p, d in o.phases.items()]
+    """Per image and phase the verdict: class, first step under tol, steps run, the engine's findings."""
+    return [(o.index, p, d["kind"], d["met_at"], d["steps"], tuple(n["kind"] for n in d["notes"]))
+            for o in outcomes for p, d in o.phases.items()]
 
 
-def scan_rows(net, x, labels, settings):
-    scan(net, x[:2], labels[:2], settings)        # warm: kernels, timed kernel choices at both batches
-    scan_batch(net, x[:1], labels[:1], settings)
-    t0 = time.perf_counter()
-    batched = scan(net, x, labels, settings, batch_size=len(labels))
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    alone = [scan_batch(net, x[i:i + 1], labels[i:i + 1], settings, first_index=i)[0][0] for i in range(len(labels))]
-    t_alone = time.perf_counter() - t0
+def timed(fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def scan_rows(net, x, labels, settings, rounds: int):
+    """Both ways in this process, interleaved (the other one first every second round: a load that
+    comes and goes hits both), after one untimed pass of each (kernels, timed kernel choices at every
+    batch size the compaction visits). Returns the best wall and CPU seconds of each, the verdicts
+    compared, and the last batched result."""
+    batched_fn = lambda: scan(net, x, labels, settings, batch_size=len(labels))
+    alone_fn = lambda: [scan_batch(net, x[i:i + 1], labels[i:i + 1], settings, first_index=i)[0][0]
+                        for i in range(len(labels))]
+    batched_fn(), alone_fn()
+    times = {"batched": [], "alone": []}
+    for r in range(rounds):
+        order = [("batched", batched_fn), ("alone", alone_fn)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            out, wall, cpu = timed(fn)
+            times[name].append((wall, cpu))
+            if name == "batched":
+                batched = out
+            else:
+                alone = out
     same = sum(a == b for a, b in zip(verdicts(batched.outcomes), verdicts(alone)))
-    return t_batched, t_alone, same, len(verdicts(alone)), batched
+    prediction = sum(a.prediction == b.prediction for a, b in zip(batched.outcomes, alone))
+    blamed = sum(a.blamed_layer == b.blamed_layer for a, b in zip(batched.outcomes, alone))
+    rho = max((abs(a.spectral_radius - b.spectral_radius) / b.spectral_radius
+               for a, b in zip(batched.outcomes, alone) if b.spectral_radius), default=0.0)
+    return times, (same, len(verdicts(alone)), prediction, blamed, rho), batched
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds of each way (interleaved)")
+    parser.add_argument("--scan-only", action="store_true", help="the scan rows only, no grid")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     net, name = default_model()
     x, labels, source = scan_images(net)
     settings = ScanSettings()
-    t_b, t_a, same, total, batched = scan_rows(net, x, labels, settings)
-    print(f"model {name}; {source}; settings {settings.to_dict()}; torch threads {torch.get_num_threads()}")
+    times, (same, total, prediction, blamed, rho), batched = scan_rows(net, x, labels, settings, args.rounds)
+    best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in times.items()}
+    print(f"model {name}; {source}; settings {settings.to_dict()}; torch threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| measurement | value |\n|---|---|")
-    print(f"| scan, 40 images in one batch | {t_b:.2f} s (steps run {batched.steps_run}) |")
-    print(f"| scan, one image at a time | {t_a:.2f} s |")
-    print(f"| speed-up (target >= 5x) | {t_a / t_b:.2f}x |")
-    print(f"| identical per-image verdicts | {same} of {total} |")
+    for k, label in (("batched", f"{len(labels)} images in one batch"), ("alone", "one image at a time")):
+        runs = ", ".join(f"{w:.2f}" for w, _ in times[k])
+        print(f"| scan, {label}: wall s (best; every round) / CPU s (best) | {best[k][0]:.2f} ({runs}) / "
+              f"{best[k][1]:.2f} |")
+    print(f"| batched: steps the batch ran per phase | {batched.steps_run} |")
+    print(f"| speed-up, wall (target >= 5x) / CPU time | {best['alone'][0] / best['batched'][0]:.2f}x / "
+          f"{best['alone'][1] / best['batched'][1]:.2f}x |")
+    print(f"| identical per-image verdicts (class, step tol was met, steps run, findings) | {same} of {total} |")
+    print(f"| identical predictions / blamed layers | {prediction} / {blamed} of {len(labels)} |")
+    print(f"| largest relative difference of a spectral radius (float sums in another order) | {rho:.1e} |")
+    if args.scan_only:
+        return 0
     grid = {"alpha": [2.0, 4.0], "beta": [0.05, 0.5]} if args.quick else \
         {"alpha": [2.0, 3.0, 4.0, 5.0, 6.0], "beta": [0.05, 0.1, 0.2, 0.35, 0.5]}
     t0 = time.perf_counter()

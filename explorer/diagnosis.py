@@ -239,3 +239,22 @@ def diagnose_all(result: PhaseResult, tol: float, samples=None) -> list[Diagnosi
     return [classify(rel[:, :, b], layers, tol, phase=result.phase, sample=b, f=f[:, b], activity=act[:, :, b],
                      notes=_engine_notes(result))
             for b in (range(stats.shape[-1]) if samples is None else samples)]
+
+
+def diagnose_each(result, tol: float) -> list[Diagnosis]:
+    """Every sample of a :func:`~explorer.dynamics.each.relax_each` phase, each from its own trace and
+    with the findings the tracker makes of it alone: the verdict it gets relaxed alone."""
+    from .dynamics.tracker import sample_findings
+    findings = sample_findings(result.layers, result.beta, result.stats, result.energy, result.steps,
+                               result.ended, result.bad_layer)
+    rel_row, act_row, f_row = STAT_INDEX["step_size"], STAT_INDEX["activity"], ENERGY_INDEX["F"]
+    out = []
+    for b, end in enumerate(result.steps):
+        notes = [f.to_dict() for f in findings[b]]
+        if end == 0 and result.ended[b] == "non_finite":   # refused to step: as diagnose_all reads it
+            out.append(Diagnosis(result.phase, b, "non_finite", tol, 0, float("nan"), notes=notes))
+            continue
+        stats, energy = result.stats[:end + 1, :, :, b], result.energy[:end + 1, :, b]
+        out.append(classify(stats[:, :, rel_row], result.layers, tol, phase=result.phase, sample=b,
+                            f=energy[:, f_row], activity=stats[:, :, act_row], notes=notes))
+    return out

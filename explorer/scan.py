@@ -1,9 +1,10 @@
 """Scan: one network and one setting over many inputs, batched (issue 17).
 
-All images relax together in one batch, with every step recorded per sample; each image's
-verdict comes from its own trace (:mod:`explorer.diagnosis`), so it is the verdict that image
-gets when relaxed alone. With ``stop_at_tol`` a phase ends as soon as every image of the batch
-is under the tolerance (the step at which each image first met it is in its verdict).
+All images relax together in one batch (:func:`explorer.dynamics.each.relax_each`), with every
+step recorded per sample; with ``stop_at_tol`` each image stops at its own first step under the
+tolerance and leaves the batch, so its nudged phases start from its own free fixed point. Each
+image's verdict comes from its own trace and findings (:func:`explorer.diagnosis.diagnose_each`):
+the verdict that image gets when relaxed alone.
 A scan keeps per-image summaries, not the full records: a user opens one image as a full run.
 """
 from __future__ import annotations
@@ -15,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .diagnosis import Diagnosis, diagnose_all
-from .ep import run_phases
+from .diagnosis import Diagnosis, diagnose_each
+from .dynamics.each import EachResult, relax_each
 from .network import OUTPUT, HopfieldNetwork
-from .record import STAT_INDEX, RecordConfig, StepRecord
 
 SEVERITY = {"converged": 0.0, "no_steps": 0.0, "cancelled": 0.5, "stalled": 1.0, "not_converged": 2.0,
             "oscillating": 3.0, "diverged": 4.0, "non_finite": 5.0}
@@ -123,53 +123,45 @@ def _histogram(values, top: int) -> dict:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-class _AllUnderTol:
-    """``should_stop`` of one phase: True once every sample's plotted relative step is under tol
-    (and, in any case, when the caller's own ``should_stop`` says so)."""
-
-    def __init__(self, tol: float, enabled: bool, outer=None):
-        self.tol, self.enabled, self.outer, self.done = tol, enabled, outer, False
-        self.row = STAT_INDEX["step_size"]
-
-    def on_step(self, rec: StepRecord) -> None:
-        if self.enabled and rec.step > 0:
-            worst = rec.stats[:, self.row].max(0).values   # per sample, over layers
-            self.done = bool((worst < self.tol).all())
-
-    def __call__(self) -> bool:
-        return self.done or bool(self.outer is not None and self.outer())
+def run_each(net: HopfieldNetwork, x: torch.Tensor, labels: torch.Tensor, settings: ScanSettings,
+             should_stop=None) -> list[EachResult]:
+    """The three EP phases of every image as :func:`explorer.ep.run_phases` runs it alone: each image
+    stops at its own first step under tol (``stop_at_tol``), and its nudged phases start from its own
+    free fixed point."""
+    tol = settings.tol if settings.stop_at_tol else None
+    common = dict(tol=tol, schedule=settings.schedule, target=labels, should_stop=should_stop)
+    free = relax_each(net, x, steps=settings.t_free, phase="free", **common)
+    nudge = dict(steps=settings.t_nudge, state=free.state, free_state=free.state, state_phi=free.phi, **common)
+    plus = relax_each(net, x, beta=settings.beta, phase="nudged+", **nudge)
+    minus = relax_each(net, x, beta=-settings.beta, phase="nudged-", **nudge)
+    return [free, plus, minus]
 
 
 def scan_batch(net: HopfieldNetwork, x: torch.Tensor, labels: torch.Tensor, settings: ScanSettings,
                should_stop=None, first_index: int = 0) -> tuple[list[ImageOutcome], dict[str, int]]:
-    """Relax one batch of images through the three EP phases; a verdict per image and phase."""
-    stopper = _AllUnderTol(settings.tol, settings.stop_at_tol, should_stop)
-
-    def on_step(rec):
-        stopper.on_step(rec)
-        if rec.step == 0:            # a new phase: the stop rule starts afresh
-            stopper.done = False
-    record = RecordConfig(scalars=True, units=0, keep=True)
-    phases = run_phases(net, x, labels, beta=settings.beta, t_free=settings.t_free, t_nudge=settings.t_nudge,
-                        schedule=settings.schedule, record=record, on_step=on_step, should_stop=stopper)
-    per_phase = {p.phase: diagnose_all(p, settings.tol) for p in phases.phases}
-    prediction = phases.free.state[OUTPUT].argmax(1).tolist()
+    """Relax one batch of images through the three EP phases; a verdict per image and phase, the one
+    that image gets alone. Returns the outcomes and, per phase, the steps the batch ran (its slowest
+    image's)."""
+    phases = run_each(net, x, labels, settings, should_stop)
+    per_phase = {p.phase: diagnose_each(p, settings.tol) for p in phases}
+    free = phases[0]
+    prediction = free.state[OUTPUT].argmax(1).tolist()
     radius = [None] * x.shape[0]
     if settings.stability and not (should_stop is not None and should_stop()):
         from .stability import spectrum
-        radius = spectrum(net, x, phases.free.state, schedule=settings.schedule).spectral_radius
+        radius = spectrum(net, x, free.state, schedule=settings.schedule).spectral_radius
     outcomes = []
     for b in range(x.shape[0]):
         outcomes.append(ImageOutcome(first_index + b, int(labels[b]), int(prediction[b]),
                                      {p: _summary(ds[b]) for p, ds in per_phase.items()},
                                      None if radius[b] is None else float(radius[b])))
-    return outcomes, {p.phase: p.steps for p in phases.phases}
+    return outcomes, {p.phase: max(p.steps, default=0) for p in phases}
 
 
 def _summary(d: Diagnosis) -> dict:
     out = d.to_dict()
     out.pop("measure", None)
-    # the batch's early stop is not the image's doing: its verdict is read from its trace
+    # a cancel is the user's doing, not the image's (and a cancelled batch is not kept as a result)
     out["notes"] = [n for n in out["notes"] if n.get("kind") != "cancelled"]
     return out
 

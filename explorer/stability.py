@@ -26,6 +26,7 @@ RESTARTS = 6         # at most this many restarts
 MIN_STEPS = 6        # Arnoldi steps before the first convergence test
 RTOL = 1e-3          # stop when every sample's Ritz residual is below RTOL * |theta| (rho: far closer)
 START_NOISE = 0.1    # the share of seeded noise in the Krylov start (every direction present)
+GS_CHUNK = 4        # samples per Gram-Schmidt pass: their Krylov bases stay in cache over its four products
 RATE_WINDOW = 10     # observed rate: the geometric mean of the last this many step-size ratios
 
 
@@ -88,34 +89,60 @@ def _ritz(H: torch.Tensor, k: int):
             torch.from_numpy(residual).to(H.device))
 
 
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+    """w minus its projection on ``basis`` [b, j, N], classical Gram-Schmidt twice; the coefficients
+    are added into ``h_out`` [b, j]. (w^T V, a row against the basis, is 4x faster than V w, which
+    copies V.)"""
+    for _ in range(2):
+        h = torch.bmm(w.unsqueeze(1), basis.transpose(1, 2))   # [b, 1, j]
+        w = w - torch.bmm(h, basis).squeeze(1)
+        h_out += h.squeeze(1).double()
+    return w
+
+
+def _ritz_vector(V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """V y for the complex coefficients ``y`` [b, k]: real and imaginary parts as two real products
+    (a complex copy of V costs more than both)."""
+    basis = V[:, :y.shape[1]]
+    re = torch.bmm(y.real.to(V.dtype).unsqueeze(1), basis).squeeze(1)
+    im = torch.bmm(y.imag.to(V.dtype).unsqueeze(1), basis).squeeze(1)
+    return torch.complex(re.double(), im.double())
+
+
 def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, restarts: int = RESTARTS,
                         rtol: float = RTOL, min_steps: int = MIN_STEPS):
     """The largest-modulus eigenvalue of each of a batch of (non-symmetric) operators.
 
-    ``matvec`` maps [B, N] to [B, N] (sample b by its own operator); ``v0`` [B, N] starts it.
-    Arnoldi (classical Gram-Schmidt twice), stopping as soon as every sample's largest Ritz pair
-    has a residual under ``rtol * |theta|``, else restarting from the real plane of that Ritz
-    vector (which holds both members of a complex pair). A sample whose Krylov space closes (an
-    invariant subspace: exact) gets zero vectors from there on, which add only zero eigenvalues.
-    Returns (theta [B] complex, Ritz vector [B, N] complex of unit norm, residual [B], matvecs)."""
+    ``matvec(v, rows)`` maps [b, N] to [b, N], row i by the operator of sample ``rows[i]`` (a long
+    tensor of indices into the batch); ``v0`` [B, N] starts it. Arnoldi (classical Gram-Schmidt
+    twice), each sample stopping at its first Ritz test whose largest Ritz pair has a residual under
+    ``rtol * |theta|`` (it then leaves the batch: its iterations are those it gets alone), else
+    restarting from the real plane of that Ritz vector (which holds both members of a complex pair).
+    A sample whose Krylov space closes (an invariant subspace: exact) gets zero vectors from there
+    on, which add only zero eigenvalues. Returns (theta [B] complex, Ritz vector [B, N] complex of
+    unit norm, residual [B], matvecs: products per sample, the most any sample used)."""
     batch, n = v0.shape
     m = max(1, min(krylov, n))
     tiny = torch.finfo(v0.dtype).tiny
     unit = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True).clamp_min(tiny)
-    v, matvecs = unit, 0
-    for _ in range(max(1, restarts)):
-        V = v.new_zeros(batch, m + 1, n)
-        H = v.new_zeros(batch, m + 1, m, dtype=torch.float64)
+    theta_all = torch.zeros(batch, dtype=torch.complex128, device=v0.device)
+    u_all = torch.zeros(batch, n, dtype=torch.complex128, device=v0.device)
+    res_all = torch.zeros(batch, dtype=torch.float64, device=v0.device)
+    rows, v, matvecs, used = torch.arange(batch, device=v0.device), unit, 0, 0
+    for restart in range(max(1, restarts)):
+        last = restart == max(1, restarts) - 1
+        V = v.new_empty(rows.numel(), m + 1, n)   # row j + 1 is written before it is read
+        H = v.new_zeros(rows.numel(), m + 1, m, dtype=torch.float64)
+        live = torch.ones(rows.numel(), dtype=torch.bool, device=v.device)   # rows still iterating
         V[:, 0] = v
         for j in range(m):
-            w = matvec(V[:, j])
-            matvecs += 1
+            w = matvec(V[:, j], rows)
+            used += 1
+            matvecs = max(matvecs, used)
             scale = torch.linalg.vector_norm(w, dim=1)
-            basis = V[:, :j + 1]
-            for _ in range(2):
-                h = torch.bmm(basis, w.unsqueeze(2))                 # [B, j+1, 1]
-                w = w - torch.bmm(h.transpose(1, 2), basis).squeeze(1)
-                H[:, :j + 1, j] += h.squeeze(2).double()
+            for c in range(0, w.shape[0], GS_CHUNK):
+                part = slice(c, c + GS_CHUNK)
+                w[part] = _orthogonalize(w[part], V[part, :j + 1], H[part, :j + 1, j])
             norm = torch.linalg.vector_norm(w, dim=1)
             alive = norm > 100 * torch.finfo(w.dtype).eps * scale
             H[:, j + 1, j] = torch.where(alive, norm, torch.zeros_like(norm)).double()
@@ -123,15 +150,30 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
             if j + 1 < m and (j + 1 < min_steps or (j + 1 - min_steps) % 2):
                 continue   # a Ritz test every second step: its eig costs a third of a product
             theta, y, residual = _ritz(H, j + 1)
-            if bool((residual <= rtol * theta.abs().clamp_min(1e-12)).all()):
-                break
-        u = torch.einsum("bmn,bm->bn", V[:, :y.shape[1]].to(y.dtype), y.to(y.dtype))
-        if bool((residual <= rtol * theta.abs().clamp_min(1e-12)).all()):
-            break
+            done = (residual <= rtol * theta.abs().clamp_min(1e-12)) & live
+            if j + 1 == m and last:
+                done = live.clone()
+            if not bool(done.any()):
+                continue
+            k = done.nonzero().flatten()
+            theta_all[rows[k]], res_all[rows[k]] = theta[k], residual[k]
+            u_all[rows[k]] = _ritz_vector(V[k, :j + 1], y[k])
+            live &= ~done
+            if not bool(live.any()):
+                return theta_all, u_all, res_all, matvecs
+            if 4 * int((~live).sum()) >= live.numel():   # finished rows leave once a quarter are: a copy of V
+                keep = live.nonzero().flatten()
+                V2 = V.new_empty(keep.numel(), m + 1, n)
+                V2[:, :j + 2] = V[keep, :j + 2]
+                rows, V, H, theta, y = rows[keep], V2, H[keep], theta[keep], y[keep]
+                live = live[keep]
+        keep = live.nonzero().flatten()   # the rows left restart from their Ritz vector's real plane
+        rows, V, y = rows[keep], V[keep, :y.shape[1]], y[keep]
+        u = _ritz_vector(V, y)
         v = (u.real + u.imag).to(v0.dtype)
         norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        v = torch.where(norm > 0, v / norm.clamp_min(tiny), unit)
-    return theta, u, residual, matvecs
+        v = torch.where(norm > 0, v / norm.clamp_min(tiny), unit[rows])
+    return theta_all, u_all, res_all, matvecs
 
 
 # ---------------------------------------------------------------------------
@@ -164,17 +206,21 @@ class _Flat:
 
 
 def _step_jvp(net: HopfieldNetwork, x: torch.Tensor, groups, beta: float, target_1h, s_star: dict):
-    """J v by forward-mode autograd through :func:`explorer.dynamics.step` (any beta and cost)."""
+    """J v by forward-mode autograd through :func:`explorer.dynamics.step` (any beta and cost).
+    ``apply(t, rows)``: the tangents ``t`` of the samples ``rows``."""
     flat = _Flat(net)
     primal = flat.flatten(s_star).contiguous()
 
-    def fn(v: torch.Tensor) -> torch.Tensor:
+    def fn(v: torch.Tensor, rows=None) -> torch.Tensor:
         s = flat.unflatten(v)
-        s[INPUT] = x
-        return flat.flatten(step(net, s, groups, beta, target_1h))
+        s[INPUT] = x if rows is None else x.index_select(0, rows)
+        t1h = target_1h if rows is None or target_1h is None else target_1h.index_select(0, rows)
+        return flat.flatten(step(net, s, groups, beta, t1h))
 
-    def apply(t: dict) -> dict:
-        return flat.unflatten(torch.func.jvp(fn, (primal,), (flat.flatten(t).to(x.dtype),))[1])
+    def apply(t: dict, rows: torch.Tensor) -> dict:
+        p = primal.index_select(0, rows)
+        tangent = flat.flatten(t).to(x.dtype)
+        return flat.unflatten(torch.func.jvp(lambda v: fn(v, rows), (p,), (tangent,))[1])
     return apply, flat.unflatten(fn(primal))
 
 
@@ -196,8 +242,12 @@ def _step_linear(net: HopfieldNetwork, x: torch.Tensor, groups, beta: float, tar
                 masks[n] = ((p >= 0) & (p <= net.alpha)).to(p.dtype)
                 s[n] = p.clamp(0.0, net.alpha)
     weights = {e: net.weight(e) for e in net.edges}
+    cache = [None, masks]   # the masks of the rows last asked for
 
-    def apply(t: dict) -> dict:
+    def apply(t: dict, rows: torch.Tensor) -> dict:
+        if cache[0] is not rows:
+            cache[0], cache[1] = rows, {n: m.index_select(0, rows) for n, m in masks.items()}
+        rows_masks = cache[1]
         t = dict(t)
         for group in groups:
             new = {}
@@ -210,7 +260,7 @@ def _step_linear(net: HopfieldNetwork, x: torch.Tensor, groups, beta: float, tar
                 total = outs[0]
                 for o in outs[1:]:
                     total = total.add_(o)   # fresh edge outputs: summed in place
-                new[n] = total.mul_(masks[n]) if n != OUTPUT else total.div_(1.0 + beta)
+                new[n] = total.mul_(rows_masks[n]) if n != OUTPUT else total.div_(1.0 + beta)
             t.update(new)
         return t
     return apply, {n: s[n] for n in net.layer_names}
@@ -249,11 +299,12 @@ def spectrum(net: HopfieldNetwork, x: torch.Tensor, state: dict, *, schedule: st
     with torch.no_grad():
         apply, moved = (_step_linear if linear else _step_jvp)(net, x, groups, beta, target_1h, s_star)
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            return flat.flatten(apply(flat.unflatten(v)))
+        def matvec(v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return flat.flatten(apply(flat.unflatten(v), rows))
 
+        # one noise vector for every sample: a sample's start does not depend on its place in the batch
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(batch, sum(flat.sizes), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+        noise = torch.randn(1, sum(flat.sizes), generator=gen, dtype=torch.float64).to(x.device, x.dtype)
         move = flat.flatten(moved) - flat.flatten(s_star)
         move_norm = torch.linalg.vector_norm(move, dim=1, keepdim=True)
         v0 = torch.where(move_norm > 0, move / move_norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0) \

@@ -8,6 +8,7 @@ import torch
 
 from explorer import HopfieldNetwork, RecordConfig, hopfield_family
 from explorer.diagnosis import diagnose
+from explorer.dynamics import relax
 from explorer.ep import run_phases
 from explorer.scan import ScanSettings, scan, scan_batch
 from explorer.sweep import Base, GridError, grid_cells, parse_grid, sweep
@@ -59,6 +60,52 @@ def test_stop_at_tol_ends_a_phase_once_every_image_is_under_tol_and_keeps_the_fi
     for a, b in zip(early.outcomes, full.outcomes):
         assert a.phases["free"]["kind"] == b.phases["free"]["kind"] == "converged"
         assert a.phases["free"]["met_at"] == b.phases["free"]["met_at"]
+
+
+def alone_to_tol(net, x, labels, s: ScanSettings):
+    """Each image alone through the public ``relax``: a phase is run once to find its first step under
+    tol (the plotted measure), then again for exactly that many steps; the next phase starts there."""
+    out = []
+    for i in range(len(labels)):
+        xi, li, verdict = x[i:i + 1], labels[i:i + 1], {}
+        for phase, beta, steps in (("free", 0.0, s.t_free), ("nudged+", s.beta, s.t_nudge),
+                                   ("nudged-", -s.beta, s.t_nudge)):
+            common = dict(beta=beta, target=li, schedule=s.schedule, phase=phase, record=RecordConfig(units=0))
+            if phase != "free":
+                common.update(state=free.state, free_state=free.state, state_phi=free.phi)
+            met = diagnose(relax(net, xi, steps=steps, **common), s.tol).met_at
+            ran = relax(net, xi, steps=met or steps, **common)
+            d = diagnose(ran, s.tol)
+            verdict[phase] = (d.kind, d.met_at, d.steps, [n["kind"] for n in d.notes])
+            if phase == "free":
+                free, verdict["prediction"] = ran, int(ran.state["y"].argmax(1))
+        out.append(verdict)
+    return out
+
+
+def test_each_image_stops_at_tol_and_its_nudged_phases_start_where_it_stopped_as_alone():
+    net, (x, labels) = tiny(depth=4).double(), images(5)
+    x = x.double() * torch.tensor([1.0, 3.0, 0.3, 1.0, 2.0], dtype=torch.float64)[:, None, None, None]
+    s = ScanSettings(beta=0.3, t_free=80, t_nudge=30, tol=1e-6, stop_at_tol=True, stability=False)
+    outcomes, steps = scan_batch(net, x, labels, s)
+    alone = alone_to_tol(net, x, labels, s)
+    got = [{p: (d["kind"], d["met_at"], d["steps"], [n["kind"] for n in d["notes"]]) for p, d in o.phases.items()}
+           | {"prediction": o.prediction} for o in outcomes]
+    assert got == alone
+    free_steps = [v["free"][2] for v in alone]
+    assert len(set(free_steps)) > 1 and steps["free"] == max(free_steps)   # images stopped at different steps
+
+
+def test_a_non_finite_image_ends_alone_and_the_others_relax_on():
+    from explorer.dynamics.each import relax_each
+    net, (x, labels) = tiny(), images(3)
+    x[1, 0, 0, 0] = float("nan")
+    each = relax_each(net, x, steps=40, tol=1e-5, target=labels)
+    assert each.ended[1] == "non_finite" and each.steps[1] == 0 and each.bad_layer[1] == "s0"
+    for b in (0, 2):
+        alone = relax(net, x[b:b + 1], steps=40, tol=1e-5)
+        assert each.ended[b] == "tol" and each.steps[b] == alone.steps
+        assert torch.allclose(each.state["y"][b], alone.state["y"][0], rtol=1e-4, atol=1e-6)
 
 
 def test_a_sweep_cell_equals_relax_on_the_same_images_and_settings():

@@ -77,6 +77,18 @@ def test_spectral_radius_equals_the_dense_jacobian(case, schedule):
         assert abs(sum(got.layer_share[b].values()) - 1) < 1e-9
 
 
+def test_a_samples_spectrum_in_a_batch_is_the_one_it_gets_alone():
+    # each sample starts from the same noise and stops at its own converged Ritz test. (Short of the
+    # fixed point: there the step's own move, the Krylov start, is rounding noise of the batch's sums.)
+    net, x = tiny(4, 2, 1.0, 1.2)
+    state = relax(net, x, steps=25).state
+    both = spectrum(net, x, state)
+    for b in range(x.shape[0]):
+        alone = spectrum(net, x[b:b + 1], {n: v[b:b + 1] for n, v in state.items()})
+        assert both.spectral_radius[b] == pytest.approx(alone.spectral_radius[0], rel=1e-9)
+        assert both.residual[b] == pytest.approx(alone.residual[0], rel=1e-6, abs=1e-12)
+
+
 def test_the_explicit_jacobian_equals_forward_autograd_through_step():
     net, x = tiny(4, 2, 1.0, 1.2)
     state = fixed_point(net, x)
@@ -100,7 +112,7 @@ def test_arnoldi_finds_a_complex_dominant_pair_that_power_iteration_circles():
         mats.append(q @ block @ torch.linalg.inv(q))
     a = torch.stack(mats)
     v0 = torch.randn(2, n, generator=gen, dtype=torch.float64)
-    theta, u, residual, matvecs = dominant_eigenvalue(lambda v: torch.bmm(a, v.unsqueeze(2)).squeeze(2), v0,
+    theta, u, residual, matvecs = dominant_eigenvalue(lambda v, rows: torch.bmm(a[rows], v.unsqueeze(2)).squeeze(2), v0,
                                                       rtol=1e-8)
     for b in range(2):
         rho = float(torch.linalg.eigvals(a[b]).abs().max())
@@ -215,6 +227,6 @@ def test_restarted_arnoldi_with_a_real_spectrum_in_float32():
     q = torch.randn(n, n, generator=gen, dtype=torch.float64) + 3 * torch.eye(n, dtype=torch.float64)
     a = (q @ torch.diag(torch.linspace(-0.5, 0.9, n, dtype=torch.float64)) @ torch.linalg.inv(q)).float()
     v0 = torch.randn(1, n, generator=gen)
-    theta, u, residual, matvecs = dominant_eigenvalue(lambda v: v @ a.t(), v0, krylov=5, restarts=40, rtol=1e-4)
+    theta, u, residual, matvecs = dominant_eigenvalue(lambda v, rows: v @ a.t(), v0, krylov=5, restarts=40, rtol=1e-4)
     assert matvecs > 5                         # one Krylov space of 5 was not enough: it restarted
     assert float(theta[0].real) == pytest.approx(0.9, abs=1e-3) and abs(float(theta[0].imag)) < 1e-6

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..network import INPUT, OUTPUT
-from ..record import Finding, Verdict
+from ..record import ENERGY_INDEX, STAT_INDEX, Finding, Verdict
 from .stats import _flat
 
 SATURATED = 0.99   # a layer with this fraction of units at alpha (or at 0) is saturated (silent)
@@ -147,3 +148,50 @@ class ConvergenceTracker:
         order = ("non_finite", "cancelled", "converged", "not_converged")
         status = next((k for k in order if any(f.kind == k for f in self.findings)), "not_converged")
         return Verdict(status, self.findings)
+
+
+def sample_findings(names, beta: float, stats, energy, steps, ended, bad_layer) -> list[list[Finding]]:
+    """Per sample, the findings a :class:`ConvergenceTracker` makes of that sample relaxed alone (other
+    than its converged / not-converged call), read from its trace at once for the whole batch: ``stats``
+    [T+1, L, S, B] and ``energy`` [T+1, 3, B] (NumPy, NaN after a sample's end), ``steps`` its last
+    step, ``ended`` how it ended (:class:`~explorer.dynamics.each.EachResult`)."""
+    f = energy[:, ENERGY_INDEX["F"]]                                      # [T+1, B]
+    with np.errstate(invalid="ignore"):
+        rose = (f[1:] - f[:-1]) > RISE_TOL * (np.abs(f[:-1]) + 1.0)     # NaN rows: False
+        fz = stats[1:, :, STAT_INDEX["frac_zero"]] >= SATURATED           # [T, L, B]
+        fa = stats[1:, :, STAT_INDEX["frac_alpha"]] >= SATURATED
+    code = np.where(fa, 1, np.where(fz, 2, 0))                            # saturated, silent, neither
+    kinds = {1: "saturated", 2: "silent"}
+    hidden = [i for i, n in enumerate(names) if n != OUTPUT]
+    energy_name = "Phi" if beta == 0 else "F"
+    out = []
+    for b, (end, how) in enumerate(zip(steps, ended)):
+        if how == "non_finite":
+            at = end
+            msg = (f"layer {bad_layer[b]} became non-finite at step {at}" if at > 0 else
+                   "the input contains NaN or infinite values" if bad_layer[b] == INPUT else
+                   f"parameter {bad_layer[b]} contains NaN or infinite values")
+            out.append([Finding("non_finite", msg, at, bad_layer[b])])
+            continue
+        if how == "cancelled":
+            out.append([Finding("cancelled", f"cancelled at step {end}", end)])
+            continue
+        found = []
+        up = (np.nonzero(rose[:end, b])[0] + 1).tolist()
+        if up:
+            more = f" and {len(up) - 1} later steps" if len(up) > 1 else ""
+            found.append(Finding("energy_rose", f"{energy_name} rose at step {up[0]}{more}", up[0],
+                                 evidence={"steps": up}))
+        onsets = []
+        for i in hidden if end > 0 else []:
+            c = code[:end, i, b]
+            k = int(c[-1])
+            if k == 0:
+                continue
+            since = int(np.nonzero(c != k)[0][-1]) + 2 if (c != k).any() else 1      # this kind since
+            placed = int(np.nonzero(c == 0)[0][-1]) + 2 if (c == 0).any() else 1    # in the dict since
+            onsets.append((placed, i, since, kinds[k]))
+        for _, i, since, kind in sorted(onsets):
+            found.append(Finding(kind, f"layer {names[i]} {kind} at step {since}", since, names[i]))
+        out.append(found)
+    return out
