@@ -76,6 +76,13 @@ JS_OUTPUT_PIXELS = """() => {
   }
   return null;
 }"""
+# The energy plot's y-axis labels for given ticks (its formatter, run in the page).
+JS_ENERGY_LABELS = """(ticks) => {
+  for (const m of Bokeh.documents[0].all_models)
+    if (m.constructor.__name__ === 'Figure' && m.title && m.title.text.startsWith('Energy'))
+      return m.left[0].formatter.doFormat(ticks, {loc: 0});
+  return null;
+}"""
 JS_SIDEBAR_WIDTH = "() => { const s = document.getElementById('sidebar'); return s ? s.getBoundingClientRect().width : -1; }"
 
 
@@ -149,6 +156,12 @@ def test_a_page_opened_at_projector_size_paints_the_output_chart(server, browser
             w.wait_for(painted, timeout=30, what="the output chart painted at its box's width")
         finally:
             w.page.screenshot(path=str(ARTIFACTS / "output-painted-1280x720.png"))
+        # Tick labels stay plain when |F| runs away (beta 0.99 gave "0.000e+0" and "-5.000e+5").
+        label = lambda ticks: w.page.evaluate(JS_ENERGY_LABELS, ticks)
+        assert label([0, -500000, -1000000]) == ["0", "\u22120.5M", "\u22121.0M"]
+        assert label([-487.5, -488, -488.5]) == ["\u2212487.5", "\u2212488.0", "\u2212488.5"]
+        assert label([0, 0.0005, 0.001]) == ["0", "0.0005", "0.0010"]
+        assert label([1e-6, 2e-6]) == ["1e\u22126", "2e\u22126"]
         assert not w.errors(), w.errors()
     finally:
         w.page.close()

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import panel as pn
 import torch
-from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, GlyphRenderer, LabelSet,
-                          LogColorMapper, Range1d)
+from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, CustomJSTickFormatter,
+                          GlyphRenderer, LabelSet, LogColorMapper, Range1d)
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -198,9 +198,33 @@ def make_figure(title: str, height: int = 260, x_label: str = "iteration", y_lab
 # Font sizes (px) on a desk and in presentation mode (read from the back of a room).
 FONT_SIZES = {False: {"title": 15, "axis_label": 13, "tick": 12, "legend": 12},
               True: {"title": 24, "axis_label": 19, "tick": 17, "legend": 16}}
-# Plain numbers on axes and colour bars ("0.0005"), never "5.000e-4": scientific only past 1e-6 / 1e6;
-# the precision stays "auto" so close ticks (-487.5, -488) keep distinct labels.
-PLAIN_TICKS = dict(power_limit_low=-6, power_limit_high=6)
+# Plain numbers on axes and colour bars, never "5.000e-4" or "-5.000e+5": the digits the tick spacing
+# needs ("-487.5", "-488", "0.0005"), large values in k / M / G ("-500k", "-1.5M"), and powers of ten
+# only below 1e-4.
+PLAIN_TICKS_JS = """
+const top = Math.max(...ticks.map(Math.abs));
+const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : (top || 1);
+if (tick === 0) return "0";
+const decimals = (unit) => {   // the decimals a spacing needs (2.5 -> 1, 0.25 -> 2)
+  let d = 0;
+  while (d < 8 && Math.abs(Math.round(unit * 10 ** d) - unit * 10 ** d) > 1e-6) d++;
+  return d;
+};
+const minus = (text) => text.replace("-", "\\u2212");
+if (top < 1e-4) {
+  const e = Math.floor(Math.log10(top));
+  return minus((tick / 10 ** e).toFixed(decimals(step / 10 ** e)) + "e" + e);
+}
+let scale = 1, suffix = "";
+if (top >= 1e4)
+  for (const [v, s] of [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]])
+    if (top >= v) { scale = v; suffix = s; break; }
+return minus((tick / scale).toFixed(decimals(step / scale))) + suffix;
+"""
+
+
+def plain_ticks() -> CustomJSTickFormatter:
+    return CustomJSTickFormatter(code=PLAIN_TICKS_JS)
 
 
 def style(fig: figure, present: bool = False) -> None:
@@ -231,10 +255,10 @@ def tidy_ticks(fig: figure) -> None:
     """Plain tick labels on linear axes and colour bars (log axes keep their powers of ten)."""
     for axis in (*fig.xaxis, *fig.yaxis):
         if type(axis.formatter) is BasicTickFormatter:
-            axis.formatter = BasicTickFormatter(**PLAIN_TICKS)
+            axis.formatter = plain_ticks()
     for bar in color_bars(fig):
         if bar.formatter == "auto" and not isinstance(bar.color_mapper, LogColorMapper):
-            bar.formatter = BasicTickFormatter(**PLAIN_TICKS)
+            bar.formatter = plain_ticks()
 
 
 def style_legend(fig: figure, location: str = "top_right", outside: bool = True) -> None:
