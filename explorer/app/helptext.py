@@ -22,8 +22,11 @@ def with_help_icons(layouts, docs: dict[str, str]) -> dict[str, pn.widgets.Toolt
                     continue
                 if widget.name not in docs or "description" in widget.param or widget.name in icons:
                     continue
-                icon = pn.widgets.TooltipIcon(value=docs[widget.name], width=ICON_WIDTH, margin=(18, 0, 0, 0),
-                                              css_classes=["help-icon"])
+                icon = pn.widgets.TooltipIcon(value=docs[widget.name], width=ICON_WIDTH, align="center",
+                                              margin=(0, 4, 0, 0), css_classes=["help-icon"])
+                # The widget takes the row's width less the icon's (Panel's default 300 px ran past
+                # the sidebar's edge and cut the icon off).
+                widget.param.update(width=None, sizing_mode="stretch_width")
                 parent[i] = pn.Row(widget, icon, sizing_mode="stretch_width", margin=0)
                 icons[widget.name] = icon
     return icons
