@@ -798,7 +798,11 @@ else { window.prompt("Copy this link", url); }
         """Runs as a Bokeh next-tick callback, with the document locked."""
         self._tick_scheduled = False
         with transport.current_document(self._doc):
-            self.confirm_controls()
+            if self._confirm:
+                # Through Panel's write queue, behind the widget updates it may still hold (a direct
+                # Bokeh write overtook them: the page then got an older value after the confirmed one).
+                with pn.io.hold(self._doc):
+                    self.confirm_controls()
             self._tick()
 
     def _tick(self) -> None:
@@ -949,8 +953,8 @@ else { window.prompt("Copy this link", url); }
                             self.export_view, pn.Row(self.exports["png"], self.exports["svg"])),
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
-        transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         self._help_texts(sections)
+        transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections
 
     def _help_texts(self, sections) -> None:
