@@ -168,3 +168,49 @@ def test_every_slider_has_its_help_beside_it(pages):
         row = next(r for r in rows if widget in r.objects)   # laid out beside its "?" icon
         icons = [o for o in row.objects if isinstance(o, pn.widgets.TooltipIcon)]
         assert len(icons) == 1 and icons[0].value == p.doc, name
+
+
+# The page script's replay keys, run in node with the few browser objects it touches: a focused
+# slider's arrow keys move the slider only (they also stepped the replay back to the previous run,
+# which the views then showed with the slider at another depth).
+KEYS_HARNESS = """
+const handlers = {};
+const player = {constructor: {__name__: "Player"}, disabled: false, direction: 0, value: 5, start: 0, end: 9};
+globalThis.window = globalThis;
+globalThis.document = {addEventListener: (kind, fn) => { handlers[kind] = fn; }};
+globalThis.Bokeh = {documents: [{all_models: [player]}], index: {query: () => []},
+                    require: () => { throw new Error("not in node"); }};
+globalThis.IntersectionObserver = class { observe() {} };
+globalThis.ResizeObserver = class { observe() {} };
+globalThis.setInterval = () => 0;
+globalThis.console = {warn: () => {}, log: console.log};
+const tick = {data: {seq: [0]}}, ack = {data: {}}, visible = {data: {}};
+eval(PAGE_JS);
+const press = (key, target) => {
+  let prevented = false;
+  handlers.keydown({key, composedPath: () => [target], target, preventDefault: () => { prevented = true; }});
+  return [player.value, player.direction, prevented];
+};
+const on = (selector) => ({tagName: "DIV", closest: (s) => (selector && s.includes(selector) ? {} : null)});
+console.log(JSON.stringify({
+  slider: press("ArrowLeft", on("[role=slider]")),
+  button: press(" ", on("button")),
+  page: press("ArrowLeft", on(null)),
+  space: press(" ", on(null)),
+}));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="runs the page script in node")
+def test_arrow_keys_on_a_focused_slider_do_not_step_the_replay():
+    import json
+    import subprocess
+
+    from explorer.app import transport
+    script = f"const PAGE_JS = {json.dumps(transport.page_js())};\n{KEYS_HARNESS}"
+    result = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True)
+    seen = json.loads(result.stdout)
+    assert seen["slider"] == [5, 0, False]     # the slider's own key: the replay stays at frame 5
+    assert seen["button"] == [5, 0, False]     # space on a focused button presses the button only
+    assert seen["page"] == [4, 0, True]        # elsewhere on the page the arrow steps the replay back
+    assert seen["space"] == [4, 1, True]       # and space plays it
