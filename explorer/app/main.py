@@ -851,7 +851,11 @@ else { window.prompt("Copy this link", url); }
                 if model.id in own:
                     continue
                 for attr in RESEND_PROPERTIES:
-                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)):
+                    # Not a read-only one: a FactorRange's start and end are the page's to compute (the
+                    # server holds 0 for both; resent, they collapsed the output and probe bar charts
+                    # to nothing, their sources full).
+                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)) \
+                            and not model.lookup(attr).property.readonly:
                         value = getattr(model, attr)
                         model.trigger(attr, value, value)
             self._sent += 1
