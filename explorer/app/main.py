@@ -39,6 +39,7 @@ had no connection for ``ORPHAN_SECONDS``.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import logging
 import time
@@ -321,7 +322,6 @@ class ExplorerApp(pn.viewable.Viewer):
 
     @staticmethod
     def _model_note_html(text: str) -> str:
-        import html
         return f"<div class='hint model-note'>{html.escape(text)}</div>"
 
     def _say_model_change(self, before: dict) -> None:
@@ -776,8 +776,8 @@ else { window.prompt("Copy this link", url); }
                 self._backlog.extend(self.worker.drain())
             return
         if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
-                or self._replay is not None or self.train.has_news() or self._unconfirmed() or self._visibility_changed()
-                or self._confirm):
+                or self._replay is not None or self.train.has_news() or self._unconfirmed()
+                or self._visibility_changed() or self._confirm):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)

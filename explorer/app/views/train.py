@@ -437,8 +437,8 @@ class TrainView(pn.viewable.Viewer):
         guess = class_name(self._probe.class_names, k)
         self.probe_text.object = (
             f"<div class='pred {'ok' if ok else 'bad'}'>at step <b>{p['step']}</b>: predicts "
-            f"<b>{html.escape(guess)}</b> (y {y[k]:.2f}) {'✓' if ok else '✗'}<br>free phase {p['status'].replace('_', ' ')} "
-            f"in {p['steps']} steps</div>")
+            f"<b>{html.escape(guess)}</b> (y {y[k]:.2f}) {'✓' if ok else '✗'}<br>"
+            f"free phase {p['status'].replace('_', ' ')} in {p['steps']} steps</div>")
 
     def _saved(self, e: dict) -> None:
         try:
