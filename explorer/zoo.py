@@ -23,7 +23,20 @@ class ZooEntry:
         card = card if isinstance(card, dict) else {}  # the description is checked only when loaded
         acc = card.get("test_accuracy")
         acc_text = f", {100 * acc:.1f} % test" if isinstance(acc, (int, float)) else ""
+        if acc_text and self.trainer == "bp":
+            # The card measured a feed-forward pass; the explorer relaxes the network with EP dynamics,
+            # where a BP-trained one can predict at chance: the list says which number it shows.
+            acc_text += " feed-forward (BP)"
         return f"{self.name}{acc_text}"
+
+    @property
+    def trainer(self) -> str | None:
+        """How the network was trained ("ep", "bp"), from its card or settings; None if unsaid."""
+        for section in ("card", "settings"):
+            part = self.description.get(section)
+            if isinstance(part, dict) and isinstance(part.get("trainer"), str):
+                return part["trainer"]
+        return None
 
     def load(self, device=None):
         return load_checkpoint(self.path, device=device)

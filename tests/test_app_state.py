@@ -109,7 +109,8 @@ def test_the_page_opens_on_an_ep_trained_zoo_model_before_a_better_scoring_bp_on
         stem.with_suffix(".json").write_text(json.dumps(desc))
     state = ExplorerState(zoo=list_entries(tmp_path))
     assert state.model == "zoo: b-ep, 80.0 % test"
-    assert state.param.model.objects[:2] == ["zoo: a-bp, 90.0 % test", "zoo: b-ep, 80.0 % test"]
+    # (a BP model's card measured a feed-forward pass: its listing says so, issue 18)
+    assert state.param.model.objects[:2] == ["zoo: a-bp, 90.0 % test feed-forward (BP)", "zoo: b-ep, 80.0 % test"]
 
 
 def test_the_page_opens_on_a_model_that_relaxes_live_before_a_more_accurate_heavy_one(tmp_path):

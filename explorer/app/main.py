@@ -39,6 +39,7 @@ had no connection for ``ORPHAN_SECONDS``.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import logging
 import time
@@ -59,7 +60,9 @@ from .gallery import Gallery
 from .gradients_tab import GradientsTab
 from .scan_tab import ScanTab
 from .sweep_tab import SweepTab
-from .state import RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError, pick_device
+from .helptext import with_help_icons
+from .state import (MODEL_SETTINGS, RUN_SETTINGS, SLIDER_RANGES, UNTRAINED, ExplorerState, SettingError,
+                    pick_device)
 from .views import VIEW_CLASSES
 from .views.base import REPLAY_ID, feed, replay_events, replay_frames, replay_position, style
 from .views.train import TrainView
@@ -93,6 +96,12 @@ DISPLAY_SETTINGS = ("units_layer", "map_channel", "map_phase")
 # The relaxation tab's views in reading order (their titles carry these numbers).
 VIEW_ORDER = ("output", "verdict", "energy", "residual", "trajectories", "nudge")
 NARROW_WIDTH = 1300   # below it the sidebar starts collapsed: the views need the width
+# The sidebar sections each tab uses (the others are hidden there: they would do nothing); a tab
+# not listed shows every section. Scan, Sweep and EP vs BPTT relax the Relaxation tab's model with
+# its dynamics; the Train tab fine-tunes its model and probes with its input image.
+SECTION_TABS = {"Train": ("Model", "Input", "Share"), "Scan": ("Model", "Dynamics", "Share"),
+                "Sweep": ("Model", "Dynamics", "Share"), "EP vs BPTT": ("Model", "Dynamics", "Input", "Share")}
+CONFIRM_AFTER = 0.15   # seconds without a change from the page before its controls are confirmed
 
 
 class SidebarFit(pn.custom.JSComponent):
@@ -228,6 +237,15 @@ class ExplorerApp(pn.viewable.Viewer):
         self.state.param.watch(self._on_display, list(DISPLAY_SETTINGS))
         self.state.param.watch(self._write_address, ["model", *LINK_SETTINGS])
         self._tabs, self._tab_titles, self._wanted_tab = None, [], None
+        self._sections: dict[str, pn.Column] = {}
+        self._setting_widgets: dict[str, list] = {}   # run setting -> its sidebar widgets
+        self._help_icons: dict[str, pn.widgets.TooltipIcon] = {}   # widget label -> its "?" icon
+        self._confirm: set[str] = set()               # settings the page changed, to confirm ...
+        self._confirm_at = 0.0                        # ... once it has not changed them for a moment
+        self.model_note = pn.pane.HTML(self._model_note_html(self.state.model_info()), stylesheets=[self.css],
+                                       margin=(0, 10), sizing_mode="stretch_width")
+        self.tab_note = pn.pane.HTML("", stylesheets=[self.css], margin=(0, 10), visible=False,
+                                     sizing_mode="stretch_width")
         if self.state.startup_error:
             self.notify(self.state.startup_error)
         if settings:
@@ -270,6 +288,9 @@ class ExplorerApp(pn.viewable.Viewer):
             return
         names = {e.name for e in events}
         state = self.state
+        self._confirm |= names
+        self._confirm_at = time.monotonic()
+        before = {n: getattr(state, n) for n in MODEL_SETTINGS}
         try:
             with self._applying_settings():
                 if "residual" in names and "model" not in names and state.model in UNTRAINED:
@@ -296,7 +317,44 @@ class ExplorerApp(pn.viewable.Viewer):
         self.clear_alert()
         if "model" in names:
             self._architecture_controls()
+            self._say_model_change(before)
         self.worker.submit(request)
+
+    @staticmethod
+    def _model_note_html(text: str) -> str:
+        return f"<div class='hint model-note'>{html.escape(text)}</div>"
+
+    def _say_model_change(self, before: dict) -> None:
+        """A model change resets some settings and keeps others: say which, and what its accuracy means."""
+        change, info = self.state.model_change_text(before), self.state.model_info(named=False)
+        self.model_note.object = self._model_note_html(f"{change}. {info}")
+        self.notify(change, "info")
+
+    def confirm_controls(self, force: bool = False) -> int:
+        """Send the sliders the page moved their settings' values once the page has stopped moving
+        them (``CONFIRM_AFTER``); returns how many were sent.
+
+        While a slider is dragged, the page sends value after value; a value the app wrote back
+        meanwhile (a refused depth put back, a sibling's defaults) reaches the page after it sent
+        later ones, and the page shows it while the run has the later value (seen: the depth
+        slider at 3 with the run at depth 10). The settled value, sent last, puts them in step.
+        """
+        if not self._confirm or (not force and time.monotonic() - self._confirm_at < CONFIRM_AFTER):
+            return 0
+        names, self._confirm = self._confirm, set()
+        sent = 0
+        for name in sorted(names):
+            for widget in self._setting_widgets.get(name, ()):
+                if not isinstance(widget, (pn.widgets.IntSlider, pn.widgets.FloatSlider)):
+                    continue   # a click, not a drag: nothing in flight to cross
+                value = widget._process_param_change({"value": widget.value}).get("value", widget.value)
+                for model, _ in list(widget._models.values()):   # Panel keeps each page's model there
+                    if model.value != value:
+                        model.value = value
+                    else:
+                        model.trigger("value", value, value)   # sent again: the page may show another
+                    sent += 1
+        return sent
 
     def apply_settings(self, given: dict[str, str]) -> None:
         """Settings given as text (the page's URL query); what cannot apply is reported, by name,
@@ -565,6 +623,8 @@ else { window.prompt("Copy this link", url); }
                 w.disabled = reason is not None
                 help_ = next(p.doc for p in (self.state.param.depth, self.state.param.residual) if p.label == w.name)
                 w.description = reason or help_
+                if w.name in self._help_icons:
+                    self._help_icons[w.name].value = reason or help_
 
     def notify(self, text: str, level: str = "error", key: str | None = None) -> None:
         """Tell the person: a toast (when served) and the alert pane; kept in ``messages``. Another
@@ -720,7 +780,8 @@ else { window.prompt("Copy this link", url); }
                 self._backlog.extend(self.worker.drain())
             return
         if not (self.worker.busy or self.worker.pending_events or self._backlog or self._display_dirty
-                or self._replay is not None or self.train.has_news() or self._unconfirmed() or self._visibility_changed()):
+                or self._replay is not None or self.train.has_news() or self._unconfirmed()
+                or self._visibility_changed() or self._confirm):
             return
         self._tick_scheduled = True
         self._doc.add_next_tick_callback(self._locked_tick)
@@ -741,6 +802,11 @@ else { window.prompt("Copy this link", url); }
         """Runs as a Bokeh next-tick callback, with the document locked."""
         self._tick_scheduled = False
         with transport.current_document(self._doc):
+            if self._confirm:
+                # Through Panel's write queue, behind the widget updates it may still hold (a direct
+                # Bokeh write overtook them: the page then got an older value after the confirmed one).
+                with pn.io.hold(self._doc):
+                    self.confirm_controls()
             self._tick()
 
     def _tick(self) -> None:
@@ -789,7 +855,11 @@ else { window.prompt("Copy this link", url); }
                 if model.id in own:
                     continue
                 for attr in RESEND_PROPERTIES:
-                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)):
+                    # Not a read-only one: a FactorRange's start and end are the page's to compute (the
+                    # server holds 0 for both; resent, they collapsed the output and probe bar charts
+                    # to nothing, their sources full).
+                    if attr in model.properties() and (attr != "data" or isinstance(model, ColumnDataSource)) \
+                            and not model.lookup(attr).property.readonly:
                         value = getattr(model, attr)
                         model.trigger(attr, value, value)
             self._sent += 1
@@ -846,8 +916,10 @@ else { window.prompt("Copy this link", url); }
     def controls(self) -> list:
         s = self.state
         def section(title, *items):
-            return pn.Column(pn.pane.HTML(f"<div class='section'>{title}</div>", stylesheets=[self.css],
-                                          margin=(8, 10, 0, 10)), *items, sizing_mode="stretch_width")
+            self._sections[title] = pn.Column(pn.pane.HTML(f"<div class='section'>{title}</div>",
+                                                           stylesheets=[self.css], margin=(8, 10, 0, 10)),
+                                              *items, sizing_mode="stretch_width")
+            return self._sections[title]
         model = self._model_controls = pn.Param(s, parameters=["model", "depth", "residual"], show_name=False,
                                                 sizing_mode="stretch_width")
         self._architecture_controls()
@@ -876,7 +948,7 @@ else { window.prompt("Copy this link", url); }
                                  margin=(0, 10))
         display = pn.Param(s, parameters=["units_layer", "map_layer", "map_channel", "map_phase"],
                            show_name=False, sizing_mode="stretch_width")
-        sections = [section("Model", model, upload_help, self.upload),
+        sections = [section("Model", self.tab_note, model, self.model_note, upload_help, self.upload),
                     section("Dynamics", dynamics),
                     section("Input", self.gallery.pane, inputs),
                     section("Playback", playback_buttons, speed, self.replay_player()),
@@ -889,17 +961,24 @@ else { window.prompt("Copy this link", url); }
                             self.export_view, pn.Row(self.exports["png"], self.exports["svg"])),
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
-        transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         self._help_texts(sections)
+        transport.pass_changes_at_once(w for sec in sections for w in sec.select(pn.widgets.Widget))
         return sections
 
     def _help_texts(self, sections) -> None:
         """Every setting's widget carries its parameter's doc as help (the '?' beside its name),
         also where a widget type was chosen by hand (the alpha and beta sliders, speed)."""
-        docs = {p.label: p.doc for p in self.state.param.objects("existing").values() if p.doc and p.label}
+        params = self.state.param.objects("existing")
+        docs = {p.label: p.doc for p in params.values() if p.doc and p.label}
+        names = {p.label: n for n, p in params.items() if p.label}
+        self._setting_widgets = {}
         for w in (w for sec in sections for w in sec.select(pn.widgets.Widget)):
+            if w.name in names:
+                self._setting_widgets.setdefault(names[w.name], []).append(w)
             if w.name in docs and not getattr(w, "description", None) and "description" in w.param:
                 w.description = docs[w.name]
+        # Panel 1.9's sliders and checkboxes have no help of their own: a "?" beside each.
+        self._help_icons = with_help_icons(sections, docs)
         self._architecture_controls()
 
     def relaxation_tab(self):
@@ -937,6 +1016,21 @@ else { window.prompt("Copy this link", url); }
         self._on_present()
         return pn.Column(self.present, self.shown_views, self.full_view, full, sizing_mode="stretch_width")
 
+    def _sidebar_for_tab(self, *_events) -> None:
+        """Show the sidebar sections that act on the open tab; say that the others are hidden."""
+        if self._tabs is None or not self._tab_titles:
+            return
+        tab = self._tab_titles[self._tabs.active]
+        used = SECTION_TABS.get(tab)
+        for title, section in self._sections.items():
+            section.visible = used is None or title in used
+        hidden = [t for t in self._sections if used is not None and t not in used]
+        self.tab_note.visible = bool(hidden)
+        if hidden:
+            self.tab_note.object = (f"<div class='hint tab-note'>The {tab} tab uses only the settings shown here "
+                                    f"(its own are in the tab); {', '.join(hidden)} act on the Relaxation tab "
+                                    "and are hidden.</div>")
+
     def _on_present(self, *_events) -> None:
         on = self.present.value
         for key, card in self._view_cards.items():
@@ -965,6 +1059,8 @@ else { window.prompt("Copy this link", url); }
         self._open_wanted_tab()
         self._tabs.param.watch(self._write_address, ["active"])
         sidebar = self.controls()
+        self._tabs.param.watch(self._sidebar_for_tab, ["active"])
+        self._sidebar_for_tab()
         present = self.presentation_controls()
         sidebar.insert(0, pn.Column(pn.pane.HTML("<div class='section'>Present</div>", stylesheets=[self.css],
                                                  margin=(8, 10, 0, 10)), present, sizing_mode="stretch_width"))

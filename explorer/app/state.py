@@ -37,6 +37,12 @@ TRAINED_PREFIX = "trained: "
 TRAINED_DIR_ENV = "EXPLORER_TRAINED_DIR"
 DEFAULT_TRAINED_DIR = Path(__file__).resolve().parents[2] / "runs" / "app-trained"
 SAVE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a checkpoint's auxiliary tensors (``extra.<kind>.*``, explorer.checkpoint.AUX_PREFIXES) hold, in words.
+EXTRA_TENSOR_KINDS = {"optim": "optimiser state", "train": "training position", "rng": "random-generator state",
+                      "bn": "batch-norm statistics, unused: the relaxation has no batch norm"}
+# Settings a model brings (model_defaults) and the run settings a model change leaves as they were.
+MODEL_SETTINGS = ("depth", "residual", "alpha", "schedule")
+KEPT_SETTINGS = ("beta", "t_free", "t_nudge")
 # Settings whose change starts a new relaxation (the rest only change playback or display).
 RUN_SETTINGS = ("model", "depth", "residual", "alpha", "beta", "t_free", "t_nudge", "schedule",
                 "tol", "stop_at_tol", "sample", "map_layer")
@@ -379,6 +385,78 @@ class ExplorerState(RunSettings):
             out["schedule"] = meta["schedule"]
         return out
 
+    def description_of(self, choice: str | None = None) -> dict:
+        """A checkpoint choice's description (its JSON; with ``extra_tensors`` once loaded); {} for a builder."""
+        choice = choice or self.model
+        if choice in self.loaded:
+            return self.loaded[choice].description or {}
+        entry = self.zoo.get(choice) or self.trained.get(choice)
+        return entry.description if entry is not None else {}
+
+    def model_info(self, choice: str | None = None, named: bool = True) -> str:
+        """What a model's listed accuracy means and what its file holds besides the network, in words."""
+        choice = choice or self.model
+        if choice in UNTRAINED:
+            return f"{choice}: " * named + "built with seed 0, never trained (it predicts at chance)."
+        desc = self.description_of(choice)
+        card = desc.get("card") if isinstance(desc.get("card"), dict) else {}
+        settings = desc.get("settings") if isinstance(desc.get("settings"), dict) else {}
+        trainer, acc = card.get("trainer") or settings.get("trainer"), card.get("test_accuracy")
+        acc_text = f"{100 * acc:.1f} %" if isinstance(acc, (int, float)) else None
+        if trainer == "bp":
+            parts = ["trained with backprop as a feed-forward network (BP)"
+                     + (f": {acc_text} is the feed-forward pass's test accuracy. This page relaxes it with EP "
+                        "dynamics, where it can predict very differently (often at chance)" if acc_text else "")]
+        elif trainer == "ep":
+            parts = ["trained with EP" + (f": {acc_text} is the test accuracy of its free phase (the class of "
+                                          "the largest output unit after relaxing), as this page runs it"
+                                          if acc_text else "")]
+        else:
+            parts = [f"test accuracy {acc_text} (how it was trained is not recorded)" if acc_text else
+                     "no test accuracy recorded"]
+        extra = desc.get("extra_tensors") or {}
+        if extra:
+            kinds: dict[str, int] = {}
+            for key in extra:
+                kind = key.split(".")[1] if key.count(".") >= 2 else "other"
+                kinds[kind] = kinds.get(kind, 0) + 1
+            listed = ", ".join(f"{EXTRA_TENSOR_KINDS.get(k, k)} ({n})" for k, n in sorted(kinds.items()))
+            parts.append(f"its weights file also holds {len(extra)} tensor{'s' * (len(extra) != 1)} the "
+                         f"relaxation does not use: {listed}")
+        conversions = desc.get("conversions") or []
+        if conversions:
+            parts.append(f"{len(conversions)} tensor{'s' * (len(conversions) != 1)} converted to float32")
+        text = "; ".join(parts) + "."
+        return f"{self._model_name(choice)}: {text}" if named else text[0].upper() + text[1:]
+
+    def _model_name(self, choice: str) -> str:
+        entry = self.zoo.get(choice) or self.trained.get(choice)
+        if entry is not None:
+            return entry.name
+        return choice[len(UPLOAD_PREFIX):] if choice.startswith(UPLOAD_PREFIX) else choice
+
+    def model_change_text(self, before: dict) -> str:
+        """What a model change did to the settings (``before``: the values it found), e.g.
+        "fmnist-plain7-ep: alpha 4 -> 2, schedule descent_safe -> paper (the model's); kept yours:
+        beta 0.15, T free 40, T nudge 15"."""
+        def show(value):
+            if isinstance(value, bool):
+                return "on" if value else "off"
+            return f"{value:g}" if isinstance(value, float) else f"{value}"
+
+        def label(name):
+            return self.param[name].label if name.startswith("t_") else name
+        moved = [f"{label(n)} {show(before[n])} -> {show(getattr(self, n))}" for n in MODEL_SETTINGS
+                 if n in before and before[n] != getattr(self, n)]
+        own = "the model's" if self.fixed_architecture else "the builder's"
+        text = f"{self._model_name(self.model)}: " + (", ".join(moved) + f" ({own})" if moved else
+                                                       "its depth, residual, alpha and schedule were already set")
+        kept = [f"{label(n)} {show(getattr(self, n))}" for n in KEPT_SETTINGS]
+        trained_beta = (self.description_of().get("settings") or {}).get("beta")
+        if isinstance(trained_beta, (int, float)) and abs(trained_beta - self.beta) > 1e-12:
+            kept[0] += f" (it was trained with {trained_beta:g})"
+        return f"{text}; kept yours: " + ", ".join(kept)
+
     def family(self, choice: str | None = None) -> dict[tuple[int, bool], str]:
         """The model choices of a zoo model's trained family by (depth, residual): moving depth or
         residual on such a model opens its sibling. Empty for builders and lone checkpoints."""
@@ -493,4 +571,4 @@ class ExplorerState(RunSettings):
 
 __all__ = ["ExplorerState", "RunRequest", "SettingError", "Samples", "load_app_samples",
            "pick_device", "SLIDER_RANGES", "INPUT", "OUTPUT", "RUN_SETTINGS", "SPEEDS", "TRAINED_PREFIX",
-           "trained_dir", "check_save_name"]
+           "trained_dir", "check_save_name", "MODEL_SETTINGS", "KEPT_SETTINGS"]

@@ -299,6 +299,9 @@ if (!window.__explorer_page) {
   document.addEventListener("keydown", (e) => {
     const el = e.composedPath ? e.composedPath()[0] : e.target;
     if (el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT")) return;
+    // Nor on a focused control: the arrow keys move a slider (they also stepped the replay back to an
+    // older run, shown with the slider at another depth), space presses a button.
+    if (el && el.closest && el.closest("[role=slider], button, [role=button], [contenteditable]")) return;
     if (![" ", "ArrowLeft", "ArrowRight"].includes(e.key)) return;
     let player = null;
     for (const doc of Bokeh.documents)

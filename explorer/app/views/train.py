@@ -26,9 +26,11 @@ import time
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
+from bokeh.models import (ColumnDataSource, CustomJSTickFormatter, FactorRange, HoverTool, LogAxis,
+                          NumeralTickFormatter, Range1d)
 from bokeh.palettes import Blues9
 
+from ..helptext import with_help_icons
 from ..state import SLIDER_RANGES, SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
 from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, static_legend, style_legend
@@ -39,11 +41,25 @@ DRAW_EVERY = 0.25         # seconds between draws: a few repaints a second are p
 PROBE_HISTORY = 12        # earlier probes kept (faint) in the Phi plot
 TEST_COLOR = "#D55E00"
 TRAIN_COLOR = "#0072B2"
+OUT_RANGE = (-0.05, 1.15)  # the probe output's y axis: at least the targets 0 and 1 (and the values above them)
 BATCH_COLOR = "#9DB4C8"
 LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
 TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
 ARCHITECTURE = ("depth", "width", "residual")   # fixed by the model when continuing from one
 SLIDER_SPAN = 32          # integer settings with a range this short get a slider (depth), others a typed box
+# Log-axis tick labels: powers of ten as 10⁻⁴ when every tick is one, else plain numbers (0.0005). Bokeh's
+# LogTickFormatter hands ticks within one decade (a zoomed or narrow axis) to a BasicTickFormatter with
+# its defaults, which prints "5.000e-4".
+LOG_TICKS_JS = """
+const sup = {"-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
+             "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079"};
+const decade = (t) => t > 0 && Math.abs(t / Math.pow(10, Math.round(Math.log10(t))) - 1) < 1e-9;
+if (ticks.every(decade)) {
+  const e = Math.round(Math.log10(tick));
+  return e >= 0 && e <= 3 ? String(Math.pow(10, e)) : "10" + String(e).split("").map((c) => sup[c]).join("");
+}
+return String(Number(tick.toPrecision(3)));
+"""
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
 
@@ -64,6 +80,13 @@ def widget_for(p: param.Parameter, **kw):
     else:
         kind = pn.widgets.TextInput
     return kind.from_param(p, **kw)
+
+
+def plain_log_ticks(fig) -> None:
+    """Tick labels of a figure's log axes as LOG_TICKS_JS writes them (never "5.000e-4")."""
+    for axis in (*fig.xaxis, *fig.yaxis):
+        if isinstance(axis, LogAxis):
+            axis.formatter = CustomJSTickFormatter(code=LOG_TICKS_JS)
 
 
 class TrainView(pn.viewable.Viewer):
@@ -94,6 +117,7 @@ class TrainView(pn.viewable.Viewer):
         self._last_eval: dict = {}
         self._layers: tuple = ()
         self._probe: Probe | None = None
+        self.help_icons: dict = {}        # "?" icons beside the sliders and checkboxes (controls())
         self._hint_stale = True           # the start-from hint and the architecture widgets need a redraw
         self._build_figures()
         self._build_widgets()
@@ -120,8 +144,8 @@ class TrainView(pn.viewable.Viewer):
         self.probe_phi = ColumnDataSource(data={"iteration": [], "phi": []}, name="explorer.train.probe_phi")
         self.probe_history = ColumnDataSource(data={"xs": [], "ys": [], "step": [], "color": []},
                                               name="explorer.train.probe_history")
-        self.probe_output = ColumnDataSource(data={"name": [], "y": [], "color": [], "target": []},
-                                             name="explorer.train.probe_output")
+        self.probe_output = ColumnDataSource(data={"name": [], "y": [], "color": [], "target": [], "text": [],
+                                                   "text_y": []}, name="explorer.train.probe_output")
         self.probe_image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                             name="explorer.train.probe_image")
 
@@ -168,6 +192,7 @@ class TrainView(pn.viewable.Viewer):
         self.step_fig.multi_line("xs", "ys", source=self.probe_steps, line_color="color", line_width=2,
                                  legend_field="layer")
         style_legend(self.step_fig, "top_right")
+        plain_log_ticks(self.step_fig)
 
         self.phi_y = StableRange(headroom=0.08)
         self.phi_fig = make_figure("Probe: energy Φ", height=300,
@@ -182,10 +207,14 @@ class TrainView(pn.viewable.Viewer):
 
         names = [class_name(self.app_state.samples.class_names, k) for k in range(10)]
         self.out_fig = make_figure("Probe output y", height=230, x_label="", y_label="y",
-                                   x_range=FactorRange(factors=names), y_range=Range1d(-0.05, 1.1), tools="save")
+                                   x_range=FactorRange(factors=names), y_range=Range1d(*OUT_RANGE), tools="save")
         self.out_fig.vbar(x="name", top="y", width=0.75, source=self.probe_output, color="color")
         self.out_fig.scatter(x="name", y="target", source=self.probe_output, marker="dash", size=22,
                              line_width=3, color="#333333")
+        # Each bar's value written above it: early in training every y is near 0 (or below), and the
+        # bars alone look like an empty plot although the probe has run.
+        self.out_fig.text(x="name", y="text_y", text="text", source=self.probe_output, text_align="center",
+                          text_baseline="bottom", text_font_size="11px", text_color="#333333", y_offset=-2)
         self.out_fig.xaxis.major_label_orientation = 0.9
         self.out_fig.xgrid.grid_line_color = None
 
@@ -395,13 +424,21 @@ class TrainView(pn.viewable.Viewer):
         self.probe_output.data = {"name": names, "y": y.tolist(),
                                   "color": [LABEL_COLOR if j == label else (WRONG_COLOR if j == k else OTHER_COLOR)
                                             for j in range(len(y))],
-                                  "target": [1.0 if j == label else 0.0 for j in range(len(y))]}
+                                  "target": [1.0 if j == label else 0.0 for j in range(len(y))],
+                                  "text": [f"{v:.2f}" for v in y], "text_y": np.maximum(y, 0.0).tolist()}
+        # The axis holds every bar (y below 0 or above 1 too) and the target marks at 0 and 1.
+        finite = y[np.isfinite(y)]
+        low = min(OUT_RANGE[0], float(finite.min()) - 0.05) if finite.size else OUT_RANGE[0]
+        high = max(OUT_RANGE[1], float(finite.max()) + 0.15) if finite.size else OUT_RANGE[1]
+        y_range = self.out_fig.y_range
+        if (y_range.start, y_range.end) != (low, high):
+            y_range.update(start=low, end=high)
         ok = k == label
         guess = class_name(self._probe.class_names, k)
         self.probe_text.object = (
             f"<div class='pred {'ok' if ok else 'bad'}'>at step <b>{p['step']}</b>: predicts "
-            f"<b>{html.escape(guess)}</b> {'✓' if ok else '✗'}<br>free phase {p['status'].replace('_', ' ')} "
-            f"in {p['steps']} steps</div>")
+            f"<b>{html.escape(guess)}</b> (y {y[k]:.2f}) {'✓' if ok else '✗'}<br>"
+            f"free phase {p['status'].replace('_', ' ')} in {p['steps']} steps</div>")
 
     def _saved(self, e: dict) -> None:
         try:
@@ -504,7 +541,7 @@ class TrainView(pn.viewable.Viewer):
         start, end = SLIDER_RANGES["beta"]
         slider = {"type": pn.widgets.FloatSlider, "format": "0.00", "start": start, "end": end}
         arch = self.arch_widgets
-        return pn.Column(
+        column = pn.Column(
             section("Start from", self.start_from, self.start_hint),
             section("Network", pn.Column(arch["depth"], arch["width"], arch["residual"], margin=(5, 10),
                                          sizing_mode="stretch_width"),
@@ -515,6 +552,10 @@ class TrainView(pn.viewable.Viewer):
             section("Optimisation", params("epochs", "batch_size", "lr", "probe_every",
                                            lr={"type": pn.widgets.FloatInput, "step": 0.005})),
             sizing_mode="stretch_width")
+        # Sliders and checkboxes show no help of their own (Panel 1.9): a "?" beside each.
+        docs = {p.label: p.doc for p in s.param.objects("existing").values() if p.doc and p.label}
+        self.help_icons = with_help_icons([column], docs)
+        return column
 
     def __panel__(self):
         if self._layout is None:

@@ -1,0 +1,240 @@
+"""What a new user tripped over (issue 18, item 6), in-process: the sidebar's controls.
+
+Each test drives an ExplorerApp as the page would (its widgets, their Bokeh models in a document,
+its tabs) and checks what the person sees: the depth slider in step with the run after a rapid
+drag, the sidebar showing only what acts on the open tab, a model change saying what it reset and
+kept, what a listed accuracy means, a checkpoint's unused tensors named, help beside every slider.
+"""
+from __future__ import annotations
+
+import shutil
+
+import panel as pn
+import pytest
+from bokeh.document import Document
+from bokeh.document.events import ModelChangedEvent
+
+from explorer.app import ExplorerApp, ExplorerState
+from explorer.app.state import SAMPLE_SHAPE
+from explorer.checkpoint import save_checkpoint
+from explorer.network import HopfieldNetwork, hopfield_family
+from explorer.zoo import ZOO_DIR, list_entries
+
+T_FREE, T_NUDGE = 20, 8
+BROWSER = object()   # the setter of changes that come from the page
+
+
+def zoo_app(tmp_path, names, first=None) -> ExplorerApp:
+    """A page whose zoo holds copies of these shipped checkpoints, on ``first`` (default: the builder)."""
+    for n in names:
+        for ext in (".json", ".safetensors"):
+            shutil.copy(ZOO_DIR / f"{n}{ext}", tmp_path / f"{n}{ext}")
+    state = ExplorerState(zoo=list_entries(tmp_path), model="untrained resnet", t_free=T_FREE, t_nudge=T_NUDGE,
+                          speed="max")
+    app = ExplorerApp(state=state, autostart=False)
+    if first is not None:
+        app.state.model = choice(app, first)
+        app.run_until_idle(timeout=60)
+    return app
+
+
+def choice(app, name) -> str:
+    return next(c for c in app.state.param.model.objects if c.startswith(f"zoo: {name},"))
+
+
+@pytest.fixture
+def pages():
+    made = []
+    yield made
+    for app in made:
+        app.shutdown("test over")
+
+
+def test_after_a_rapid_drag_the_depth_slider_shows_the_depth_of_the_run(tmp_path, pages):
+    app = zoo_app(tmp_path, ["fmnist-resnet3-ep", "fmnist-resnet5-ep", "fmnist-resnet7-ep"], first="fmnist-resnet3-ep")
+    pages.append(app)
+    doc = Document()
+    doc.add_root(pn.Column(*app.controls()).get_root(doc))
+    slider = app._setting_widgets["depth"][0]
+    (model, _), = slider._models.values()
+    sent = []   # what the server sends the page: changes it did not get from the page
+    doc.on_change(lambda e: sent.append(e.new) if isinstance(e, ModelChangedEvent) and e.model is model
+                  and e.attr == "value" and e.setter is not BROWSER else None)
+    # A drag from 3 to 7 the page sends faster than the server answers: the family has no depth 4
+    # or 6 (refused and put back, sent to the page), 5 and 7 open the trained siblings.
+    for depth in (4, 5, 6, 7):
+        model.set_from_json("value", depth, setter=BROWSER)
+    assert app.state.depth == 7 and app.state.model == choice(app, "fmnist-resnet7-ep")
+    assert sent, "the refused depths were put back on the page"
+    # The page shows the last value the server sent after the drag's (all sent before any answer).
+    app.confirm_controls(force=True)
+    shown = sent[-1]
+    app.run_until_idle(timeout=60)
+    assert shown == app.state.depth == slider.value == model.value == app.run.request.net.spec.depth == 7
+    # Nothing moved since: nothing more to confirm.
+    assert app.confirm_controls(force=True) == 0
+
+
+def test_the_confirmation_waits_until_the_page_stops_moving_a_slider(pages):
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    doc = Document()
+    doc.add_root(pn.Column(*app.controls()).get_root(doc))
+    (model, _), = app._setting_widgets["beta"][0]._models.values()
+    model.set_from_json("value", 0.3, setter=BROWSER)
+    assert app.confirm_controls() == 0          # moved a moment ago: the drag may go on
+    assert app.confirm_controls(force=True) == 1
+    assert model.value == pytest.approx(0.3) and app.state.beta == pytest.approx(0.3)
+
+
+def test_the_sidebar_shows_only_the_sections_that_act_on_the_open_tab(pages):
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.template()
+    tabs, sections = app._tabs, app._sections
+
+    def shown():
+        return {t for t, s in sections.items() if s.visible}
+    everything = set(sections)
+    assert shown() == everything and not app.tab_note.visible
+    tabs.active = app._tab_titles.index("Train")
+    assert shown() == {"Model", "Input", "Share"}
+    assert app.tab_note.visible and "Dynamics" in app.tab_note.object and "Playback" in app.tab_note.object
+    tabs.active = app._tab_titles.index("Scan")
+    assert "Dynamics" in shown() and "Playback" not in shown()
+    tabs.active = app._tab_titles.index("Relaxation")
+    assert shown() == everything and not app.tab_note.visible
+
+
+def test_a_model_change_says_what_it_reset_and_what_it_kept(tmp_path, pages):
+    app = zoo_app(tmp_path, ["fmnist-plain7-ep"])
+    pages.append(app)
+    app.controls()
+    app.state.param.update(alpha=4.0, schedule="descent_safe", beta=0.2)
+    app.state.model = choice(app, "fmnist-plain7-ep")
+    said = [text for level, text in app.messages if level == "info"][-1]
+    assert said.startswith("fmnist-plain7-ep: ")
+    assert "alpha 4 -> 6" in said and "schedule descent_safe -> paper (the model's)" in said
+    assert "depth 5 -> 7" in said and "residual on -> off" in said
+    assert "kept yours: beta 0.2 (it was trained with 0.15), T free 20, T nudge 8" in said
+    assert "alpha 4 -&gt; 6" in app.model_note.object    # and it stays on the page, under the picker
+    assert app.state.alpha == 6.0 and app.state.beta == 0.2
+
+
+def test_a_bp_trained_model_says_its_accuracy_is_the_feed_forward_one(tmp_path, pages):
+    app = zoo_app(tmp_path, ["fmnist-resnet7-bp", "fmnist-resnet7-ep"])
+    pages.append(app)
+    listed = app.state.param.model.objects
+    assert "zoo: fmnist-resnet7-bp, 82.7 % test feed-forward (BP)" in listed
+    assert "zoo: fmnist-resnet7-ep, 82.1 % test" in listed        # EP's number is the page's own
+    app.controls()
+    app.state.model = choice(app, "fmnist-resnet7-bp")
+    note = app.model_note.object
+    assert "82.7 % is the feed-forward pass" in note and "relaxes it with EP dynamics" in note
+    assert "82.1 % is the test accuracy of its free phase" in app.state.model_info(choice(app, "fmnist-resnet7-ep"))
+
+
+def test_a_checkpoint_with_extra_tensors_loads_and_says_what_they_are(tmp_path, pages):
+    import torch
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.controls()
+    net = HopfieldNetwork(hopfield_family(depth=2, input_shape=SAMPLE_SHAPE, width=4), seed=1)
+    extra = {f"extra.optim.m{i}": torch.zeros(3) for i in range(48)}
+    extra.update({"extra.train.position": torch.zeros(2), "extra.rng.cpu": torch.zeros(4),
+                  "extra.rng.cuda": torch.zeros(4)})
+    stem = save_checkpoint(net, tmp_path / "extra", extra_tensors=extra)
+    app.upload.filename = ["extra.json", "extra.safetensors"]
+    app.upload.value = [stem.with_suffix(".json").read_bytes(), stem.with_suffix(".safetensors").read_bytes()]
+    app.run_until_idle(timeout=60)
+    assert app.state.model == "upload: extra"
+    words = ("51 tensors the relaxation does not use: optimiser state (48), random-generator state (2), "
+             "training position (1)")
+    assert words in app.model_note.object
+    assert [level for level, text in app.messages if level == "error"] == []
+
+
+SLIDER_SETTINGS = ("alpha", "beta", "depth", "t_free", "t_nudge", "speed")
+
+
+def test_every_slider_has_its_help_beside_it(pages):
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    sections = app.controls()
+    rows = [r for sec in sections for r in sec.select(pn.Row)]
+    for name in SLIDER_SETTINGS:
+        p = app.state.param[name]
+        (widget,) = app._setting_widgets[name]
+        row = next(r for r in rows if widget in r.objects)   # laid out beside its "?" icon
+        icons = [o for o in row.objects if isinstance(o, pn.widgets.TooltipIcon)]
+        assert len(icons) == 1 and icons[0].value == p.doc, name
+
+
+# The page script's replay keys, run in node with the few browser objects it touches: a focused
+# slider's arrow keys move the slider only (they also stepped the replay back to the previous run,
+# which the views then showed with the slider at another depth).
+KEYS_HARNESS = """
+const handlers = {};
+const player = {constructor: {__name__: "Player"}, disabled: false, direction: 0, value: 5, start: 0, end: 9};
+globalThis.window = globalThis;
+globalThis.document = {addEventListener: (kind, fn) => { handlers[kind] = fn; }};
+globalThis.Bokeh = {documents: [{all_models: [player]}], index: {query: () => []},
+                    require: () => { throw new Error("not in node"); }};
+globalThis.IntersectionObserver = class { observe() {} };
+globalThis.ResizeObserver = class { observe() {} };
+globalThis.setInterval = () => 0;
+globalThis.console = {warn: () => {}, log: console.log};
+const tick = {data: {seq: [0]}}, ack = {data: {}}, visible = {data: {}};
+eval(PAGE_JS);
+const press = (key, target) => {
+  let prevented = false;
+  handlers.keydown({key, composedPath: () => [target], target, preventDefault: () => { prevented = true; }});
+  return [player.value, player.direction, prevented];
+};
+const on = (selector) => ({tagName: "DIV", closest: (s) => (selector && s.includes(selector) ? {} : null)});
+console.log(JSON.stringify({
+  slider: press("ArrowLeft", on("[role=slider]")),
+  button: press(" ", on("button")),
+  page: press("ArrowLeft", on(null)),
+  space: press(" ", on(null)),
+}));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="runs the page script in node")
+def test_arrow_keys_on_a_focused_slider_do_not_step_the_replay():
+    import json
+    import subprocess
+
+    from explorer.app import transport
+    script = f"const PAGE_JS = {json.dumps(transport.page_js())};\n{KEYS_HARNESS}"
+    result = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True)
+    seen = json.loads(result.stdout)
+    assert seen["slider"] == [5, 0, False]     # the slider's own key: the replay stays at frame 5
+    assert seen["button"] == [5, 0, False]     # space on a focused button presses the button only
+    assert seen["page"] == [4, 0, True]        # elsewhere on the page the arrow steps the replay back
+    assert seen["space"] == [4, 1, True]       # and space plays it
+
+
+def test_a_resend_leaves_the_bar_charts_factor_ranges_to_the_page(pages, monkeypatch):
+    # The bar charts (the output units, the Train tab's probe output) went blank with their sources
+    # full: a resend of the page's state sent their FactorRange's start and end, which the server
+    # holds as 0 (the page computes them), and the page's x axis collapsed to nothing.
+    from bokeh.models import ColumnDataSource, FactorRange
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    doc = Document()
+    doc.add_root(pn.Column(app.relaxation_tab(), app.train).get_root(doc))
+    app._doc = doc
+    sent = []
+    doc.on_change(lambda e: sent.append((e.model, e.attr)) if isinstance(e, ModelChangedEvent) else None)
+    import contextlib
+    # (Panel drops what is held for a document without a session: here each change goes out as made.)
+    monkeypatch.setattr(pn.io, "hold", lambda *args, **kw: contextlib.nullcontext())
+    app._resend(0.0)
+    ranges = [m for m in doc.models if isinstance(m, FactorRange)]
+    assert len(ranges) >= 2                                     # the output and the probe output
+    assert not [(m, a) for m, a in sent if isinstance(m, FactorRange) and a in ("start", "end")]
+    assert [m for m, a in sent if isinstance(m, FactorRange) and a == "factors"]   # what they do need
+    assert {m.name for m, a in sent if isinstance(m, ColumnDataSource) and a == "data"} >= {
+        "explorer.output.bars", "explorer.train.probe_output"}
