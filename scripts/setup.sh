@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes .venv with the project and its test tools, and builds the engine's fused CPU kernels;
 # idempotent and quick when nothing changed.
-# Usage: bash scripts/setup.sh [--browser]   (--browser also installs Debian's Chromium and Fashion-MNIST)
+# Usage: bash scripts/setup.sh [--browser]   (--browser also installs Debian's Chromium, Node.js and Fashion-MNIST)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,7 @@ if [ "$want_browser" = 1 ]; then
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)   # tests run the page's scripts in node
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]} (Debian packages)"
     apt_install "${missing[@]}"

@@ -201,7 +201,6 @@ console.log(JSON.stringify({
 """
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="runs the page script in node")
 def test_arrow_keys_on_a_focused_slider_do_not_step_the_replay():
     import json
     import subprocess

@@ -67,7 +67,6 @@ def test_the_train_tabs_sliders_and_checkboxes_have_help_beside_them(app):
     assert len(helped) == len(sliders)      # none left without
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="runs the tick formatter's JavaScript in node")
 def test_log_axis_tick_labels_are_powers_of_ten_or_plain_numbers(app):
     from bokeh.models import CustomJSTickFormatter, LogAxis
     axes = [a for a in app.train.step_fig.yaxis if isinstance(a, LogAxis)]

@@ -23,7 +23,7 @@ import numpy as np
 import panel as pn
 import torch
 from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, CustomJSTickFormatter,
-                          GlyphRenderer, LabelSet, LogColorMapper, Range1d)
+                          GlyphRenderer, LabelSet, LogAxis, LogColorMapper, Range1d)
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -223,6 +223,21 @@ return minus((tick / scale).toFixed(decimals(step / scale))) + suffix;
 """
 
 
+# Log-axis tick labels: powers of ten as 10⁻⁴ when every tick is one, else plain numbers (0.0005). Bokeh's
+# LogTickFormatter hands ticks within one decade (a zoomed or narrow axis) to a BasicTickFormatter with
+# its defaults, which prints "5.000e-4".
+LOG_TICKS_JS = """
+const sup = {"-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
+             "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079"};
+const decade = (t) => t > 0 && Math.abs(t / Math.pow(10, Math.round(Math.log10(t))) - 1) < 1e-9;
+if (ticks.every(decade)) {
+  const e = Math.round(Math.log10(tick));
+  return e >= 0 && e <= 3 ? String(Math.pow(10, e)) : "10" + String(e).split("").map((c) => sup[c]).join("");
+}
+return String(Number(tick.toPrecision(3)));
+"""
+
+
 def plain_ticks() -> CustomJSTickFormatter:
     return CustomJSTickFormatter(code=PLAIN_TICKS_JS)
 
@@ -251,8 +266,16 @@ def color_bars(fig: figure) -> list:
     return [m for m in (*fig.right, *fig.left, *fig.above, *fig.below) if isinstance(m, ColorBar)]
 
 
+def plain_log_ticks(fig) -> None:
+    """Tick labels of a figure's log axes as LOG_TICKS_JS writes them (never "5.000e-4")."""
+    for axis in (*fig.xaxis, *fig.yaxis):
+        if isinstance(axis, LogAxis):
+            axis.formatter = CustomJSTickFormatter(code=LOG_TICKS_JS)
+
+
 def tidy_ticks(fig: figure) -> None:
-    """Plain tick labels on linear axes and colour bars (log axes keep their powers of ten)."""
+    """Plain tick labels on linear axes and colour bars; log axes as LOG_TICKS_JS writes them."""
+    plain_log_ticks(fig)
     for axis in (*fig.xaxis, *fig.yaxis):
         if type(axis.formatter) is BasicTickFormatter:
             axis.formatter = plain_ticks()

@@ -26,14 +26,14 @@ import time
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import (ColumnDataSource, CustomJSTickFormatter, FactorRange, HoverTool, LogAxis,
-                          NumeralTickFormatter, Range1d)
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
 from bokeh.palettes import Blues9
 
 from ..helptext import with_help_icons
 from ..state import SLIDER_RANGES, SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
-from .base import ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure, static_legend, style_legend
+from .base import (LOG_TICKS_JS, ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure,  # noqa: F401
+                   plain_log_ticks, static_legend, style_legend)
 
 log = logging.getLogger("explorer.app")
 
@@ -47,19 +47,6 @@ LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
 TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
 ARCHITECTURE = ("depth", "width", "residual")   # fixed by the model when continuing from one
 SLIDER_SPAN = 32          # integer settings with a range this short get a slider (depth), others a typed box
-# Log-axis tick labels: powers of ten as 10⁻⁴ when every tick is one, else plain numbers (0.0005). Bokeh's
-# LogTickFormatter hands ticks within one decade (a zoomed or narrow axis) to a BasicTickFormatter with
-# its defaults, which prints "5.000e-4".
-LOG_TICKS_JS = """
-const sup = {"-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
-             "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079"};
-const decade = (t) => t > 0 && Math.abs(t / Math.pow(10, Math.round(Math.log10(t))) - 1) < 1e-9;
-if (ticks.every(decade)) {
-  const e = Math.round(Math.log10(tick));
-  return e >= 0 && e <= 3 ? String(Math.pow(10, e)) : "10" + String(e).split("").map((c) => sup[c]).join("");
-}
-return String(Number(tick.toPrecision(3)));
-"""
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
 
@@ -80,13 +67,6 @@ def widget_for(p: param.Parameter, **kw):
     else:
         kind = pn.widgets.TextInput
     return kind.from_param(p, **kw)
-
-
-def plain_log_ticks(fig) -> None:
-    """Tick labels of a figure's log axes as LOG_TICKS_JS writes them (never "5.000e-4")."""
-    for axis in (*fig.xaxis, *fig.yaxis):
-        if isinstance(axis, LogAxis):
-            axis.formatter = CustomJSTickFormatter(code=LOG_TICKS_JS)
 
 
 class TrainView(pn.viewable.Viewer):
