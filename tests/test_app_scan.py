@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import panel as pn
 import pytest
@@ -282,3 +283,37 @@ def test_scan_and_sweep_share_the_pages_worker_without_taking_each_others_events
     assert scan_tab.result is None
     tab.wait()                           # ... and the sweep still gets every cell
     assert len(tab.history) == 1 and len(tab.history[0]["result"].cells) == 4
+
+
+def test_a_job_steps_aside_while_the_pages_live_run_wants_the_cpu():
+    """A sweep or scan waits between its steps while ``defer_to()`` holds (a relaxation the user just
+    started on the page), and goes on once it does not."""
+    from explorer.app.jobs import JobWorker
+    live = threading.Event()        # set: the live run is over
+    asked, done = [], []
+
+    def defer():
+        asked.append(1)
+        return not live.is_set()
+
+    worker = JobWorker(defer_to=defer, defer_limit=600)
+
+    def job(put, should_stop):
+        for _ in range(5):
+            if should_stop():
+                return
+            done.append(1)
+    try:
+        worker.submit(job)
+        deadline = time.monotonic() + 60
+        while len(asked) < 20:                    # the job asked many times and made no step
+            assert time.monotonic() < deadline, "the job never asked whether to wait"
+            time.sleep(0.01)
+        assert done == []
+        live.set()
+        while worker.busy:
+            assert time.monotonic() < deadline + 60, "the job did not go on after the live run"
+            time.sleep(0.01)
+        assert len(done) == 5
+    finally:
+        worker.stop()

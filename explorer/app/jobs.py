@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 
 import torch
@@ -16,13 +17,18 @@ import torch
 from .worker import stop_at_exit
 
 log = logging.getLogger("explorer.app")
+DEFER_LIMIT = 3.0     # seconds a job waits, at most, for a relaxation the user just started on its page
 
 
 class JobWorker:
     """A page's background thread for scans and sweeps."""
 
-    def __init__(self, name: str = "explorer-jobs", threads: int | None = 1):
+    def __init__(self, name: str = "explorer-jobs", threads: int | None = 1, defer_to=None,
+                 defer_limit: float = DEFER_LIMIT):
         self._cond = threading.Condition()
+        # ``defer_to()`` true: the page's own relaxation wants the CPU (a slider just moved); the job
+        # waits between its steps, at most ``defer_limit`` seconds each time, so the live views stay quick.
+        self.defer_to, self.defer_limit = defer_to, defer_limit
         self._events: deque = deque()
         self._job = None
         self._owner = None
@@ -75,7 +81,19 @@ class JobWorker:
         return self._closed
 
     def should_stop(self) -> bool:
+        if threading.current_thread() is self._thread:
+            self._defer()
         return self._cancelled or self._closed
+
+    def _defer(self) -> None:
+        """Wait while ``defer_to()`` says the page's live relaxation comes first (bounded)."""
+        defer = self.defer_to
+        if defer is None:
+            return
+        deadline = time.monotonic() + self.defer_limit
+        with self._cond:
+            while not (self._cancelled or self._closed) and time.monotonic() < deadline and defer():
+                self._cond.wait(0.01)
 
     def drain(self, owner=None) -> list:
         """Take the events of ``owner``'s jobs (the others stay for their owner)."""

@@ -170,6 +170,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self.scan = ScanTab(self.state, notify=self.notify, threads=threads)
         self.sweep = SweepTab(self.state, worker=self.scan.worker, notify=self.notify, threads=threads)
         self.gradients = GradientsTab(self.state, worker=self.scan.worker, notify=self.notify)
+        # A sweep running in this page steps aside while a run the user just asked for relaxes.
+        self.scan.worker.defer_to = lambda: self.worker.started_within(self.scan.worker.defer_limit)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],

@@ -139,6 +139,7 @@ class RunWorker:
         self._step_tokens = 0
         self._speed: float | None = None   # steps per second; None: as fast as possible
         self._clock = (time.monotonic(), 0)  # pacing origin: (time, steps emitted since)
+        self.submitted_at = -float("inf")
         self._thread: threading.Thread | None = None
         self._name = name
         self._threads = threads
@@ -156,6 +157,7 @@ class RunWorker:
             self._generation += 1
             request.run_id = self._generation
             self._pending = request
+            self.submitted_at = time.monotonic()
             self._step_tokens = 0
             self._cond.notify_all()
             if self._thread is None:
@@ -205,6 +207,10 @@ class RunWorker:
     def busy(self) -> bool:
         with self._cond:
             return self._pending is not None or self._running is not None
+
+    def started_within(self, seconds: float) -> bool:
+        """A run was asked for less than ``seconds`` ago and has not ended."""
+        return time.monotonic() - self.submitted_at < seconds and self.busy
 
     @property
     def pending_events(self) -> bool:
