@@ -176,50 +176,11 @@ class ExplorerApp(pn.viewable.Viewer):
                                    margin=(5, 10))
         self.status = pn.pane.HTML("", css_classes=["status-line"], stylesheets=[self.css],
                                    sizing_mode="stretch_width", height=30, margin=(0, 10))
-        # Flow control: "tick" carries the number of each update sent, "ack" the last one painted.
-        self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
-        self.ack_source = ColumnDataSource(data={"seq": [0], "ready": [0]}, name="explorer.ack")
-        self.tick_source.js_on_change("data", CustomJS(args={"ack": self.ack_source}, code=ACK_JS))
-        # Which views the page shows ("*": not reported yet, so all).
-        self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
-        self._visible_applied: list | None = None
-        self._revealed = False
-        # Referencing them from a callback puts them into the page's document (the document_ready
-        # callback's arguments do not: the page's visibility reports never reached the server).
-        self.views["energy"].fig.js_on_change("tags", CustomJS(
-            args={"tick": self.tick_source, "ack": self.ack_source, "visible": self.visible_source}, code=""))
-        self._sent = 0
-        self._sent_at = 0.0
-        self._resent = 0
-        self._ready_seen = False   # the page has said it is ready (see _unconfirmed)
-        self._backlog: list = []
-        self._drained_events = 0
-        self._tick_scheduled = False
+        self._init_flow_control()
         self.upload = pn.widgets.FileInput(multiple=True, accept=".json,.safetensors",
                                            sizing_mode="stretch_width")
         self.upload.param.watch(self._on_upload, "value")
-        self.run: Run | None = None           # the run the views show (streaming or stored)
-        self._shown_number = 0                # its worker run number (REPLAY_ID: drawn from the store)
-        self._ignore_upto = 0                 # the worker's runs up to this one are not drawn (a stored one is)
-        self._replay: Run | None = None       # a stored run to draw at the next drain ...
-        self._replay_upto: int | None = None  # ... up to this frame (the replay player's position)
-        self._replay_run: Run | None = None   # the finished run the player scrubs
-        self._listed = (-1, None)             # (store version, shown run id) the Runs list shows
-        self.runs_select = pn.widgets.Select(label="Runs", options={}, sizing_mode="stretch_width")
-        self.runs_select.param.watch(self._on_select_run, "value")
-        self.save_run = pn.widgets.FileDownload(callback=self._run_file, filename="run.parquet",
-                                                label="Save run", disabled=True, sizing_mode="stretch_width")
-        self.open_run = pn.widgets.FileInput(accept=".parquet", sizing_mode="stretch_width")
-        self.open_run.param.watch(self._on_open_run, "value")
-        # Exports of the shown finished run (explorer.export), each built when its button is clicked.
-        self.export_view = pn.widgets.Select(label="Export view", options=["energy", "step_size",
-                                             "residual_share", "output"], value="energy",
-                                             sizing_mode="stretch_width")
-        self.exports = {kind: pn.widgets.FileDownload(callback=lambda kind=kind: self._export_file(kind),
-                                                      filename=f"run.{kind}", label=kind.upper(), disabled=True,
-                                                      description="Exports need a finished run", margin=(2, 3),
-                                                      width=62)
-                        for kind in ("csv", "json", "gif", "html", "png", "svg")}
+        self._init_run_controls()
         self.frames_drawn = 0
         self._good = self.state.run_settings()
         self._applying = False
@@ -254,6 +215,53 @@ class ExplorerApp(pn.viewable.Viewer):
             self.apply_settings(settings)
         if autostart:
             self.restart()
+
+    def _init_flow_control(self) -> None:
+        """The page's side of the transport: which update it painted, which views it shows."""
+        # Flow control: "tick" carries the number of each update sent, "ack" the last one painted.
+        self.tick_source = ColumnDataSource(data={"seq": [0]}, name="explorer.tick")
+        self.ack_source = ColumnDataSource(data={"seq": [0], "ready": [0]}, name="explorer.ack")
+        self.tick_source.js_on_change("data", CustomJS(args={"ack": self.ack_source}, code=ACK_JS))
+        # Which views the page shows ("*": not reported yet, so all).
+        self.visible_source = ColumnDataSource(data={"keys": ["*"]}, name="explorer.visible")
+        self._visible_applied: list | None = None
+        self._revealed = False
+        # Referencing them from a callback puts them into the page's document (the document_ready
+        # callback's arguments do not: the page's visibility reports never reached the server).
+        self.views["energy"].fig.js_on_change("tags", CustomJS(
+            args={"tick": self.tick_source, "ack": self.ack_source, "visible": self.visible_source}, code=""))
+        self._sent = 0
+        self._sent_at = 0.0
+        self._resent = 0
+        self._ready_seen = False   # the page has said it is ready (see _unconfirmed)
+        self._backlog: list = []
+        self._drained_events = 0
+        self._tick_scheduled = False
+
+    def _init_run_controls(self) -> None:
+        """The shown run, the Runs list, Save / Open and the exports."""
+        self.run: Run | None = None           # the run the views show (streaming or stored)
+        self._shown_number = 0                # its worker run number (REPLAY_ID: drawn from the store)
+        self._ignore_upto = 0                 # the worker's runs up to this one are not drawn (a stored one is)
+        self._replay: Run | None = None       # a stored run to draw at the next drain ...
+        self._replay_upto: int | None = None  # ... up to this frame (the replay player's position)
+        self._replay_run: Run | None = None   # the finished run the player scrubs
+        self._listed = (-1, None)             # (store version, shown run id) the Runs list shows
+        self.runs_select = pn.widgets.Select(label="Runs", options={}, sizing_mode="stretch_width")
+        self.runs_select.param.watch(self._on_select_run, "value")
+        self.save_run = pn.widgets.FileDownload(callback=self._run_file, filename="run.parquet",
+                                                label="Save run", disabled=True, sizing_mode="stretch_width")
+        self.open_run = pn.widgets.FileInput(accept=".parquet", sizing_mode="stretch_width")
+        self.open_run.param.watch(self._on_open_run, "value")
+        # Exports of the shown finished run (explorer.export), each built when its button is clicked.
+        self.export_view = pn.widgets.Select(label="Export view", options=["energy", "step_size",
+                                             "residual_share", "output"], value="energy",
+                                             sizing_mode="stretch_width")
+        self.exports = {kind: pn.widgets.FileDownload(callback=lambda kind=kind: self._export_file(kind),
+                                                      filename=f"run.{kind}", label=kind.upper(), disabled=True,
+                                                      description="Exports need a finished run", margin=(2, 3),
+                                                      width=62)
+                        for kind in ("csv", "json", "gif", "html", "png", "svg")}
 
     # ------------------------------------------------------------------------------------
     # Runs
