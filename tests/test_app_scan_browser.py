@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import time
 
-import playwright.sync_api as playwright
 import pytest
 
-from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ROOT, ServedApp
+from test_app_browser import ARTIFACTS, browser, server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = ROOT / "test-artifacts"
 # Sets the widgets whose titles are given (those of the open tab), returns how many it set.
 JS_SET_BY_TITLE = """(values) => {
   let n = 0;
@@ -37,16 +35,6 @@ def wait_for(predicate, timeout=120, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = ServedApp()
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
-
-
 def screenshots(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     # 1280x720 and 1920x1080 as a person sees them; 1280x1800 for what is below the fold at that width
@@ -56,48 +44,46 @@ def screenshots(page, name: str) -> None:
         page.screenshot(path=str(ARTIFACTS / f"{name}-{width}x{height}.png"), full_page=True)
 
 
-def test_the_scan_tab_scans_a_few_images_and_the_sweep_tab_fills_its_heatmaps(server):
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            console = []
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("error", str(e))))
-            page.goto(server.url + "?t_free=30&t_nudge=10", timeout=90_000)
-            page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=90_000)
+def test_the_scan_tab_scans_a_few_images_and_the_sweep_tab_fills_its_heatmaps(server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        console = []
+        page.on("console", lambda m: console.append((m.type, m.text)))
+        page.on("pageerror", lambda e: console.append(("error", str(e))))
+        page.goto(server.url + "?t_free=30&t_nudge=10", timeout=90_000)
+        page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=90_000)
 
-            page.get_by_text("Scan", exact=True).first.click()
-            wait_for(lambda: page.evaluate(JS_SET_BY_TITLE, {"Images": 6, "Batch size": 3}) == 2,
-                     what="the Scan tab's widgets")
-            page.wait_for_timeout(300)
-            page.get_by_role("button", name="Scan", exact=True).click()
-            wait_for(lambda: page.get_by_text("Scanned 6 images").count() > 0, what="the scan to finish")
-            wait_for(lambda: "Steps to tolerance (converged images)" in page.evaluate(JS_TITLES),
-                     what="the steps histogram")
-            wait_for(lambda: page.get_by_role("button", name="Scan", exact=True).is_enabled(),
-                     what="the Scan button to come back")
-            wait_for(lambda: page.get_by_text("Median spectral radius").count() == 1,
-                     what="the spectral radius note")
-            assert page.get_by_text("Accuracy:").count() == 1
-            screenshots(page, "scan-tab")
+        page.get_by_text("Scan", exact=True).first.click()
+        wait_for(lambda: page.evaluate(JS_SET_BY_TITLE, {"Images": 6, "Batch size": 3}) == 2,
+                 what="the Scan tab's widgets")
+        page.wait_for_timeout(300)
+        page.get_by_role("button", name="Scan", exact=True).click()
+        wait_for(lambda: page.get_by_text("Scanned 6 images").count() > 0, what="the scan to finish")
+        wait_for(lambda: "Steps to tolerance (converged images)" in page.evaluate(JS_TITLES),
+                 what="the steps histogram")
+        wait_for(lambda: page.get_by_role("button", name="Scan", exact=True).is_enabled(),
+                 what="the Scan button to come back")
+        wait_for(lambda: page.get_by_text("Median spectral radius").count() == 1,
+                 what="the spectral radius note")
+        assert page.get_by_text("Accuracy:").count() == 1
+        screenshots(page, "scan-tab")
 
-            page.set_viewport_size({"width": 1280, "height": 720})
-            page.get_by_text("Sweep", exact=True).first.click()
-            wait_for(lambda: page.evaluate(JS_SET_BY_TITLE, {"Images (K)": 2}) == 1, what="the Sweep tab's widgets")
-            values = page.locator("input[placeholder='e.g. 2,4,6']")
-            values.nth(0).fill("2,6")
-            values.nth(0).press("Enter")
-            values.nth(1).fill("0.1,0.5")
-            values.nth(1).press("Enter")
-            page.wait_for_timeout(300)
-            page.get_by_role("button", name="Run sweep").click()
-            wait_for(lambda: page.get_by_text("Done: 4 of 4 cells").count() > 0, what="the sweep to finish")
-            wait_for(lambda: page.get_by_role("button", name="Run sweep").is_enabled(),
-                     what="the Run sweep button to come back")
-            titles = page.evaluate(JS_TITLES)
-            assert "Fraction converged (free)" in titles and "Accuracy" in titles, titles
-            screenshots(page, "sweep-tab")
-            assert [text for kind, text in console if kind == "error"] == [], console
-        finally:
-            browser.close()
+        page.set_viewport_size({"width": 1280, "height": 720})
+        page.get_by_text("Sweep", exact=True).first.click()
+        wait_for(lambda: page.evaluate(JS_SET_BY_TITLE, {"Images (K)": 2}) == 1, what="the Sweep tab's widgets")
+        values = page.locator("input[placeholder='e.g. 2,4,6']")
+        values.nth(0).fill("2,6")
+        values.nth(0).press("Enter")
+        values.nth(1).fill("0.1,0.5")
+        values.nth(1).press("Enter")
+        page.wait_for_timeout(300)
+        page.get_by_role("button", name="Run sweep").click()
+        wait_for(lambda: page.get_by_text("Done: 4 of 4 cells").count() > 0, what="the sweep to finish")
+        wait_for(lambda: page.get_by_role("button", name="Run sweep").is_enabled(),
+                 what="the Run sweep button to come back")
+        titles = page.evaluate(JS_TITLES)
+        assert "Fraction converged (free)" in titles and "Accuracy" in titles, titles
+        screenshots(page, "sweep-tab")
+        assert [text for kind, text in console if kind == "error"] == [], console
+    finally:
+        page.close()

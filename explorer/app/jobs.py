@@ -130,6 +130,26 @@ class JobWorker:
                     self._cond.notify_all()
 
 
+class JobControls:
+    """What the Scan and Sweep tabs share: a job started on the page's worker with the tab's progress
+    bar, status line and buttons; cancel; a message. The tab has ``worker``, ``status``, ``progress``,
+    ``start_button``, ``cancel_button``, ``message``, ``_callback`` and ``drain``."""
+
+    def launch(self, job, owner: str, status: str, total: int) -> None:
+        self.worker.submit(job, owner=owner)
+        self.status.object = status
+        self.start_button.disabled, self.cancel_button.disabled = True, False
+        self.progress.param.update(value=0, max=max(total, 1), visible=True)
+        if self._callback is None:
+            self._callback = page_callback(self.drain)
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+
+    def show_message(self, text: str, level: str = "danger") -> None:
+        self.message.param.update(object=text, alert_type=level, visible=True)
+
+
 def drain_until_idle(worker: JobWorker, owner, drain, what: str, timeout: float, until=None) -> None:
     """Drain ``owner``'s events until its job has ended (or ``until()`` holds): tests and scripts."""
     import time

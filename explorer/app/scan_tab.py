@@ -18,7 +18,7 @@ from ..dynamics import check_beta
 from ..evaluate import one_line
 from ..scan import ScanResult, ScanSettings, scan, scan_images
 from . import charts
-from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
+from .jobs import JobControls, JobWorker, drain_until_idle, on_session_end
 from .state import UNTRAINED, SettingError, class_name, net_with_alpha
 
 log = logging.getLogger("explorer.app")
@@ -36,7 +36,7 @@ def show_relaxation(tabs) -> None:
     tabs.active = names.index("Relaxation") if "Relaxation" in names else 0
 
 
-class ScanTab(pn.viewable.Viewer):
+class ScanTab(JobControls, pn.viewable.Viewer):
     """One page's Scan tab."""
 
     def __init__(self, state, worker: JobWorker | None = None, notify=None, threads: int | None = 1,
@@ -129,19 +129,8 @@ class ScanTab(pn.viewable.Viewer):
                  "cancelled": len(result.outcomes) < len(labels)})
 
         self._running = context
-        self.worker.submit(job, owner="scan")
-        self.progress.param.update(value=0, max=max(n, 1), visible=True)
-        self.status.object = f"<b>Scanning</b> {n} images with {charts.escape(context['model'])} …"
-        self.start_button.disabled, self.cancel_button.disabled = True, False
-        if self._callback is None:
-            self._callback = page_callback(self.drain)
+        self.launch(job, "scan", f"<b>Scanning</b> {n} images with {charts.escape(context['model'])} …", n)
         return True
-
-    def cancel(self) -> None:
-        self.worker.cancel()
-
-    def show_message(self, text: str, level: str = "danger") -> None:
-        self.message.param.update(object=text, alert_type=level, visible=True)
 
     # -- the drain (this session's periodic callback; tests call it) ------------------------------
     def drain(self) -> int:

@@ -25,7 +25,7 @@ from ..scan import ScanSettings, scan_images
 from ..sweep import (GRID_KEYS, PRESETS, Base, GridError, SweepResult, estimate_seconds, grid_cells,
                      parse_grid, sweep)
 from . import charts
-from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
+from .jobs import JobControls, JobWorker, drain_until_idle, on_session_end
 from .scan_tab import MAX_IMAGES, RUN_KEYS, show_relaxation
 from .state import DEFAULT_WIDTH, SAMPLE_SHAPE, UNTRAINED, SettingError
 
@@ -63,7 +63,7 @@ def csv_text(result: SweepResult) -> str:
     return out.getvalue()
 
 
-class SweepTab(pn.viewable.Viewer):
+class SweepTab(JobControls, pn.viewable.Viewer):
     """One page's Sweep tab."""
 
     def __init__(self, state, worker: JobWorker | None = None, notify=None, threads: int | None = 1, **params):
@@ -216,20 +216,9 @@ class SweepTab(pn.viewable.Viewer):
             put({"kind": "done", "result": result})
 
         self._plan = plan
-        self.worker.submit(job, owner="sweep")
         cells = math.prod(len(v) for v in grid.values())
-        self.status.object = (f"<b>{'Running' if confirmed else 'Estimating'}</b> a grid of {cells} cells "
-                              f"on {k} images …")
-        self.start_button.disabled, self.cancel_button.disabled = True, False
-        self.progress.param.update(value=0, max=cells, visible=True)
-        if self._callback is None:
-            self._callback = page_callback(self.drain)
-
-    def cancel(self) -> None:
-        self.worker.cancel()
-
-    def show_message(self, text: str, level: str = "danger") -> None:
-        self.message.param.update(object=text, alert_type=level, visible=True)
+        self.launch(job, "sweep", f"<b>{'Running' if confirmed else 'Estimating'}</b> a grid of {cells} cells "
+                                  f"on {k} images …", cells)
 
     # -- the drain (this session's periodic callback; tests call it) ------------------------------
     def drain(self) -> int:
