@@ -1025,6 +1025,20 @@ def test_a_link_with_a_bad_value_names_it_and_the_other_values_still_apply():
         page.shutdown("test over")
 
 
+def test_a_link_value_the_model_refuses_is_kept_alone():
+    """beta 1.5 passes the slider's bounds but the mse cost refuses it: the page names it and still
+    applies the link's other values (they were all kept before)."""
+    page = create_app(settings={"beta": "1.5", "schedule": "descent_safe", "sample": "30"},
+                      state=ExplorerState(zoo=[]), autostart=False)
+    try:
+        words = " | ".join(t for _, t in page.messages)
+        assert "beta = 1.5" in words and "kept beta = 0.15" in words
+        assert page.state.beta == 0.15
+        assert page.state.schedule == "descent_safe" and page.state.sample == 30
+    finally:
+        page.shutdown("test over")
+
+
 def test_a_link_names_a_zoo_model_by_its_checkpoint_and_opens_the_tab_it_names(tmp_path):
     import shutil
 

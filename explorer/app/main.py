@@ -380,8 +380,10 @@ class ExplorerApp(pn.viewable.Viewer):
             self.notify(text, level="warning")
         if "model" in typed:   # a model first: it brings its own depth, alpha, schedule
             self.state.model = typed.pop("model")
-        if typed:
-            self.state.param.update(**typed)
+        # One at a time: a value the loaded model refuses (beta 1.5 with the mse cost) is named and
+        # kept alone; applied together, its refusal would keep every other value of the link too.
+        for name, value in typed.items():
+            self.state.param.update(**{name: value})
 
     def _model_choice(self, text: str) -> str:
         """The model choice a link names: a zoo checkpoint's name (``fmnist-resnet5-ep``) or a choice as listed."""
