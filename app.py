@@ -18,8 +18,10 @@ import panel as pn
 
 from explorer.app import create_app
 from explorer.app.main import app_css
+from explorer.app.transport import one_recompute
 
 pn.extension(notifications=True, raw_css=[app_css()])
+TITLE = "Hopfield-ResNet explorer"
 
 
 def page():
@@ -30,9 +32,15 @@ def page():
     return app.template()
 
 
+def serve_page():
+    """The page into this session's document, its models worked out once (a page appears seconds sooner)."""
+    with one_recompute(pn.state.curdoc):
+        page().servable(title=TITLE)
+
+
 if __name__ == "__main__":
     port = int(os.environ.get("EXPLORER_PORT", "5006"))
-    pn.serve({"app": page}, port=port, address="127.0.0.1", show=False,
+    pn.serve({"app": serve_page}, port=port, address="127.0.0.1", show=False, title=TITLE,
              check_unused_sessions_milliseconds=1000, unused_session_lifetime_milliseconds=10000)
 else:
-    page().servable(title="Hopfield-ResNet explorer")
+    serve_page()
