@@ -1,6 +1,6 @@
 """The live dynamics explorer.
 
-    panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 10000
+    panel serve app.py --setup explorer/app/warm.py --check-unused-sessions 1000 --unused-session-lifetime 10000
 
 or ``python app.py``, which serves /app on port 5006 (``EXPLORER_PORT``) with
 those settings. Every browser tab gets its own settings and worker thread.

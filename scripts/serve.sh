@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/panel serve app.py --check-unused-sessions 1000 --unused-session-lifetime 10000 "$@"
+exec .venv/bin/panel serve app.py --setup explorer/app/warm.py --check-unused-sessions 1000 --unused-session-lifetime 10000 "$@"

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ServedApp
+
 from explorer import HopfieldNetwork, hopfield_family
 
 
@@ -22,3 +24,27 @@ def batch():
         t = torch.randint(0, net.spec.n_classes, (n,), generator=gen)
         return x, t
     return make
+
+
+# One served app and one headless Chromium for every browser test of the run: each server's first
+# page pays for the imports (about 7 s), so one per module cost that once per module. Pages are the
+# tests' own; the server's log (``lines``) is shared, so tests count log lines before and after.
+@pytest.fixture(scope="session")
+def server():
+    srv = ServedApp()
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    import playwright.sync_api as playwright
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-import playwright.sync_api as playwright
 import pytest
 
-from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ROOT, ServedApp
+from explorer.app.served import ROOT
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
@@ -50,26 +49,6 @@ VIEW_SOURCES = {"trajectories": "explorer.trajectories.stats", "energy": "explor
                 "feature maps": "explorer.nudge.map_diff", "output": "explorer.output.bars",
                 "input": "explorer.output.input"}
 FINAL_BADGES = ".verdict .badge.converged, .verdict .badge.not_converged, .verdict .badge.non_finite"
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = ServedApp()
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Watched:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_app_browser import ARTIFACTS, Watched, browser, server  # noqa: F401  (fixtures)
+from explorer.app.main import NARROW_WIDTH
+from test_app_browser import ARTIFACTS, Watched
 
 pytestmark = pytest.mark.browser
 SIZES = [(1024, 768), (1280, 720), (1600, 1000), (1920, 1080)]
@@ -113,32 +114,42 @@ def view_key(box: dict) -> str:
     return next((c[len("view-"):] for c in box["cls"].split() if c.startswith("view-")), box["cls"])
 
 
-@pytest.mark.parametrize("width,height", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-def test_views_do_not_overlap_and_the_output_plot_keeps_its_width(server, browser, width, height):
-    w = open_at(browser, server.url + "?speed=max", width, height)
+@pytest.fixture(scope="module")
+def drawn_page(server, browser):
+    """One page, every view drawn (a run at speed max), resized through the sizes in turn: the
+    sidebar folds and unfolds on crossing the narrow width as it does when a page opens at a size
+    (a page opened straight at projector size: the next test)."""
+    w = open_at(browser, server.url + "?speed=max", SIZES[0][0], SIZES[0][1])
     try:
-        # A layout settles after the first draw: wait until the boxes stop moving.
-        last = None
-        def settled():
-            nonlocal last
-            boxes = w.page.evaluate(JS_VIEW_BOXES)
-            same, last = boxes == last, boxes
-            return same and len(boxes) == 6 and boxes
-        boxes = w.wait_for(settled, timeout=60, what="six view boxes, settled")
-        for i, a in enumerate(boxes):
-            assert a["x"] >= -1 and a["x"] + a["w"] <= width + 1, f"{view_key(a)} runs off the page: {a}"
-            for b in boxes[i + 1:]:
-                assert not overlaps(a, b), f"{view_key(a)} overlaps {view_key(b)} at {width}x{height}: {a} {b}"
-        # The plots inside the cards lay out after the cards: wait for the output plot's final width.
-        try:
-            w.wait_for(lambda: w.page.evaluate(JS_OUTPUT_WIDTH) >= MIN_OUTPUT_WIDTH, timeout=30, what="output plot")
-        finally:
-            w.page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
-        if width < 1300:   # a narrow page opens with the sidebar collapsed
-            assert w.page.evaluate(JS_SIDEBAR_WIDTH) < 1
-        assert not w.errors(), w.errors()
+        yield w
     finally:
         w.page.close()
+
+
+@pytest.mark.parametrize("width,height", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_views_do_not_overlap_and_the_output_plot_keeps_its_width(drawn_page, width, height):
+    w = drawn_page
+    w.page.set_viewport_size({"width": width, "height": height})
+    # A layout settles after a resize: wait until the boxes stop moving.
+    last = None
+    def settled():
+        nonlocal last
+        boxes = w.page.evaluate(JS_VIEW_BOXES)
+        same, last = boxes == last, boxes
+        return same and len(boxes) == 6 and boxes
+    boxes = w.wait_for(settled, timeout=60, what="six view boxes, settled")
+    for i, a in enumerate(boxes):
+        assert a["x"] >= -1 and a["x"] + a["w"] <= width + 1, f"{view_key(a)} runs off the page: {a}"
+        for b in boxes[i + 1:]:
+            assert not overlaps(a, b), f"{view_key(a)} overlaps {view_key(b)} at {width}x{height}: {a} {b}"
+    # The plots inside the cards lay out after the cards: wait for the output plot's final width.
+    try:
+        w.wait_for(lambda: w.page.evaluate(JS_OUTPUT_WIDTH) >= MIN_OUTPUT_WIDTH, timeout=30, what="output plot")
+    finally:
+        w.page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
+    sidebar = w.page.evaluate(JS_SIDEBAR_WIDTH)
+    assert sidebar < 1 if width < NARROW_WIDTH else sidebar > 100, f"sidebar {sidebar} px wide at {width} px"
+    assert not w.errors(), w.errors()
 
 
 def test_a_page_opened_at_projector_size_paints_the_output_chart(server, browser):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from test_app_browser import Watched, browser, server  # noqa: F401  (fixtures)
+from test_app_browser import Watched
 
 pytestmark = pytest.mark.browser
 

@@ -15,7 +15,7 @@ from explorer.export import (VIEWS, ExportError, csv_bytes, figure_bytes, gif_by
                              series)
 from explorer.record import ENERGY_STATS, LAYER_STATS, RecordConfig
 from explorer.run import Run, network_identity
-from test_app_browser import Watched, browser, server  # noqa: F401  (fixtures)
+from test_app_browser import Watched
 from test_run import make_run
 
 

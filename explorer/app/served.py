@@ -31,7 +31,7 @@ class ServedApp:
         self.url = f"http://127.0.0.1:{self.port}/app"
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "panel", "serve", "app.py", "--address", "127.0.0.1",
+            [sys.executable, "-m", "panel", "serve", "app.py", "--setup", "explorer/app/warm.py", "--address", "127.0.0.1",
              "--port", str(self.port), "--allow-websocket-origin", f"127.0.0.1:{self.port}",
              "--check-unused-sessions", "1000", "--unused-session-lifetime", "10000"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
