@@ -84,6 +84,18 @@ JS_ENERGY_LABELS = """(ticks) => {
       return m.left[0].formatter.doFormat(ticks, {loc: 0});
   return null;
 }"""
+# The computed font size (px) of the verdict's text (an HTML pane: inside a shadow root).
+JS_VERDICT_FONT = """() => {
+  const find = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.classList && el.classList.contains('verdict')) return el;
+      if (el.shadowRoot) { const f = find(el.shadowRoot); if (f) return f; }
+    }
+    return null;
+  };
+  const v = find(document);
+  return v == null ? -1 : parseFloat(getComputedStyle(v).fontSize);
+}"""
 JS_SIDEBAR_WIDTH = "() => { const s = document.getElementById('sidebar'); return s ? s.getBoundingClientRect().width : -1; }"
 
 
@@ -187,6 +199,7 @@ def test_presentation_mode_hides_the_sidebar_and_enlarges_tick_labels(server, br
         sizes.pop(SIDEBAR_GALLERY, None)   # in the hidden sidebar
         small = {title: px for title, px in sizes.items() if px < 16}
         assert not small, f"tick labels under 16 px in presentation mode: {small}"
+        assert w.page.evaluate(JS_VERDICT_FONT) >= 18, "the verdict's text is desk-sized in presentation mode"
         w.page.screenshot(path=str(ARTIFACTS / "layout-present-1280x720.png"), full_page=True)
         assert not w.errors(), w.errors()
     finally:

@@ -101,6 +101,8 @@ NARROW_WIDTH = 1300   # below it the sidebar starts collapsed: the views need th
 # its dynamics; the Train tab fine-tunes its model and probes with its input image.
 SECTION_TABS = {"Train": ("Model", "Input", "Share"), "Scan": ("Model", "Dynamics", "Share"),
                 "Sweep": ("Model", "Dynamics", "Share"), "EP vs BPTT": ("Model", "Dynamics", "Input", "Share")}
+# The verdict card's (width, text height) in px, on a desk and in presentation mode (larger text).
+VERDICT_SIZE = {False: (310, 360), True: (340, 480)}
 CONFIRM_AFTER = 0.15   # seconds without a change from the page before its controls are confirmed
 
 
@@ -109,7 +111,8 @@ class SidebarFit(pn.custom.JSComponent):
     in presentation mode; a sidebar opened by hand stays open until the next crossing."""
     present = param.Boolean(default=False)
     narrow_width = param.Integer(default=NARROW_WIDTH)
-    _esm = """
+    _esm = """const PRESENT_TEXT = '1.25';
+
 export function render({ model }) {
   const nav = (open) => { if (typeof window.closeNav === 'function') (open ? window.openNav : window.closeNav)(); };
   let narrow = null;
@@ -119,9 +122,12 @@ export function render({ model }) {
     narrow = now;
     nav(!(narrow || model.present));
   };
+  // The views' text (assets/app.css) read from the back of a room in presentation mode.
+  const text = () => document.documentElement.style.setProperty('--explorer-text', model.present ? PRESENT_TEXT : '1');
   fit();
+  text();
   window.addEventListener('resize', fit);
-  model.on('present', () => nav(!(model.present || narrow)));
+  model.on('present', () => { nav(!(model.present || narrow)); text(); });
   model.on('remove', () => window.removeEventListener('resize', fit));
   const el = document.createElement('span');
   el.className = 'sidebar-fit';
@@ -1003,7 +1009,7 @@ else { window.prompt("Copy this link", url); }
             if pane.object is v["output"].fig:
                 pane.min_width = 320
         cards["output"].param.update(min_width=560)
-        cards["verdict"].param.update(sizing_mode="fixed", width=310)
+        cards["verdict"].param.update(sizing_mode="fixed", width=VERDICT_SIZE[False][0])
         top = pn.Row(cards["output"], cards["verdict"], sizing_mode="stretch_width")
         return pn.Column(top, *(cards[k] for k in VIEW_ORDER[2:]), sizing_mode="stretch_width")
 
@@ -1045,6 +1051,11 @@ else { window.prompt("Copy this link", url); }
 
     def _on_present(self, *_events) -> None:
         on = self.present.value
+        # The verdict's text is larger in presentation mode (assets/app.css): its card grows with it.
+        width, height = VERDICT_SIZE[on]
+        if "verdict" in self._view_cards:
+            self._view_cards["verdict"].width = width
+        self.views["verdict"].html.height = height
         for key, card in self._view_cards.items():
             card.visible = key in self.shown_views.value
         for pane in self._tabs.select(pn.pane.Bokeh) if self._tabs is not None else ():
