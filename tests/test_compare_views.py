@@ -129,3 +129,21 @@ def test_a_view_out_of_sight_while_b_ran_draws_a_when_it_comes_into_view(app):
     app.drain()
     assert pinned_ids(app) == {k: {a.id} for k in COMPARED}
     assert_holds_a(app, a)
+
+
+def test_the_time_axis_covers_a_longer_pinned_a_and_shrinks_back_once_it_is_unpinned(app):
+    app.state.t_free = 2 * T_FREE
+    app.restart()
+    run(app)
+    a = app.run
+    app.pin_current()
+    app.state.t_free = T_FREE                                    # B is shorter than A
+    run(app)
+    b = app.run
+    assert a.x_end > b.x_end
+    axes = {k: app.views[k].x_range for k in ("energy", "trajectories", "residual")}
+    assert {k: r.end for k, r in axes.items()} == {k: a.x_end for k in axes}
+    app.pin_current(False)
+    app.drain()
+    assert {k: r.end for k, r in axes.items()} == {k: b.x_end for k in axes}
+    assert {k: r.bounds for k, r in axes.items()} == {k: (0, b.x_end) for k in axes}

@@ -526,11 +526,18 @@ class PinNote:
         self.pane.visible = bool(runs)
 
 
-def cover_time(rng: Range1d, runs) -> None:
-    """Widen a time axis so it covers every given run (the shown one and those pinned)."""
-    end = max((r.x_end for r in runs), default=rng.end)
-    if end > rng.end:
-        rng.update(end=end, bounds=(0, end))
+def cover_time(rng: Range1d, runs, shown: Run | None = None) -> None:
+    """Fit a time axis to the given runs: with no ``shown`` run, widen it to cover them (pinned runs
+    drawn under the shown one); with the shown run, fit it to that run and those pinned exactly, so
+    the axis shrinks back once a longer run is unpinned."""
+    if shown is None:
+        end = max((r.x_end for r in runs), default=rng.end)
+        if end > rng.end:
+            rng.update(end=end, bounds=(0, end))
+        return
+    end = max([shown.x_end, *(r.x_end for r in runs)])
+    if end != rng.end:
+        rng.update(start=0, end=end, bounds=(0, end))
 
 
 class View(pn.viewable.Viewer):
@@ -666,6 +673,8 @@ class View(pn.viewable.Viewer):
         if ids != self._overlaid:
             self._overlaid = ids
             self.draw_pinned(runs)
+            if not runs:
+                _STORED.clear()   # the batch made for the last pinned run: not kept once nothing is pinned
 
     def draw_pinned(self, runs: list[Run]) -> None:
         """Draw these pinned runs (muted, labelled A) in place of those drawn before; [] clears."""

@@ -146,7 +146,7 @@ class EnergyView(View):
         for p, src in self.pin_marks.items():
             src.data = marks[p]
         self.pin_note.show(runs)
-        cover_time(self.x_range, runs)
+        cover_time(self.x_range, runs, shown=self.run)
         if self.run is not None:
             self._set_title()
 

@@ -131,13 +131,14 @@ class ResidualView(View):
         self.pin_note.show(runs[-1:])
         if run is None:
             self.aheat.reset(1, 1)
+            cover_time(self.x_range, [], shown=self.run)
             return
         hidden = self._alayers = list(run.hidden)
         self.afig.y_range.update(start=-0.5, end=len(hidden) - 0.5)
         layer_axis(self.afig, list(reversed(hidden)))
         self.afig.title.text = f"{pinned_caption(run)}: residual share"
         self.abands.place(run)
-        cover_time(self.x_range, [run])
+        cover_time(self.x_range, [run], shown=self.run)
         self.aheat.reset(len(hidden), run.x_end + 1)
         batch = stored_batch(run)
         if batch.real_step.any():

@@ -174,7 +174,7 @@ class TrajectoriesView(View):
             self.ranges["step_size"].include(values)
         for src, _lines in self._pinned_lines[len(runs):]:
             src.data = {k: [] for k in src.data}
-        cover_time(self.x_range, runs)
+        cover_time(self.x_range, runs, shown=self.run)
         fig.title.text = "step size ‖Δs‖ / ‖s‖" + (" · dashed: A" if runs else "")
         self.pin_note.show(runs)
 
