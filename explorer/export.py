@@ -12,10 +12,15 @@ import json
 
 import numpy as np
 
+from .network import OUTPUT
 from .record import ENERGY_STATS, LAYER_STATS
 from .run import PHASE_ORDER, Run, to_table
 
-VIEWS = ("energy", "step_size", "residual_share", "output")
+# The page's views as figures: the energy, the trajectories' three plots (step size, mean activity,
+# saturation), the residual share, the nudged-versus-free distances and the output units.
+VIEWS = ("energy", "step_size", "activity", "saturation", "residual_share", "nudge", "output")
+TIMED_VIEWS = ("energy", "step_size", "activity", "saturation", "residual_share")   # a GIF moves along these
+LAYER_SERIES = ("step_size", "residual_share", "activity", "frac_zero", "frac_alpha")
 FORMATS = ("png", "svg")
 PHASE_COLOURS = {"free": "#1f77b4", "nudged+": "#d62728", "nudged-": "#2ca02c"}
 MAX_GIF_FRAMES = 60
@@ -77,12 +82,12 @@ def json_bytes(run: Run) -> bytes:
 # ---------------------------------------------------------------------------
 
 def series(run: Run, sample: int = 0) -> dict:
-    """Per record, in time order: x (the page's step axis), phase, phi, F, and per layer step_size and
-    residual_share of ``sample``; as Python floats converted exactly from the record's values."""
+    """Per record, in time order: x (the page's step axis), phase, phi, F, and per layer each of
+    LAYER_SERIES of ``sample`` ("step_size:s1", ...); as Python floats converted exactly from the
+    record's values."""
     _check(run)
-    out = {"x": [], "phase": [], "phi": [], "F": [],
-           **{f"step_size:{l}": [] for l in run.layers}, **{f"residual_share:{l}": [] for l in run.layers}}
-    i_step, i_res = LAYER_STATS.index("step_size"), LAYER_STATS.index("residual_share")
+    out = {"x": [], "phase": [], "phi": [], "F": [], **{f"{k}:{l}": [] for k in LAYER_SERIES for l in run.layers}}
+    index = {k: LAYER_STATS.index(k) for k in LAYER_SERIES}
     for r in run.records():
         out["x"].append(run.offset(r.phase) + r.step)
         out["phase"].append(r.phase)
@@ -90,8 +95,8 @@ def series(run: Run, sample: int = 0) -> dict:
         out["F"].append(float(r.energy_of("F")[sample]))
         stats = r.stats[:, :, sample].tolist()
         for j, l in enumerate(r.layers):
-            out[f"step_size:{l}"].append(stats[j][i_step])
-            out[f"residual_share:{l}"].append(stats[j][i_res])
+            for k, i in index.items():
+                out[f"{k}:{l}"].append(stats[j][i])
     return out
 
 
@@ -118,6 +123,58 @@ def _phase_spans(ax, run: Run) -> None:
             ax.axvline(run.offset(n), color="0.6", lw=0.8, ls=":")
 
 
+_LAYER_TITLES = {"step_size": ("relative step ‖Δs‖/‖s‖", "Step size per layer"),
+                 "residual_share": ("residual share", "Residual share per layer"),
+                 "activity": ("mean of s", "Mean activity per layer"),
+                 "saturation": ("fraction of units", "Units at 0 (solid) and at α (dashed) per layer")}
+
+
+def _layer_lines(ax, run: Run, s: dict, x, view: str, sample: int) -> None:
+    """One line per layer of a per-layer statistic (two for saturation: at 0 and at alpha). A phase's
+    step 0 carries its start state, not a step: its layer statistics are placeholders, not drawn."""
+    start = np.array([xi == run.offset(p) for xi, p in zip(x, s["phase"])])
+    line = lambda key: np.where(start, np.nan, np.asarray(s[key], dtype=float))
+    for n, l in enumerate(run.layers):
+        colour = f"C{n % 10}"
+        if view == "saturation":
+            if l == OUTPUT:
+                continue   # y is linear: never clipped
+            ax.plot(x, line(f"frac_zero:{l}"), lw=1, color=colour, label=l)
+            ax.plot(x, line(f"frac_alpha:{l}"), lw=1, color=colour, ls="--")
+            continue
+        y = line(f"{view}:{l}")
+        if view == "step_size":
+            y = np.where(y > 0, y, np.nan)     # log scale: the start state's 0 is not drawn
+        ax.plot(x, y, lw=1, color=colour, label=l)
+    if view == "step_size":
+        ax.set_yscale("log")
+    ylabel, title = _LAYER_TITLES[view]
+    ax.set(xlabel="step", ylabel=ylabel, title=f"{title}, sample {sample}")
+
+
+def _draw_nudge(run: Run, sample: int):
+    """The nudged-versus-free view: ||s_beta - s*|| per layer and step of each nudged phase (log colour)."""
+    from matplotlib.colors import LogNorm
+    phases = [n for n in ("nudged+", "nudged-") if n in run.phases and run.phases[n].records]
+    if not phases:
+        raise ExportError("the nudged-versus-free view needs a nudged phase; this run has none yet")
+    fig, _ = _figure((7.0, 1.6 + 1.4 * len(phases)))
+    fig.clear()
+    axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]
+    i = LAYER_STATS.index("nudge_distance")
+    maps = {n: np.array([r.stats[:, i, sample].tolist() for r in run.phases[n].records]).T for n in phases}
+    positive = np.concatenate([m[m > 0] for m in maps.values()]) if maps else np.array([])
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    for ax, n in zip(axes, phases):
+        m = np.where(maps[n] > 0, maps[n], np.nan)
+        image = ax.imshow(m, aspect="auto", origin="upper", norm=norm, cmap="viridis", interpolation="nearest")
+        ax.set_yticks(range(len(run.layers)), run.layers, fontsize=7)
+        ax.set(xlabel=f"step of {n} (beta = {run.phases[n].records[-1].beta:+.3g})",
+               title=f"‖s_β − s*‖ per layer, {n}, sample {sample}")
+    fig.colorbar(image, ax=list(axes), label="‖s_β − s*‖")
+    return fig
+
+
 def _draw(run: Run, view: str, sample: int = 0):
     """The figure of ``view`` and, for the stepped views, where the moving marker sits per record."""
     if view not in VIEWS:
@@ -134,19 +191,11 @@ def _draw(run: Run, view: str, sample: int = 0):
                     ax.plot(x[m], np.asarray(s["F"])[m], color=PHASE_COLOURS[n], lw=1, ls="--", label=f"F ({n})")
         ax.set(xlabel="step", ylabel="energy", title=f"Energy Φ and F = Φ + βC, sample {sample}")
         marker_y = s["F"]
-    elif view in ("step_size", "residual_share"):
-        for l in run.layers:
-            y = np.asarray(s[f"{view}:{l}"], dtype=float)
-            if view == "step_size":
-                y = np.where(y > 0, y, np.nan)     # log scale: the start state's 0 is not drawn
-            ax.plot(x, y, lw=1, label=l)
-        if view == "step_size":
-            ax.set_yscale("log")
-            ax.set(ylabel="relative step ‖Δs‖/‖s‖", title=f"Step size per layer, sample {sample}")
-        else:
-            ax.set(ylabel="residual share", title=f"Residual share per layer, sample {sample}")
-        ax.set_xlabel("step")
+    elif view in ("step_size", "residual_share", "activity", "saturation"):
+        _layer_lines(ax, run, s, x, view, sample)
         marker_y = None
+    elif view == "nudge":
+        return _draw_nudge(run, sample), None, None, None
     else:
         y = _output(run, sample)
         k = np.arange(run.n_classes)
@@ -178,8 +227,8 @@ def gif_bytes(run: Run, view: str = "energy", sample: int = 0, max_frames: int =
     """An animated GIF of ``view`` over the run: the curves drawn once, a marker (and a step line)
     moving; a frame every few steps so a long run has at most ``max_frames`` frames."""
     from PIL import Image
-    if view not in ("energy", "step_size", "residual_share"):
-        raise ExportError(f"the GIF shows a view over time: energy, step_size or residual_share, not {view!r}")
+    if view not in TIMED_VIEWS:
+        raise ExportError(f"the GIF shows a view over time: {', '.join(TIMED_VIEWS)}, not {view!r}")
     fig, ax, x, marker_y = _draw(run, view, sample)
     n = len(x)
     stride = max(1, -(-n // max_frames))

@@ -110,7 +110,7 @@ def test_a_run_without_records_is_refused(small_net, batch):
         csv_bytes(empty)
 
 
-@pytest.mark.parametrize("view", ["energy", "step_size"])
+@pytest.mark.parametrize("view", ["energy", "step_size", "saturation"])
 def test_the_gif_moves_a_marker_over_the_run(run, view):
     gif = Image.open(io.BytesIO(gif_bytes(run, view, max_frames=12)))
     n_records = len(list(run.records()))
@@ -198,6 +198,11 @@ def test_the_pages_export_buttons_download_the_shown_run(tmp_path):
         assert Image.open(app.exports["png"].callback()).format == "PNG"
         assert app.exports["png"].filename == f"run-{shown.id}-residual_share.png"
         assert b"<svg" in app.exports["svg"].callback().getvalue()
+        assert Image.open(app.exports["gif"].callback()).is_animated      # the GIF of the chosen view
+        assert app.exports["gif"].filename == f"run-{shown.id}-residual_share.gif"
+        app.export_view.value = "nudge"            # not a view over time: no GIF, and the button says why
+        assert app.exports["gif"].disabled and "not nudge" in app.exports["gif"].description
+        assert not app.exports["png"].disabled and Image.open(app.exports["png"].callback()).format == "PNG"
     finally:
         app.shutdown("test over")
 

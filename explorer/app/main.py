@@ -52,6 +52,8 @@ from bokeh.models import ColumnDataSource, CustomJS
 from tornado.ioloop import PeriodicCallback
 
 from .. import native
+from ..export import TIMED_VIEWS as TIMED_EXPORT_VIEWS
+from ..export import VIEWS as EXPORT_VIEWS
 from ..run import Run, RunFileError, RunStore
 from ..run import load as load_run
 from ..run import save as save_run
@@ -260,9 +262,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self.open_run = pn.widgets.FileInput(accept=".parquet", sizing_mode="stretch_width")
         self.open_run.param.watch(self._on_open_run, "value")
         # Exports of the shown finished run (explorer.export), each built when its button is clicked.
-        self.export_view = pn.widgets.Select(label="Export view", options=["energy", "step_size",
-                                             "residual_share", "output"], value="energy",
+        self.export_view = pn.widgets.Select(label="Export view", options=list(EXPORT_VIEWS), value="energy",
                                              sizing_mode="stretch_width")
+        self.export_view.param.watch(self._sync_exports, "value")
         self.exports = {kind: pn.widgets.FileDownload(callback=lambda kind=kind: self._export_file(kind),
                                                       filename=f"run.{kind}", label=kind.upper(), disabled=True,
                                                       description="Exports need a finished run", margin=(2, 3),
@@ -573,13 +575,13 @@ else { window.prompt("Copy this link", url); }
         return io.BytesIO(data)
 
     def _export_file(self, kind: str):
-        """An export button's file (CSV, JSON, GIF of the energy view, HTML replay, PNG/SVG of the
-        chosen view) of the shown finished run, built when clicked."""
+        """An export button's file (CSV, JSON, HTML replay; PNG, SVG or GIF of the chosen view) of the
+        shown finished run, built when clicked."""
         from .. import export
         run, button = self._saved_run(), self.exports[kind]
         view = self.export_view.value
         makers = {"csv": export.csv_bytes, "json": export.json_bytes, "html": export.html_bytes,
-                  "gif": lambda r: export.gif_bytes(r, "energy"),
+                  "gif": lambda r: export.gif_bytes(r, view),
                   "png": lambda r: export.figure_bytes(r, view, "png"),
                   "svg": lambda r: export.figure_bytes(r, view, "svg")}
         try:
@@ -590,7 +592,7 @@ else { window.prompt("Copy this link", url); }
             self.notify(f"could not export the run as {kind.upper()}: {exc}")
             button.filename = "run-not-exported.txt"
             return io.BytesIO(f"The run could not be exported: {exc}\n".encode())
-        stem = f"run-{run.id}" + (f"-{view}" if kind in ("png", "svg") else "-energy" if kind == "gif" else "")
+        stem = f"run-{run.id}" + (f"-{view}" if kind in ("png", "svg", "gif") else "")
         button.filename = f"{stem}.{kind}"
         return io.BytesIO(data)
 
@@ -623,10 +625,19 @@ else { window.prompt("Copy this link", url); }
             self.runs_select.options = options
             self.runs_select.value = shown if shown in options.values() else None
         self.save_run.disabled = not options
-        for button in self.exports.values():
-            button.disabled = not options
-            button.description = "Exports need a finished run" if not options else \
-                f"Download the shown run as {button.label}"
+        self._sync_exports()
+
+    def _sync_exports(self, *_events) -> None:
+        """Export buttons need a finished run; the GIF, a view over time."""
+        finished = bool(self.runs_select.options)
+        view = self.export_view.value
+        for kind, button in self.exports.items():
+            why = ("Exports need a finished run" if not finished else
+                   f"A GIF moves along a view over time ({', '.join(TIMED_EXPORT_VIEWS)}), not {view}"
+                   if kind == "gif" and view not in TIMED_EXPORT_VIEWS else None)
+            button.disabled = why is not None
+            button.description = why or (f"Download the shown run's {view} view as {button.label}"
+                                         if kind in ("png", "svg", "gif") else f"Download the shown run as {button.label}")
 
     # ------------------------------------------------------------------------------------
     # Messages
@@ -973,10 +984,11 @@ else { window.prompt("Copy this link", url); }
                     section("Display", display),
                     section("Runs", self.runs_select, self.save_run, runs_help, self.open_run,
                             pn.pane.HTML("<div class='hint'>Export the shown run (exports need a finished "
-                                         "run; GIF: the energy view; PNG/SVG: the chosen view).</div>",
+                                         "run): its records, an offline replay, or one view as a picture "
+                                         "or a GIF over the run.</div>",
                                          stylesheets=[self.css], margin=(0, 10)),
-                            pn.Row(*(self.exports[k] for k in ("csv", "json", "gif", "html"))),
-                            self.export_view, pn.Row(self.exports["png"], self.exports["svg"])),
+                            pn.Row(*(self.exports[k] for k in ("csv", "json", "html"))),
+                            self.export_view, pn.Row(*(self.exports[k] for k in ("png", "svg", "gif")))),
                     section("Compare A / B", self.pin_button(), self.views["compare"].body()),
                     section("Share", self.copy_link())]
         self._help_texts(sections)
