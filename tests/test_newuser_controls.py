@@ -246,3 +246,29 @@ def test_a_resend_keeps_every_class_on_the_bar_charts_axes(pages, monkeypatch):
     assert not [(m, a) for m, a, _ in sent if isinstance(m, FactorRange) and a in ("start", "end")]
     assert {m.name for m, a, _ in sent if isinstance(m, ColumnDataSource) and a == "data"} >= {
         "explorer.output.bars", "explorer.train.probe_output"}
+
+
+def test_the_image_titles_fit_their_figures_at_the_presentation_font_size(pages):
+    # In presentation mode (24 px titles) "Input #0: T-shirt/top" ran past the input image's 220-px
+    # figure (the canvas cut it to "Input #0: T-shirt/to"). Each of a title's two lines, at a generous
+    # 0.6 em a character (bold sans-serif averages about 0.45), fits right of the figure's left border.
+    from explorer.app.state import class_name
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.output import image_title
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    # Two lines before an image is shown too (a title that gained a line left its old paint above it).
+    assert app.views["output"].img_fig.title.text == image_title("Input") == "Input\n…"
+    assert app.train.img_fig.title.text == image_title("Probe")
+    samples = app.state.samples
+    last = len(samples.labels) - 1
+    app.state.sample = last
+    app.run_until_idle(timeout=60)
+    shown = app.views["output"].img_fig.title.text
+    assert shown == image_title("Input", last, class_name(samples.class_names, int(samples.labels[last])))
+    px = FONT_SIZES[True]["title"]
+    for fig, what in ((app.views["output"].img_fig, "Input"), (app.train.img_fig, "Probe")):
+        room = fig.width - fig.min_border_left
+        for name in samples.class_names:
+            for line in image_title(what, last, name).split("\n"):
+                assert len(line) * 0.6 * px <= room, f"{line!r} overflows {what}'s {fig.width}-px figure"

@@ -35,6 +35,7 @@ from ..training import Probe, TrainSettings, TrainWorker, architecture_text, rel
 from .base import (LOG_TICKS_JS, ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure,  # noqa: F401
                    plain_log_ticks, static_legend, style_legend)
 from .categories import Categories
+from .output import image_title
 
 log = logging.getLogger("explorer.app")
 
@@ -214,8 +215,9 @@ class TrainView(pn.viewable.Viewer):
         return fig
 
     def _probe_image_figure(self):
-        fig = make_figure("Probe image", height=200, width=180, x_label="", y_label="", sizing_mode="fixed",
-                          tools="", toolbar_location=None, match_aspect=True, min_border_left=5)
+        fig = make_figure(image_title("Probe"), height=200, width=180, x_label="", y_label="",
+                          sizing_mode="fixed", tools="", toolbar_location=None, match_aspect=True,
+                          min_border_left=5)
         fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.probe_image, palette="Greys256")
         fig.axis.visible = False
         fig.grid.visible = False
@@ -390,8 +392,7 @@ class TrainView(pn.viewable.Viewer):
         img = p.image.astype(np.float32)
         h, w = img.shape
         self.probe_image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
-        label = class_name(p.class_names, p.label)
-        self.img_fig.title.text = f"Probe #{p.index}: {label}"
+        self.img_fig.title.text = image_title("Probe", p.index, class_name(p.class_names, p.label))
         self.probe_text.object = "<div class='pred pending'>waiting for the first probe …</div>"
 
     def _history(self, p: dict) -> None:
