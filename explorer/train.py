@@ -472,86 +472,118 @@ class Trainer:
         stop = lambda: self.stop_event.is_set() or (should_stop is not None and bool(should_stop()))
         log = _MetricsLog(self.metrics_path if self.rank == 0 else None, c.log_every)
         emit = log.emit
-        yield emit({"kind": "start", "step": self.step, "network": self.net.spec.name,
-                    "parameters": self.net.parameter_count(), "config": self.settings(),
-                    "resumed_from": self.resumed_from, "fine_tuned_from": self.init_from, "rank": self.rank,
-                    "world_size": self.world, "batches_per_epoch": self.batches_per_epoch})
-        warm = None
-        while self.epoch < c.epochs:
-            epoch = self.epoch
-            loader = self._loader(epoch, self.batch)
-            bar = _progress(c.progress and self.rank == 0, total=self.batches_per_epoch, initial=self.batch,
-                            desc=f"epoch {epoch + 1}/{c.epochs}")
-            sums = Counter()
-            t_epoch = time.perf_counter()
+        try:
+            yield emit(self._start_event())
+            warm = None     # the last free phase's state (warm start), carried across epochs
+            while self.epoch < c.epochs:
+                epoch, sums, t_epoch = self.epoch, Counter(), time.perf_counter()
+                stopped, warm = yield from self._train_epoch(epoch, sums, warm, stop, emit)
+                if stopped:
+                    yield from self._stopped(emit)
+                    return
+                yield from self._end_epoch(epoch, sums, t_epoch, stop, emit)
+            yield from self._final_card(emit)
+            yield emit({"kind": "done", "step": self.step, "card": self.card,
+                        "wall_time_s": round(self.wall_time, 1)})
+        finally:
+            log.close()
+
+    def _start_event(self) -> dict:
+        return {"kind": "start", "step": self.step, "network": self.net.spec.name,
+                "parameters": self.net.parameter_count(), "config": self.settings(),
+                "resumed_from": self.resumed_from, "fine_tuned_from": self.init_from, "rank": self.rank,
+                "world_size": self.world, "batches_per_epoch": self.batches_per_epoch}
+
+    def _train_epoch(self, epoch: int, sums: Counter, warm, stop, emit):
+        """The epoch's batches from the current position (yielding their events); returns
+        (stopped, warm): whether a stop ended it early, and the warm start for the next batch."""
+        c = self.config
+        loader = self._loader(epoch, self.batch)
+        bar = _progress(c.progress and self.rank == 0, total=self.batches_per_epoch, initial=self.batch,
+                        desc=f"epoch {epoch + 1}/{c.epochs}")
+        try:
             if self._wait_or_stop(stop):
-                bar.close()
-                yield from self._stopped(emit)
-                log.close()
-                return
+                return True, warm
             for x, target in loader:
-                t0 = time.perf_counter()
-                lr = lr_at(c, epoch, self.batch, self.batches_per_epoch)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                x = x.to(self.device, non_blocking=True)
-                target = target.to(self.device, non_blocking=True)
-                loss, correct, grad_norm, info, warm = self._train_batch(x, target, warm)
-                dt = time.perf_counter() - t0
-                self.wall_time += dt
-                self.batch += 1
-                self.step += 1
-                n = int(target.numel())
-                sums.update({"loss": loss * n, "correct": correct, "n": n, "seconds": dt})
-                event = {"kind": "batch", "epoch": epoch + 1, "batch": self.batch, "step": self.step,
-                         "loss": loss, "accuracy": correct / n, "train_loss": sums["loss"] / sums["n"],
-                         "train_accuracy": sums["correct"] / sums["n"], "lr": lr, "grad_norm": grad_norm,
-                         "rate": n * self.world / dt, "seconds": round(dt, 4), **info}
+                event, warm = self._train_step(epoch, x, target, sums, warm)
                 bar.set_postfix(loss=f"{event['train_loss']:.3f}", acc=f"{event['train_accuracy']:.3f}",
                                 rate=f"{sums['n'] * self.world / sums['seconds']:.0f}/s", refresh=False)
                 bar.update(1)
                 yield emit(event)
-                periodic = c.save_every and self.step % c.save_every == 0
-                if self._checkpoint_requested.is_set() or periodic:
-                    reason = "request" if self._checkpoint_requested.is_set() else "periodic"
-                    self._checkpoint_requested.clear()
-                    yield from self._save_event(emit, reason)
+                yield from self._checkpoint_if_due(emit)
                 # checked before the loader fetches (and augments) the next batch, so the
                 # saved RNG state is the one that batch needs on resume
                 if self._wait_or_stop(stop):
-                    bar.close()
-                    yield from self._stopped(emit)
-                    log.close()
-                    return
+                    return True, warm
+            return False, warm
+        finally:
             bar.close()
-            self.epoch, self.batch = epoch + 1, 0
-            if sums["n"]:
-                yield emit({"kind": "epoch", "epoch": epoch + 1, "step": self.step,
-                            "train_loss": _allmean(sums["loss"], sums["n"], self.world),
-                            "train_accuracy": _allmean(sums["correct"], sums["n"], self.world),
-                            "seconds": round(time.perf_counter() - t_epoch, 1), "lr": lr_at(c, epoch, 0, 1)})
-            result = self._evaluate(c.eval_limit, stop)
-            yield emit({"kind": "eval", "epoch": epoch + 1, "step": self.step, **result})
-            if self.rank == 0 and sums["n"]:
-                _print(f"epoch {epoch + 1}/{c.epochs}: train loss {sums['loss'] / sums['n']:.4f} "
-                       f"acc {sums['correct'] / sums['n']:.4f}; test acc {result['test_accuracy']:.4f} "
-                       f"(n={result['n']}, verdicts {result['verdicts']}) wall {self.wall_time:.0f} s")
-            yield from self._save_event(emit, "epoch")
-        # the card: accuracy on the full test split (or final_eval_limit images)
-        if self.card is None or self.card.get("step") != self.step:
-            t0 = time.perf_counter()
-            result = self._evaluate(c.final_eval_limit, None)
-            self.card = {"test_accuracy": result["test_accuracy"], "test_images": result["n"],
-                         "test_verdicts": result["verdicts"], "epochs": c.epochs, "step": self.step,
-                         "wall_time_s": round(self.wall_time, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
-                         "command": self.command,
-                         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         "train_subset": (f"first {len(self.train_set)} of the training split"
-                                          if c.limit else "full training split"),
-                         "trainer": c.trainer, "dataset": c.dataset}
-            yield from self._save_event(emit, "final")
-        yield emit({"kind": "done", "step": self.step, "card": self.card, "wall_time_s": round(self.wall_time, 1)})
-        log.close()
+
+    def _train_step(self, epoch: int, x, target, sums: Counter, warm):
+        """One optimiser step on one batch at the scheduled learning rate; its event (``sums``, the
+        epoch's running totals, updated) and the warm start it leaves."""
+        c = self.config
+        t0 = time.perf_counter()
+        lr = lr_at(c, epoch, self.batch, self.batches_per_epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x = x.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        loss, correct, grad_norm, info, warm = self._train_batch(x, target, warm)
+        dt = time.perf_counter() - t0
+        self.wall_time += dt
+        self.batch += 1
+        self.step += 1
+        n = int(target.numel())
+        sums.update({"loss": loss * n, "correct": correct, "n": n, "seconds": dt})
+        event = {"kind": "batch", "epoch": epoch + 1, "batch": self.batch, "step": self.step,
+                 "loss": loss, "accuracy": correct / n, "train_loss": sums["loss"] / sums["n"],
+                 "train_accuracy": sums["correct"] / sums["n"], "lr": lr, "grad_norm": grad_norm,
+                 "rate": n * self.world / dt, "seconds": round(dt, 4), **info}
+        return event, warm
+
+    def _checkpoint_if_due(self, emit):
+        """A checkpoint after this batch when one was requested or ``save_every`` steps are up."""
+        c = self.config
+        periodic = c.save_every and self.step % c.save_every == 0
+        if self._checkpoint_requested.is_set() or periodic:
+            reason = "request" if self._checkpoint_requested.is_set() else "periodic"
+            self._checkpoint_requested.clear()
+            yield from self._save_event(emit, reason)
+
+    def _end_epoch(self, epoch: int, sums: Counter, t_epoch: float, stop, emit):
+        """After an epoch's batches: its summary, the test evaluation, a checkpoint."""
+        c = self.config
+        self.epoch, self.batch = epoch + 1, 0
+        if sums["n"]:
+            yield emit({"kind": "epoch", "epoch": epoch + 1, "step": self.step,
+                        "train_loss": _allmean(sums["loss"], sums["n"], self.world),
+                        "train_accuracy": _allmean(sums["correct"], sums["n"], self.world),
+                        "seconds": round(time.perf_counter() - t_epoch, 1), "lr": lr_at(c, epoch, 0, 1)})
+        result = self._evaluate(c.eval_limit, stop)
+        yield emit({"kind": "eval", "epoch": epoch + 1, "step": self.step, **result})
+        if self.rank == 0 and sums["n"]:
+            _print(f"epoch {epoch + 1}/{c.epochs}: train loss {sums['loss'] / sums['n']:.4f} "
+                   f"acc {sums['correct'] / sums['n']:.4f}; test acc {result['test_accuracy']:.4f} "
+                   f"(n={result['n']}, verdicts {result['verdicts']}) wall {self.wall_time:.0f} s")
+        yield from self._save_event(emit, "epoch")
+
+    def _final_card(self, emit):
+        """The card: accuracy on the full test split (or final_eval_limit images), once per step."""
+        if self.card is not None and self.card.get("step") == self.step:
+            return
+        c = self.config
+        t0 = time.perf_counter()
+        result = self._evaluate(c.final_eval_limit, None)
+        self.card = {"test_accuracy": result["test_accuracy"], "test_images": result["n"],
+                     "test_verdicts": result["verdicts"], "epochs": c.epochs, "step": self.step,
+                     "wall_time_s": round(self.wall_time, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+                     "command": self.command,
+                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "train_subset": (f"first {len(self.train_set)} of the training split"
+                                      if c.limit else "full training split"),
+                     "trainer": c.trainer, "dataset": c.dataset}
+        yield from self._save_event(emit, "final")
 
     def _wait_or_stop(self, stop) -> bool:
         while self.pause_event.is_set() and not stop():

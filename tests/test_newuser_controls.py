@@ -215,25 +215,60 @@ def test_arrow_keys_on_a_focused_slider_do_not_step_the_replay():
     assert seen["space"] == [4, 1, True]       # and space plays it
 
 
-def test_a_resend_leaves_the_bar_charts_factor_ranges_to_the_page(pages, monkeypatch):
+def test_a_resend_keeps_every_class_on_the_bar_charts_axes(pages, monkeypatch):
     # The bar charts (the output units, the Train tab's probe output) went blank with their sources
     # full: a resend of the page's state sent their FactorRange's start and end, which the server
-    # holds as 0 (the page computes them), and the page's x axis collapsed to nothing.
-    from bokeh.models import ColumnDataSource, FactorRange
+    # holds as 0 (the page computes them), and the page's x axis collapsed to nothing. Both now draw
+    # class k at x = k on a Range1d labelled by name (views/categories.py): a resend sends a range
+    # that spans every class.
+    from bokeh.models import ColumnDataSource, FactorRange, Range1d
+
+    from explorer.app.state import class_name
     app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
     pages.append(app)
     doc = Document()
     doc.add_root(pn.Column(app.relaxation_tab(), app.train).get_root(doc))
     app._doc = doc
     sent = []
-    doc.on_change(lambda e: sent.append((e.model, e.attr)) if isinstance(e, ModelChangedEvent) else None)
+    doc.on_change(lambda e: sent.append((e.model, e.attr, e.new)) if isinstance(e, ModelChangedEvent) else None)
     import contextlib
     # (Panel drops what is held for a document without a session: here each change goes out as made.)
     monkeypatch.setattr(pn.io, "hold", lambda *args, **kw: contextlib.nullcontext())
     app._resend(0.0)
-    ranges = [m for m in doc.models if isinstance(m, FactorRange)]
-    assert len(ranges) >= 2                                     # the output and the probe output
-    assert not [(m, a) for m, a in sent if isinstance(m, FactorRange) and a in ("start", "end")]
-    assert [m for m, a in sent if isinstance(m, FactorRange) and a == "factors"]   # what they do need
-    assert {m.name for m, a in sent if isinstance(m, ColumnDataSource) and a == "data"} >= {
+    names = [class_name(app.state.samples.class_names, k) for k in range(10)]
+    for fig in (app.views["output"].fig, app.train.out_fig):
+        assert isinstance(fig.x_range, Range1d), fig.title.text
+        axis = fig.xaxis[0]
+        assert [axis.major_label_overrides[k] for k in axis.ticker.ticks] == names, fig.title.text
+        resent = {a: new for m, a, new in sent if m is fig.x_range}
+        assert (resent["start"], resent["end"]) == (-0.5, 9.5), fig.title.text
+    # A FactorRange left elsewhere (the residual view's layers) keeps its start and end to the page.
+    assert not [(m, a) for m, a, _ in sent if isinstance(m, FactorRange) and a in ("start", "end")]
+    assert {m.name for m, a, _ in sent if isinstance(m, ColumnDataSource) and a == "data"} >= {
         "explorer.output.bars", "explorer.train.probe_output"}
+
+
+def test_the_image_titles_fit_their_figures_at_the_presentation_font_size(pages):
+    # In presentation mode (24 px titles) "Input #0: T-shirt/top" ran past the input image's 220-px
+    # figure (the canvas cut it to "Input #0: T-shirt/to"). Each of a title's two lines, at a generous
+    # 0.6 em a character (bold sans-serif averages about 0.45), fits right of the figure's left border.
+    from explorer.app.state import class_name
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.output import image_title
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    # Two lines before an image is shown too (a title that gained a line left its old paint above it).
+    assert app.views["output"].img_fig.title.text == image_title("Input") == "Input\n…"
+    assert app.train.img_fig.title.text == image_title("Probe")
+    samples = app.state.samples
+    last = len(samples.labels) - 1
+    app.state.sample = last
+    app.run_until_idle(timeout=60)
+    shown = app.views["output"].img_fig.title.text
+    assert shown == image_title("Input", last, class_name(samples.class_names, int(samples.labels[last])))
+    px = FONT_SIZES[True]["title"]
+    for fig, what in ((app.views["output"].img_fig, "Input"), (app.train.img_fig, "Probe")):
+        room = fig.width - fig.min_border_left
+        for name in samples.class_names:
+            for line in image_title(what, last, name).split("\n"):
+                assert len(line) * 0.6 * px <= room, f"{line!r} overflows {what}'s {fig.width}-px figure"

@@ -1,9 +1,10 @@
-"""Class names on a numeric axis: factor k drawn at x = k.
+"""Class names on a numeric axis: factor k drawn at x = k (the output chart, the Train tab's probe output).
 
 Bokeh's FactorRange left the output chart blank now and then (its frame's scale mapped to NaN
 after the plot was laid out while its box was still resizing at page load: axes and bars were
 skipped while titles and legend were drawn). A Range1d with fixed ticks labelled by name draws
-the same chart without it.
+the same chart without it; nor can a resend of a FactorRange's read-only start and end (the server
+holds 0 for both) collapse a chart whose x range is a Range1d.
 """
 from __future__ import annotations
 

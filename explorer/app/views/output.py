@@ -23,6 +23,14 @@ from .categories import Categories
 LABEL_COLOR = "#009E73"
 WRONG_COLOR = "#C00000"
 OTHER_COLOR = "#9DB4C8"
+IMAGE_WIDTH = 220   # px, the input image's figure
+
+
+def image_title(what: str, index: int | None = None, label: str = "") -> str:
+    """"Input #7" over its class name: on one line, "Input #0: T-shirt/top" ran past the image's
+    narrow figure at the presentation font size (24 px). Two lines before an image is shown too: a
+    title that gains a line leaves its first line's old paint above it (Bokeh 3.9)."""
+    return f"{what}\n…" if index is None else f"{what} #{index}\n{label}"
 
 
 class OutputView(View):
@@ -68,12 +76,13 @@ class OutputView(View):
         leg.ncols = 2
         self.fig.add_layout(leg, "below")
         static_legend(self.fig, {"y (free phase)": OTHER_COLOR})
-        self.img_fig = make_figure("Input", height=230, x_label="", y_label="", sizing_mode="fixed",
-                                   width=220, tools="save", match_aspect=True, min_border_left=10)
+        self.img_fig = make_figure(image_title("Input"), height=230, x_label="", y_label="", sizing_mode="fixed",
+                                   width=IMAGE_WIDTH, tools="save", match_aspect=True, min_border_left=10)
         self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.image, palette="Greys256")
         self.img_fig.axis.visible = False
         self.img_fig.grid.visible = False
-        self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=220, height=84)
+        self.prediction = pn.pane.HTML("", css_classes=["prediction"], margin=(0, 10), width=IMAGE_WIDTH,
+                                       height=84)
         self.predicted: int | None = None
         self._shown = None
         self._image_of: tuple | None = None
@@ -99,7 +108,7 @@ class OutputView(View):
                 h, w = img.shape
                 self.image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0],
                                    "dw": [w], "dh": [h]}
-        self.img_fig.title.text = f"Input #{r.sample}: {class_name(r.class_names, r.label)}"
+        self.img_fig.title.text = image_title("Input", r.sample, class_name(r.class_names, r.label))
         self.predicted = None
         self._shown = None
         self.y.reset()

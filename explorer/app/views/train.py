@@ -26,7 +26,7 @@ import time
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter, Range1d
+from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, Range1d
 from bokeh.palettes import Blues9
 
 from ..helptext import with_help_icons
@@ -34,6 +34,8 @@ from ..state import SLIDER_RANGES, SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
 from .base import (LOG_TICKS_JS, ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure,  # noqa: F401
                    plain_log_ticks, static_legend, style_legend)
+from .categories import Categories
+from .output import image_title
 
 log = logging.getLogger("explorer.app")
 
@@ -114,6 +116,15 @@ class TrainView(pn.viewable.Viewer):
     # Figures
     # ------------------------------------------------------------------------------------
     def _build_figures(self) -> None:
+        self._build_sources()
+        self.loss_fig = self._loss_figure()
+        self.acc_fig = self._accuracy_figure()
+        self.step_fig = self._step_size_figure()
+        self.phi_fig = self._phi_figure()
+        self.out_fig = self._output_figure()
+        self.img_fig = self._probe_image_figure()
+
+    def _build_sources(self) -> None:
         self.batches = ColumnDataSource(data={k: [] for k in (
             "step", "epoch", "batch", "loss", "accuracy", "train_loss", "train_accuracy", "rate", "free_steps")},
             name="explorer.train.batches")
@@ -124,87 +135,93 @@ class TrainView(pn.viewable.Viewer):
         self.probe_phi = ColumnDataSource(data={"iteration": [], "phi": []}, name="explorer.train.probe_phi")
         self.probe_history = ColumnDataSource(data={"xs": [], "ys": [], "step": [], "color": []},
                                               name="explorer.train.probe_history")
-        self.probe_output = ColumnDataSource(data={"name": [], "y": [], "color": [], "target": [], "text": [],
-                                                   "text_y": []}, name="explorer.train.probe_output")
+        self.probe_output = ColumnDataSource(data={"x": [], "name": [], "y": [], "color": [], "target": [],
+                                                   "text": [], "text_y": []}, name="explorer.train.probe_output")
         self.probe_image = ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                             name="explorer.train.probe_image")
 
+    def _training_curves(self, title: str, y_label: str, y: str, test_y: str, y_range):
+        """Loss or accuracy over the steps: this batch, the epoch's running mean, the test after each epoch;
+        the figure and its train-mean and test renderers (for their hover tools)."""
+        fig = make_figure(title, height=280, x_label="training step (batch)", y_label=y_label, y_range=y_range,
+                          tools="xpan,xwheel_zoom,box_zoom,reset,save")
+        fig.line("step", y, source=self.batches, color=BATCH_COLOR, line_width=1, legend_label="this batch")
+        train = fig.line("step", f"train_{y}", source=self.batches, color=TRAIN_COLOR, line_width=2.5,
+                         legend_label="epoch mean (train)")
+        fig.line("step", test_y, source=self.evals, color=TEST_COLOR, line_width=2, line_dash="dashed")
+        test = fig.scatter("step", test_y, source=self.evals, color=TEST_COLOR, size=9,
+                           legend_label="test, after each epoch")
+        return fig, train, test
+
+    def _loss_figure(self):
         self.loss_y = StableRange(floor=(0.0, 0.1), headroom=0.08)
-        self.loss_fig = make_figure("Loss (MSE cost)", height=280, x_label="training step (batch)",
-                                    y_label="loss", y_range=self.loss_y.range,
-                                    tools="xpan,xwheel_zoom,box_zoom,reset,save")
-        self.loss_fig.line("step", "loss", source=self.batches, color=BATCH_COLOR, line_width=1,
-                           legend_label="this batch")
-        train = self.loss_fig.line("step", "train_loss", source=self.batches, color=TRAIN_COLOR, line_width=2.5,
-                                   legend_label="epoch mean (train)")
-        self.loss_fig.line("step", "test_loss", source=self.evals, color=TEST_COLOR, line_width=2,
-                           line_dash="dashed")
-        self.loss_fig.scatter("step", "test_loss", source=self.evals, color=TEST_COLOR, size=9,
-                              legend_label="test, after each epoch")
-        self.loss_fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
+        fig, train, _ = self._training_curves("Loss (MSE cost)", "loss", "loss", "test_loss", self.loss_y.range)
+        fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
             ("step", "@step"), ("epoch", "@epoch"), ("batch loss", "@loss{0.0000}"),
             ("epoch mean", "@train_loss{0.0000}"), ("images/s", "@rate{0}")]))
-        style_legend(self.loss_fig, "top_right")
-        static_legend(self.loss_fig)
+        style_legend(fig, "top_right")
+        static_legend(fig)
+        return fig
 
-        self.acc_fig = make_figure("Accuracy", height=280, x_label="training step (batch)", y_label="accuracy",
-                                   y_range=Range1d(0, 1.02), tools="xpan,xwheel_zoom,box_zoom,reset,save")
-        self.acc_fig.line("step", "accuracy", source=self.batches, color=BATCH_COLOR, line_width=1,
-                          legend_label="this batch")
-        train = self.acc_fig.line("step", "train_accuracy", source=self.batches, color=TRAIN_COLOR,
-                                  line_width=2.5, legend_label="epoch mean (train)")
-        self.acc_fig.line("step", "test_accuracy", source=self.evals, color=TEST_COLOR, line_width=2,
-                          line_dash="dashed")
-        test = self.acc_fig.scatter("step", "test_accuracy", source=self.evals, color=TEST_COLOR, size=9,
-                                    legend_label="test, after each epoch")
-        self.acc_fig.yaxis.formatter = NumeralTickFormatter(format="0%")
-        self.acc_fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
+    def _accuracy_figure(self):
+        fig, train, test = self._training_curves("Accuracy", "accuracy", "accuracy", "test_accuracy",
+                                                 Range1d(0, 1.02))
+        fig.yaxis.formatter = NumeralTickFormatter(format="0%")
+        fig.add_tools(HoverTool(renderers=[train], mode="vline", tooltips=[
             ("step", "@step"), ("batch accuracy", "@accuracy{0.0%}"), ("epoch mean", "@train_accuracy{0.0%}"),
             ("free-phase steps", "@free_steps")]))
-        self.acc_fig.add_tools(HoverTool(renderers=[test], tooltips=[
+        fig.add_tools(HoverTool(renderers=[test], tooltips=[
             ("after epoch", "@epoch"), ("test accuracy", "@test_accuracy{0.0%}"), ("test images", "@n")]))
-        style_legend(self.acc_fig, "bottom_right")
-        static_legend(self.acc_fig)
+        style_legend(fig, "bottom_right")
+        static_legend(fig)
+        return fig
 
+    def _step_size_figure(self):
         self.step_y = StableRange(log=True)
-        self.step_fig = make_figure("Probe: step size per layer (log)", height=300, x_label="free-phase iteration",
-                                    y_label="‖Δs‖ / ‖s‖", y_axis_type="log", y_range=self.step_y.range)
-        self.step_fig.multi_line("xs", "ys", source=self.probe_steps, line_color="color", line_width=2,
-                                 legend_field="layer")
-        style_legend(self.step_fig, "top_right")
-        plain_log_ticks(self.step_fig)
+        fig = make_figure("Probe: step size per layer (log)", height=300, x_label="free-phase iteration",
+                          y_label="‖Δs‖ / ‖s‖", y_axis_type="log", y_range=self.step_y.range)
+        fig.multi_line("xs", "ys", source=self.probe_steps, line_color="color", line_width=2, legend_field="layer")
+        style_legend(fig, "top_right")
+        plain_log_ticks(fig)
+        return fig
 
+    def _phi_figure(self):
         self.phi_y = StableRange(headroom=0.08)
-        self.phi_fig = make_figure("Probe: energy Φ", height=300,
-                                   x_label="free-phase iteration", y_label="Φ", y_range=self.phi_y.range)
-        self.phi_fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5,
-                                line_alpha=0.7, legend_label="earlier probes (darker: later)")
-        now = self.phi_fig.line("iteration", "phi", source=self.probe_phi, color=ROSE_COLOR, line_width=2.5,
-                                legend_label="latest probe")
-        self.phi_fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"),
-                                                                    ("Φ", "@phi{0.0000}")]))
-        style_legend(self.phi_fig, "top_right")
+        fig = make_figure("Probe: energy Φ", height=300, x_label="free-phase iteration", y_label="Φ",
+                          y_range=self.phi_y.range)
+        fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5, line_alpha=0.7,
+                       legend_label="earlier probes (darker: later)")
+        now = fig.line("iteration", "phi", source=self.probe_phi, color=ROSE_COLOR, line_width=2.5,
+                       legend_label="latest probe")
+        fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"), ("Φ", "@phi{0.0000}")]))
+        style_legend(fig, "top_right")
+        return fig
 
+    def _output_figure(self):
+        """The probe's output units y against the label: class names on a numeric axis (categories.py)."""
         names = [class_name(self.app_state.samples.class_names, k) for k in range(10)]
-        self.out_fig = make_figure("Probe output y", height=230, x_label="", y_label="y",
-                                   x_range=FactorRange(factors=names), y_range=Range1d(*OUT_RANGE), tools="save")
-        self.out_fig.vbar(x="name", top="y", width=0.75, source=self.probe_output, color="color")
-        self.out_fig.scatter(x="name", y="target", source=self.probe_output, marker="dash", size=22,
-                             line_width=3, color="#333333")
+        fig = make_figure("Probe output y", height=230, x_label="", y_label="y",
+                          x_range=Range1d(-0.5, len(names) - 0.5), y_range=Range1d(*OUT_RANGE), tools="save")
+        self.out_classes = Categories(fig, names)
+        fig.vbar(x="x", top="y", width=0.75, source=self.probe_output, color="color")
+        fig.scatter(x="x", y="target", source=self.probe_output, marker="dash", size=22, line_width=3,
+                    color="#333333")
         # Each bar's value written above it: early in training every y is near 0 (or below), and the
         # bars alone look like an empty plot although the probe has run.
-        self.out_fig.text(x="name", y="text_y", text="text", source=self.probe_output, text_align="center",
-                          text_baseline="bottom", text_font_size="11px", text_color="#333333", y_offset=-2)
-        self.out_fig.xaxis.major_label_orientation = 0.9
-        self.out_fig.xgrid.grid_line_color = None
+        fig.text(x="x", y="text_y", text="text", source=self.probe_output, text_align="center",
+                 text_baseline="bottom", text_font_size="11px", text_color="#333333", y_offset=-2)
+        fig.xaxis.major_label_orientation = 0.9
+        fig.xgrid.grid_line_color = None
+        return fig
 
-        self.img_fig = make_figure("Probe image", height=200, width=180, x_label="", y_label="",
-                                   sizing_mode="fixed", tools="", toolbar_location=None, match_aspect=True,
-                                   min_border_left=5)
-        self.img_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.probe_image,
-                           palette="Greys256")
-        self.img_fig.axis.visible = False
-        self.img_fig.grid.visible = False
+    def _probe_image_figure(self):
+        fig = make_figure(image_title("Probe"), height=200, width=180, x_label="", y_label="",
+                          sizing_mode="fixed", tools="", toolbar_location=None, match_aspect=True,
+                          min_border_left=5)
+        fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.probe_image, palette="Greys256")
+        fig.axis.visible = False
+        fig.grid.visible = False
+        return fig
 
     def _build_widgets(self) -> None:
         s = self.settings
@@ -375,8 +392,7 @@ class TrainView(pn.viewable.Viewer):
         img = p.image.astype(np.float32)
         h, w = img.shape
         self.probe_image.data = {"image": [np.ascontiguousarray(img[::-1])], "x": [0], "y": [0], "dw": [w], "dh": [h]}
-        label = class_name(p.class_names, p.label)
-        self.img_fig.title.text = f"Probe #{p.index}: {label}"
+        self.img_fig.title.text = image_title("Probe", p.index, class_name(p.class_names, p.label))
         self.probe_text.object = "<div class='pred pending'>waiting for the first probe …</div>"
 
     def _history(self, p: dict) -> None:
@@ -398,10 +414,9 @@ class TrainView(pn.viewable.Viewer):
         self.probe_phi.data = {"iteration": p["iteration"].tolist(), "phi": p["phi"].tolist()}
         y = p["output"]
         names = [class_name(self._probe.class_names, k) for k in range(len(y))]
-        if list(self.out_fig.x_range.factors) != names:
-            self.out_fig.x_range.factors = names
+        self.out_classes.set(names)
         k, label = p["predicted"], p["label"]
-        self.probe_output.data = {"name": names, "y": y.tolist(),
+        self.probe_output.data = {"x": Categories.positions(len(y)), "name": names, "y": y.tolist(),
                                   "color": [LABEL_COLOR if j == label else (WRONG_COLOR if j == k else OTHER_COLOR)
                                             for j in range(len(y))],
                                   "target": [1.0 if j == label else 0.0 for j in range(len(y))],
