@@ -1128,3 +1128,25 @@ def test_every_setting_in_the_sidebar_has_its_help_text(app):
     for name in helped:
         p = app.state.param[name]
         assert widgets[p.label].description == p.doc, name
+
+
+def test_a_scan_or_sweep_runs_at_a_lower_cpu_priority_than_the_page():
+    """The page's job thread lowers its own priority (Linux niceness per thread), so a sweep takes the
+    CPU the live relaxation, the server and the browser leave over; the calling thread is untouched."""
+    import os
+    import threading
+
+    from explorer.app.jobs import BACKGROUND_NICENESS, JobWorker
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = JobWorker()
+    try:
+        worker.submit(lambda put, should_stop: put(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        deadline = time.monotonic() + 60
+        events = []
+        while not events and time.monotonic() < deadline:
+            events = worker.drain()
+            time.sleep(0.05)
+        assert events == [min(19, here + BACKGROUND_NICENESS)]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here
+    finally:
+        worker.stop()

@@ -8,6 +8,7 @@ never runs a relaxation. Cancel makes ``should_stop()`` true; a job then ends at
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -18,6 +19,20 @@ from .worker import stop_at_exit
 
 log = logging.getLogger("explorer.app")
 DEFER_LIMIT = 3.0     # seconds a job waits, at most, for a relaxation the user just started on its page
+BACKGROUND_NICENESS = 10   # added to a background thread's niceness (Linux: a thread is a task of its own)
+
+
+def run_in_background() -> bool:
+    """Lower the calling thread's CPU priority, so that a scan, sweep or training run uses what the
+    live relaxation, the web server and the browser leave over instead of competing with them (a
+    job cannot yield inside one of its steps: a sweep cell's stability estimate held a core for
+    seconds while a slider moved). Returns whether the priority was lowered."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICENESS))
+        return True
+    except (AttributeError, OSError):   # not Linux / not allowed: the job just competes as before
+        return False
 
 
 class JobWorker:
@@ -111,6 +126,7 @@ class JobWorker:
     def _loop(self) -> None:
         if self._threads:
             torch.set_num_threads(self._threads)   # as the relaxation worker: a core stays for the server
+        run_in_background()
         while True:
             with self._cond:
                 while self._job is None and not self._closed:

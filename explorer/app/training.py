@@ -45,6 +45,7 @@ from ..evaluate import one_line
 from ..network import OUTPUT, HopfieldNetwork, NetworkSpec, SpecError
 from ..record import RecordConfig
 from ..train import Trainer, TrainConfig
+from .jobs import run_in_background
 from .state import UNTRAINED, SettingError, check_save_name, trained_dir
 from .worker import stop_at_exit
 
@@ -335,6 +336,7 @@ class TrainWorker:
             # As the relaxation worker: one intra-op thread per page leaves a core for the web server
             # and for the other pages (a heavy run must not freeze them).
             torch.set_num_threads(self._threads)
+        run_in_background()   # the live relaxation and the page come first
         gen = None
         try:
             try:
