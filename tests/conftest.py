@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ServedApp
-
 from explorer import HopfieldNetwork, hopfield_family
+from explorer.app.served import CHROMIUM, CHROMIUM_ARGS, ServedApp
 
 
 @pytest.fixture
