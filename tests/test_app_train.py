@@ -51,6 +51,14 @@ def app(trained_dir):
     a.shutdown("test over")
 
 
+@pytest.fixture(scope="module")
+def refusing_app():
+    """One page for the cases that are refused before training starts (a page takes seconds to build)."""
+    a = make_app()
+    yield a
+    a.shutdown("test over")
+
+
 def press(app, button: str) -> None:
     app.train.settings.param.trigger(button)
 
@@ -271,15 +279,21 @@ def test_a_worker_that_cannot_read_its_data_reports_it_as_an_event(tmp_path):
     (dict(t_free=0), None),             # refused by the parameter itself (the schema's bounds)
     (dict(batch_size=0), None),
 ])
-def test_invalid_settings_are_refused_with_a_message(app, settings, words):
-    if words is None:
-        with pytest.raises(ValueError, match="must be at least 1"):
-            app.train.settings.param.update(**settings)
-        return
-    app.train.settings.param.update(**settings)
-    press(app, "start")
-    assert any(words in t for t in errors(app)), app.messages
-    assert app.train.worker is None
+def test_invalid_settings_are_refused_with_a_message(refusing_app, settings, words):
+    app = refusing_app
+    good = {name: getattr(app.train.settings, name) for name in settings}
+    try:
+        if words is None:
+            with pytest.raises(ValueError, match="must be at least 1"):
+                app.train.settings.param.update(**settings)
+            return
+        before = len(app.messages)
+        app.train.settings.param.update(**settings)
+        press(app, "start")
+        assert any(words in t for level, t in app.messages[before:] if level == "error"), app.messages[before:]
+        assert app.train.worker is None
+    finally:
+        app.train.settings.param.update(**good)   # the next case starts from valid settings
 
 
 def test_alpha_and_the_tolerance_reach_the_trainer(app):

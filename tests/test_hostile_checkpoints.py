@@ -255,13 +255,34 @@ def test_the_valid_pair_loads_on_both_paths_with_nothing_converted(valid, tmp_pa
     assert loaded.description["conversions"] == []
 
 
-@pytest.mark.parametrize("case_id", ["negative-shape", "channels-1e9", "stride-0"])
-def test_the_three_former_tracebacks_exit_2_with_one_line_in_a_real_process(case_id, valid, tmp_path):
-    _, mutate, pattern = next(c for c in REFUSED if c[0] == case_id)
-    stem = _write(tmp_path, _pair(valid, mutate))
+FORMER_TRACEBACKS = ("negative-shape", "channels-1e9", "stride-0")
+
+
+@pytest.fixture(scope="module")
+def former_tracebacks(valid, tmp_path_factory) -> dict:
+    """Each of the three checkpoints that used to raise a traceback, loaded by ``relax`` in a process of
+    its own; the three processes run side by side (each mostly imports torch). Returns the finished
+    processes by case id."""
+    folder = tmp_path_factory.mktemp("former-tracebacks")
     env = {**os.environ, "EXPLORER_NATIVE": "0"}
-    proc = subprocess.run([sys.executable, "-m", "explorer", "relax", "--checkpoint", str(stem), "--t-free", "2"],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert re.search(pattern, proc.stderr)
+    procs = {}
+    for case_id in FORMER_TRACEBACKS:
+        _, mutate, _pattern = next(c for c in REFUSED if c[0] == case_id)
+        stem = _write(folder / case_id, _pair(valid, mutate))
+        procs[case_id] = subprocess.Popen([sys.executable, "-m", "explorer", "relax", "--checkpoint", str(stem),
+                                           "--t-free", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env)
+    finished = {}
+    for case_id, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        finished[case_id] = (proc.returncode, stdout, stderr)
+    return finished
+
+
+@pytest.mark.parametrize("case_id", FORMER_TRACEBACKS)
+def test_the_three_former_tracebacks_exit_2_with_one_line_in_a_real_process(case_id, former_tracebacks):
+    pattern = next(c for c in REFUSED if c[0] == case_id)[2]
+    returncode, stdout, stderr = former_tracebacks[case_id]
+    assert returncode == 2 and stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert re.search(pattern, stderr)
