@@ -68,6 +68,7 @@ def test_scan_tab_shows_the_numbers_of_scan_on_the_same_images():
     for p, v in zip(table["phase"], table["median steps to tol"]):
         assert (math.isnan(v) and expected["median_steps"][p] is None) or v == expected["median_steps"][p]
     assert f"Accuracy: <b class='scan-accuracy'>{percent(expected['accuracy'])}</b>" in tab.overview.object
+    assert tab.overview.object.count("tol = ") == 1 and "tol = 0.001" in tab.overview.object   # the scan's own
     bars = tab.classes_plot.object.data
     assert dict(zip(bars["verdict"], bars["images"])) == expected["classes"]
     if expected["blamed_layers"]:
@@ -77,7 +78,7 @@ def test_scan_tab_shows_the_numbers_of_scan_on_the_same_images():
     assert list(hist["images"]) == expected["steps_histogram"]["free"]["counts"]
     assert shown["classes"] == expected["classes"]
     # the spectral radius at each image's free fixed point: its median and a histogram
-    assert f"{expected['spectral_radius']['median']:.4f}" in tab.radius_note.object and tab.radius_plot.visible
+    assert f"{expected['spectral_radius']['median']:.4f}" in tab.radius_note.object and tab.plot_boxes[3].visible
     # the gallery: every failure, most severe first
     failures = tab.result.failures()
     assert [i for i, _ in tab.gallery_buttons] == [o.index for o in failures]

@@ -69,10 +69,15 @@ class ScanTab(JobControls, pn.viewable.Viewer):
                                              na_rep="—",
                                              visible=False)
         self.overview = pn.pane.HTML("", width=440, margin=(0, 10))
-        self.steps_plot = pn.pane.HoloViews(None, visible=False)
-        self.classes_plot = pn.pane.HoloViews(None, visible=False)
-        self.layers_plot = pn.pane.HoloViews(None, visible=False)
-        self.radius_plot = pn.pane.HoloViews(None, visible=False)
+        self.steps_plot = pn.pane.HoloViews(None)
+        self.classes_plot = pn.pane.HoloViews(None)
+        self.layers_plot = pn.pane.HoloViews(None)
+        self.radius_plot = pn.pane.HoloViews(None)
+        # Shown and hidden through a box each: a HoloViews pane drawn with the page (a link that opens
+        # this tab) raised a TypeError in Panel 1.9 when its own ``visible`` changed, and the results
+        # never appeared.
+        self.plot_boxes = [pn.Column(p, visible=False, margin=0)
+                           for p in (self.steps_plot, self.classes_plot, self.layers_plot, self.radius_plot)]
         self.radius_note = pn.pane.HTML("", width=380, margin=(10, 10))
         self.gallery_head = pn.pane.HTML("", sizing_mode="stretch_width", margin=(10, 10, 0, 10))
         self.gallery = pn.FlexBox(sizing_mode="stretch_width")
@@ -178,25 +183,26 @@ class ScanTab(JobControls, pn.viewable.Viewer):
                                                          "verdict")
             self.layers_plot.object = charts.count_bars(summary["blamed_layers"], "Blamed layer (failures)",
                                                         "layer")
-        for pane in (self.steps_plot, self.classes_plot, self.layers_plot):
-            pane.visible = n > 0
+        for box in self.plot_boxes[:3]:
+            box.visible = n > 0
         radius = summary["spectral_radius"]
         if radius:
             self.radius_plot.object = charts.radius_histogram(radius["values"])
             self.radius_note.object = f"Median spectral radius: <b>{radius['median']:.4g}</b>"
         else:
             self.radius_note.object = "<b>Spectral radius</b>: not computed for this scan."
-        self.radius_plot.visible = bool(radius)
+        self.plot_boxes[3].visible = bool(radius)
         self._show_gallery(result)
 
     def _overview_html(self, summary: dict, context: dict) -> str:
-        settings = ", ".join(f"{k} = {charts.value_label(context[k])}" for k in RUN_KEYS if k in context)
-        tol = self.result.settings.get("tol")
+        # The scan's own tolerance (the result's), not the Relaxation tab's, is the one named.
+        context = {**context, "tol": self.result.settings.get("tol", context.get("tol"))}
+        settings = ", ".join(f"{k} = {charts.value_label(context[k])}" for k in RUN_KEYS if context.get(k) is not None)
         return (f"<div style='font-size:14px;line-height:1.6'>"
                 f"Accuracy: <b class='scan-accuracy'>{charts.percent(summary['accuracy'])}</b><br>"
                 f"Images with an energy rise: <b>{charts.percent(summary['energy_rose'])}</b><br>"
                 f"Model: {charts.escape(context.get('model', '?'))}<br>"
-                f"<span style='color:#555'>{charts.escape(settings)}, tol = {tol:g}</span></div>")
+                f"<span style='color:#555'>{charts.escape(settings)}</span></div>")
 
     def _show_gallery(self, result: ScanResult) -> None:
         failures = result.failures()
@@ -259,7 +265,6 @@ class ScanTab(JobControls, pn.viewable.Viewer):
                 pn.Row(self.n_images, self.batch_size, self.tol, self.start_button, self.cancel_button),
                 hint, self.message, self.progress, self.status,
                 pn.FlexBox(self.phase_table, self.overview, sizing_mode="stretch_width"),
-                pn.FlexBox(self.steps_plot, self.classes_plot, self.layers_plot, self.radius_plot,
-                           self.radius_note, sizing_mode="stretch_width"),
+                pn.FlexBox(*self.plot_boxes, self.radius_note, sizing_mode="stretch_width"),
                 self.gallery_head, self.gallery, sizing_mode="stretch_width")
         return self._layout
