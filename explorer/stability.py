@@ -152,7 +152,7 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
         V[:, 0].index_copy_(0, rows, v)
         runs = _runs(rows.tolist(), GS_CHUNK)
         for j in range(m):
-            w = matvec(V[:, j].index_select(0, rows), rows)
+            w = matvec(V[:, j] if rows.numel() == batch else V[:, j].index_select(0, rows), rows)
             matvecs += 1
             for a, b, i in runs:
                 part = w[i:i + b - a]
@@ -164,7 +164,7 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
                 torch.mul(part, torch.where(alive, 1 / norm.clamp_min(tiny), 0.0)[:, None], out=V[a:b, j + 1])
             if j + 1 < m and (j + 1 < min_steps or (j + 1 - min_steps) % 2):
                 continue   # a Ritz test every second step: its eig costs a third of a product
-            theta, y, residual = _ritz(H.index_select(0, rows), j + 1)
+            theta, y, residual = _ritz(H if rows.numel() == batch else H.index_select(0, rows), j + 1)
             done = residual <= rtol * theta.abs().clamp_min(1e-12)
             if j + 1 == m and last:
                 done[:] = True
