@@ -109,6 +109,22 @@ def _ritz_vector(V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.complex(re.double(), im.double())
 
 
+# (dtype, device) -> the last Krylov basis buffer, kept for the next estimate: a fresh one of a batch's
+# size (88 MB for 40 Fashion-MNIST images) is mapped anew by the allocator, and its first touch (page
+# faults) cost 65 ms, a sixth of the estimate; written over, it costs 7 ms.
+_WORKSPACE: dict = {}
+
+
+def _basis(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` in the kept buffer (grown when too small)."""
+    key, size = (like.dtype, like.device), math.prod(shape)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < size:
+        _WORKSPACE.pop(key, None)   # (the old buffer goes before the new one is mapped)
+        buf = _WORKSPACE[key] = like.new_empty(size)
+    return buf[:size].view(shape)
+
+
 def _runs(rows: list[int], size: int) -> list[tuple[int, int, int]]:
     """The sorted ``rows`` as runs of consecutive indices, at most ``size`` long: (first, end, where the run
     starts in ``rows``). A run's Krylov bases are one slice of V: no copy."""
@@ -143,7 +159,7 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
     theta_all = torch.zeros(batch, dtype=torch.complex128, device=v0.device)
     u_all = torch.zeros(batch, n, dtype=torch.complex128, device=v0.device)
     res_all = torch.zeros(batch, dtype=torch.float64, device=v0.device)
-    V = v0.new_empty(batch, m + 1, n)   # row j + 1 of a live sample is written before it is read
+    V = _basis(v0, (batch, m + 1, n))   # row j + 1 of a live sample is written before it is read
     H = v0.new_zeros(batch, m + 1, m, dtype=torch.float64)
     rows, v, matvecs = torch.arange(batch, device=v0.device), unit, 0
     for restart in range(max(1, restarts)):
