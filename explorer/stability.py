@@ -111,17 +111,22 @@ def _ritz_vector(V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # (dtype, device) -> the last Krylov basis buffer, kept for the next estimate: a fresh one of a batch's
 # size (88 MB for 40 Fashion-MNIST images) is mapped anew by the allocator, and its first touch (page
-# faults) cost 65 ms, a sixth of the estimate; written over, it costs 7 ms.
+# faults) cost 65 ms, a sixth of the estimate; written over, it costs 7 ms. Larger ones are not kept
+# (Hopfield-ResNet13's is 30 MB a sample).
 _WORKSPACE: dict = {}
+WORKSPACE_BYTES = 256 * 2**20
 
 
 def _basis(like: torch.Tensor, shape: tuple) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` in the kept buffer (grown when too small)."""
+    """An uninitialised tensor of ``shape``, in the kept buffer (grown when too small) up to
+    :data:`WORKSPACE_BYTES`, else a fresh one."""
     key, size = (like.dtype, like.device), math.prod(shape)
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < size:
         _WORKSPACE.pop(key, None)   # (the old buffer goes before the new one is mapped)
-        buf = _WORKSPACE[key] = like.new_empty(size)
+        buf = like.new_empty(size)
+        if size * buf.element_size() <= WORKSPACE_BYTES:
+            _WORKSPACE[key] = buf
     return buf[:size].view(shape)
 
 
