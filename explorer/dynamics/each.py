@@ -19,9 +19,9 @@ import torch
 from ..network import INPUT, OUTPUT, HopfieldNetwork, _layout
 from ..record import LAYER_STATS, STAT_INDEX, RecordConfig
 from .driver import _first_non_finite_parameter, _Run
-from .updates import _input_drives, _weight_map
 from .energy import energies, phi
 from .stepper import choose_stepper
+from .updates import _input_drives, _weight_map
 
 # A rebuild of the batch (a new stepper for the samples left) costs about as much as this many
 # sample-steps (measured here: 2.4 ms against 0.13 ms a sample-step at batch 40). Finished samples
