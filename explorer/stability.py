@@ -109,6 +109,40 @@ def _ritz_vector(V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.complex(re.double(), im.double())
 
 
+# (dtype, device) -> the last Krylov basis buffer, kept for the next estimate: a fresh one of a batch's
+# size (88 MB for 40 Fashion-MNIST images) is mapped anew by the allocator, and its first touch (page
+# faults) cost 65 ms, a sixth of the estimate; written over, it costs 7 ms. Larger ones are not kept
+# (Hopfield-ResNet13's is 30 MB a sample).
+_WORKSPACE: dict = {}
+WORKSPACE_BYTES = 256 * 2**20
+
+
+def _basis(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """An uninitialised tensor of ``shape``, in the kept buffer (grown when too small) up to
+    :data:`WORKSPACE_BYTES`, else a fresh one."""
+    key, size = (like.dtype, like.device), math.prod(shape)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < size:
+        _WORKSPACE.pop(key, None)   # (the old buffer goes before the new one is mapped)
+        buf = like.new_empty(size)
+        if size * buf.element_size() <= WORKSPACE_BYTES:
+            _WORKSPACE[key] = buf
+    return buf[:size].view(shape)
+
+
+def _runs(rows: list[int], size: int) -> list[tuple[int, int, int]]:
+    """The sorted ``rows`` as runs of consecutive indices, at most ``size`` long: (first, end, where the run
+    starts in ``rows``). A run's Krylov bases are one slice of V: no copy."""
+    out, i = [], 0
+    while i < len(rows):
+        k = i + 1
+        while k < len(rows) and rows[k] == rows[k - 1] + 1 and k - i < size:
+            k += 1
+        out.append((rows[i], rows[k - 1] + 1, i))
+        i = k
+    return out
+
+
 def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, restarts: int = RESTARTS,
                         rtol: float = RTOL, min_steps: int = MIN_STEPS):
     """The largest-modulus eigenvalue of each of a batch of (non-symmetric) operators.
@@ -116,60 +150,57 @@ def dominant_eigenvalue(matvec, v0: torch.Tensor, *, krylov: int = KRYLOV, resta
     ``matvec(v, rows)`` maps [b, N] to [b, N], row i by the operator of sample ``rows[i]`` (a long
     tensor of indices into the batch); ``v0`` [B, N] starts it. Arnoldi (classical Gram-Schmidt
     twice), each sample stopping at its first Ritz test whose largest Ritz pair has a residual under
-    ``rtol * |theta|`` (it then leaves the batch: its iterations are those it gets alone), else
+    ``rtol * |theta|`` (it then leaves the batch at once: its iterations are those it gets alone), else
     restarting from the real plane of that Ritz vector (which holds both members of a complex pair).
     A sample whose Krylov space closes (an invariant subspace: exact) gets zero vectors from there
     on, which add only zero eigenvalues. Returns (theta [B] complex, Ritz vector [B, N] complex of
     unit norm, residual [B], matvecs: products per sample, the most any sample used)."""
+    # Finished samples keep their rows of V and H (no copy); the live ones are stepped and
+    # orthogonalised in runs of consecutive rows (:func:`_runs`).
     batch, n = v0.shape
     m = max(1, min(krylov, n))
-    tiny = torch.finfo(v0.dtype).tiny
+    tiny, eps = torch.finfo(v0.dtype).tiny, torch.finfo(v0.dtype).eps
     unit = v0 / torch.linalg.vector_norm(v0, dim=1, keepdim=True).clamp_min(tiny)
     theta_all = torch.zeros(batch, dtype=torch.complex128, device=v0.device)
     u_all = torch.zeros(batch, n, dtype=torch.complex128, device=v0.device)
     res_all = torch.zeros(batch, dtype=torch.float64, device=v0.device)
-    rows, v, matvecs, used = torch.arange(batch, device=v0.device), unit, 0, 0
+    V = _basis(v0, (batch, m + 1, n))   # row j + 1 of a live sample is written before it is read
+    H = v0.new_zeros(batch, m + 1, m, dtype=torch.float64)
+    rows, v, matvecs = torch.arange(batch, device=v0.device), unit, 0
     for restart in range(max(1, restarts)):
         last = restart == max(1, restarts) - 1
-        V = v.new_empty(rows.numel(), m + 1, n)   # row j + 1 is written before it is read
-        H = v.new_zeros(rows.numel(), m + 1, m, dtype=torch.float64)
-        live = torch.ones(rows.numel(), dtype=torch.bool, device=v.device)   # rows still iterating
-        V[:, 0] = v
+        H.index_fill_(0, rows, 0.0)
+        V[:, 0].index_copy_(0, rows, v)
+        runs = _runs(rows.tolist(), GS_CHUNK)
         for j in range(m):
-            w = matvec(V[:, j], rows)
-            used += 1
-            matvecs = max(matvecs, used)
-            scale = torch.linalg.vector_norm(w, dim=1)
-            for c in range(0, w.shape[0], GS_CHUNK):
-                part = slice(c, c + GS_CHUNK)
-                w[part] = _orthogonalize(w[part], V[part, :j + 1], H[part, :j + 1, j])
-            norm = torch.linalg.vector_norm(w, dim=1)
-            alive = norm > 100 * torch.finfo(w.dtype).eps * scale
-            H[:, j + 1, j] = torch.where(alive, norm, torch.zeros_like(norm)).double()
-            V[:, j + 1] = w * torch.where(alive, 1 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None]
+            w = matvec(V[:, j] if rows.numel() == batch else V[:, j].index_select(0, rows), rows)
+            matvecs += 1
+            for a, b, i in runs:
+                part = w[i:i + b - a]
+                scale = torch.linalg.vector_norm(part, dim=1)
+                part = _orthogonalize(part, V[a:b, :j + 1], H[a:b, :j + 1, j])
+                norm = torch.linalg.vector_norm(part, dim=1)
+                alive = norm > 100 * eps * scale
+                H[a:b, j + 1, j] = torch.where(alive, norm, torch.zeros_like(norm)).double()
+                torch.mul(part, torch.where(alive, 1 / norm.clamp_min(tiny), 0.0)[:, None], out=V[a:b, j + 1])
             if j + 1 < m and (j + 1 < min_steps or (j + 1 - min_steps) % 2):
                 continue   # a Ritz test every second step: its eig costs a third of a product
-            theta, y, residual = _ritz(H, j + 1)
-            done = (residual <= rtol * theta.abs().clamp_min(1e-12)) & live
+            theta, y, residual = _ritz(H if rows.numel() == batch else H.index_select(0, rows), j + 1)
+            done = residual <= rtol * theta.abs().clamp_min(1e-12)
             if j + 1 == m and last:
-                done = live.clone()
-            if not bool(done.any()):
-                continue
-            k = done.nonzero().flatten()
-            theta_all[rows[k]], res_all[rows[k]] = theta[k], residual[k]
-            u_all[rows[k]] = _ritz_vector(V[k, :j + 1], y[k])
-            live &= ~done
-            if not bool(live.any()):
-                return theta_all, u_all, res_all, matvecs
-            if 4 * int((~live).sum()) >= live.numel():   # finished rows leave once a quarter are: a copy of V
-                keep = live.nonzero().flatten()
-                V2 = V.new_empty(keep.numel(), m + 1, n)
-                V2[:, :j + 2] = V[keep, :j + 2]
-                rows, V, H, theta, y = rows[keep], V2, H[keep], theta[keep], y[keep]
-                live = live[keep]
-        keep = live.nonzero().flatten()   # the rows left restart from their Ritz vector's real plane
-        rows, V, y = rows[keep], V[keep, :y.shape[1]], y[keep]
-        u = _ritz_vector(V, y)
+                done[:] = True
+            if bool(done.any()):
+                for i in done.nonzero().flatten().tolist():
+                    r = int(rows[i])
+                    theta_all[r], res_all[r] = theta[i], residual[i]
+                    u_all[r] = _ritz_vector(V[r:r + 1, :j + 1], y[i:i + 1])[0]
+                keep = (~done).nonzero().flatten()
+                if not keep.numel():
+                    return theta_all, u_all, res_all, matvecs
+                rows, y = rows[keep], y[keep]
+                runs = _runs(rows.tolist(), GS_CHUNK)
+        # the rows left restart from their Ritz vector's real plane
+        u = torch.cat([_ritz_vector(V[r:r + 1, :y.shape[1]], y[i:i + 1]) for i, r in enumerate(rows.tolist())])
         v = (u.real + u.imag).to(v0.dtype)
         norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
         v = torch.where(norm > 0, v / norm.clamp_min(tiny), unit[rows])
@@ -311,7 +342,7 @@ def spectrum(net: HopfieldNetwork, x: torch.Tensor, state: dict, *, schedule: st
             + START_NOISE * noise / torch.linalg.vector_norm(noise, dim=1, keepdim=True)
         theta, u, residual, matvecs = dominant_eigenvalue(matvec, v0, krylov=krylov, restarts=restarts,
                                                           rtol=rtol)
-    weight = u.abs().pow(2).cpu()
+    weight = (u.real.square() + u.imag.square()).cpu()   # |u|^2 (complex abs takes a hypot per unit: 10x slower)
     shares = []
     for b in range(batch):
         total = float(weight[b].sum()) or 1.0

@@ -230,3 +230,32 @@ def test_restarted_arnoldi_with_a_real_spectrum_in_float32():
     theta, u, residual, matvecs = dominant_eigenvalue(lambda v, rows: v @ a.t(), v0, krylov=5, restarts=40, rtol=1e-4)
     assert matvecs > 5                         # one Krylov space of 5 was not enough: it restarted
     assert float(theta[0].real) == pytest.approx(0.9, abs=1e-3) and abs(float(theta[0].imag)) < 1e-6
+
+
+def test_samples_that_finish_or_restart_at_different_steps_get_their_alone_result():
+    # operators whose dominant eigenvalue separates fast or slowly: some samples stop at the first Ritz
+    # test, others restart (krylov 5), so the live rows thin out unevenly (runs of rows, a kept basis
+    # buffer holding another call's vectors); each must get exactly what it gets alone
+    gen = torch.Generator().manual_seed(5)
+    n, mats = 30, []
+    for top in (0.9, 0.5, 0.95, 0.3, 0.92, 0.6, 0.97):
+        q = torch.randn(n, n, generator=gen, dtype=torch.float64) + 3 * torch.eye(n, dtype=torch.float64)
+        eig = torch.linspace(-0.5, 0.85 * top, n, dtype=torch.float64)
+        eig[-1] = top
+        mats.append(q @ torch.diag(eig) @ torch.linalg.inv(q))
+    a = torch.stack(mats)
+    v0 = torch.randn(len(mats), n, generator=gen, dtype=torch.float64)
+    used = []
+
+    def matvec(v, rows):
+        used.append(rows.tolist())
+        return torch.bmm(a[rows], v.unsqueeze(2)).squeeze(2)
+    theta, u, residual, matvecs = dominant_eigenvalue(matvec, v0, krylov=5, restarts=40, rtol=1e-6)
+    assert matvecs > 5 and len(used[-1]) < len(mats) and len(set(map(len, used))) > 2   # restarts, rows thinned
+    for b in range(len(mats)):
+        one = dominant_eigenvalue(lambda v, rows: torch.bmm(a[b:b + 1], v.unsqueeze(2)).squeeze(2), v0[b:b + 1],
+                                  krylov=5, restarts=40, rtol=1e-6)
+        assert complex(theta[b]) == pytest.approx(complex(one[0][0]), rel=1e-12)
+        assert float(residual[b]) == pytest.approx(float(one[2][0]), rel=1e-5)   # a small difference: its last bits
+        assert torch.allclose(u[b], one[1][0], rtol=1e-8, atol=1e-10)
+        assert float(theta[b].abs()) == pytest.approx(float(torch.linalg.eigvals(a[b]).abs().max()), abs=1e-4)

@@ -188,7 +188,8 @@ class _Run:
         self.stepper: Stepper | None = None
         self.units_idx = None
 
-    def _problem(self) -> Problem:
+    def _problem(self, fixed: dict | None = None) -> Problem:
+        """``fixed``: the input's drives (:func:`_input_drives`) when the caller has them already."""
         net, x = self.net, self.x
         owner = energy_owner(net, self.groups)
         weights = _weight_map(net)
@@ -196,7 +197,8 @@ class _Run:
         self.units_idx = _unit_indices(net, units) if units else None
         return Problem(net, x, self.s, self.groups, self.beta, self.omega, self.target, self.target_1h,
                        self.free_state if (self.free_state is not None and self.beta != 0) else None, self.steps,
-                       self.units_idx, self.scalars, weights, _input_drives(net, weights, x, self.s), owner,
+                       self.units_idx, self.scalars, weights,
+                       fixed if fixed is not None else _input_drives(net, weights, x, self.s), owner,
                        [e for e in net.edges if owner[id(e)] is None])
 
     def current(self) -> dict:

@@ -21,6 +21,7 @@ from ..record import LAYER_STATS, STAT_INDEX, RecordConfig
 from .driver import _first_non_finite_parameter, _Run
 from .energy import energies, phi
 from .stepper import choose_stepper
+from .updates import _input_drives, _weight_map
 
 # A rebuild of the batch (a new stepper for the samples left) costs about as much as this many
 # sample-steps (measured here: 2.4 ms against 0.13 ms a sample-step at batch 40). Finished samples
@@ -55,7 +56,14 @@ class EachResult:
 
 
 def _rows(d: dict | None, idx: torch.Tensor, names) -> dict | None:
-    return None if d is None else {n: d[n].index_select(0, idx) for n in names}
+    return None if d is None else {n: _rows_of(d[n], idx) for n in names}
+
+
+def _rows_of(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``t``, a channels-last map kept channels-last (index_select gives NCHW)."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+    return t.index_select(0, idx)
 
 
 class _Each:
@@ -74,6 +82,7 @@ class _Each:
         self.bad: list[str | None] = [None] * batch
         self.final = {n: _layout(torch.empty((batch, *net.spec.shape_of(n)), dtype=x.dtype, device=x.device))
                       for n in self.names}   # in the engine's layout (channels-last maps), as relax leaves it
+        self.drives = None   # the input's drives, for every sample (computed at the first segment)
 
     def segment(self, active: torch.Tensor, start: dict | None, t0: int, should_stop):
         """Relax the samples ``active`` from ``start`` (their rows; None: zeros) at step ``t0`` until some
@@ -83,7 +92,7 @@ class _Each:
                    target=sub(self.target), schedule=self.schedule, state=start, tol=None,
                    free_state=_rows(self.free_state, active, self.names), record=RecordConfig(units=0, keep=False),
                    on_step=None, phase=self.phase, state_phi=None, omega=self.omega)
-        run.stepper = stepper = choose_stepper(run._problem(), self.want)
+        run.stepper = stepper = choose_stepper(run._problem(self._drives(active)), self.want)
         rows = active.tolist()
         live = torch.ones(len(rows), dtype=torch.bool, device=active.device)
         stats, energy, pending, done, wasted, t, rest = [], [], None, 0, 0, 0, None
@@ -123,6 +132,15 @@ class _Each:
             self._freeze(s, active, left, t0 + t, None, rest)
             return active[:0], None, t0 + t
         return active[left], _rows(s, left, self.names), t0 + t
+
+    def _drives(self, active: torch.Tensor) -> dict:
+        """The input's drives for the samples ``active``: computed once for the batch, rows taken per
+        segment (in the layout the stepper reads)."""
+        if self.drives is None:
+            self.drives = _input_drives(self.net, _weight_map(self.net), self.x, self.final)
+        if active.numel() == self.x.shape[0]:
+            return self.drives
+        return {e: _rows_of(t, active) for e, t in self.drives.items()}
 
     def _freeze(self, s: dict, active, idx: torch.Tensor, t: int, bad, how: str = "tol") -> None:
         """Samples ``active[idx]`` end at step ``t`` with the state rows ``idx`` of ``s``."""
