@@ -11,6 +11,7 @@ interact, so J is block diagonal and one batched Jacobian-vector product serves 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -112,21 +113,27 @@ def _ritz_vector(V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # (dtype, device) -> the last Krylov basis buffer, kept for the next estimate: a fresh one of a batch's
 # size (88 MB for 40 Fashion-MNIST images) is mapped anew by the allocator, and its first touch (page
 # faults) cost 65 ms, a sixth of the estimate; written over, it costs 7 ms. Larger ones are not kept
-# (Hopfield-ResNet13's is 30 MB a sample).
-_WORKSPACE: dict = {}
+# (Hopfield-ResNet13's is 30 MB a sample). One per thread: a page's relaxation worker and its scan job
+# (and other pages' workers) estimate at the same time; the buffer goes with its thread.
+_WORKSPACE = threading.local()
 WORKSPACE_BYTES = 256 * 2**20
+
+
+class EstimateStopped(Exception):
+    """Raised inside an estimate whose ``should_stop()`` became true."""
 
 
 def _basis(like: torch.Tensor, shape: tuple) -> torch.Tensor:
     """An uninitialised tensor of ``shape``, in the kept buffer (grown when too small) up to
     :data:`WORKSPACE_BYTES`, else a fresh one."""
+    kept = _WORKSPACE.__dict__.setdefault("buffers", {})
     key, size = (like.dtype, like.device), math.prod(shape)
-    buf = _WORKSPACE.get(key)
+    buf = kept.get(key)
     if buf is None or buf.numel() < size:
-        _WORKSPACE.pop(key, None)   # (the old buffer goes before the new one is mapped)
+        kept.pop(key, None)   # (the old buffer goes before the new one is mapped)
         buf = like.new_empty(size)
         if size * buf.element_size() <= WORKSPACE_BYTES:
-            _WORKSPACE[key] = buf
+            kept[key] = buf
     return buf[:size].view(shape)
 
 
@@ -299,8 +306,10 @@ def _step_linear(net: HopfieldNetwork, x: torch.Tensor, groups, beta: float, tar
 
 def spectrum(net: HopfieldNetwork, x: torch.Tensor, state: dict, *, schedule: str = "paper",
              beta: float = 0.0, target=None, krylov: int = KRYLOV, restarts: int = RESTARTS,
-             rtol: float = RTOL, seed: int = 0, method: str = "auto") -> Spectrum:
+             rtol: float = RTOL, seed: int = 0, method: str = "auto", should_stop=None) -> Spectrum:
     """The dominant eigenvalue of the Jacobian of one step of ``schedule`` at ``state``, per sample.
+    ``should_stop()`` true before a Jacobian product ends the estimate with :class:`EstimateStopped`
+    (the page's run it was for has been replaced).
 
     ``method``: "jvp", forward-mode autograd through :func:`explorer.dynamics.step`; "linear", the
     same Jacobian in explicit tensor code (free phase or MSE cost); "auto", linear where it applies.
@@ -331,6 +340,8 @@ def spectrum(net: HopfieldNetwork, x: torch.Tensor, state: dict, *, schedule: st
         apply, moved = (_step_linear if linear else _step_jvp)(net, x, groups, beta, target_1h, s_star)
 
         def matvec(v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            if should_stop is not None and should_stop():
+                raise EstimateStopped("the estimate was stopped")
             return flat.flatten(apply(flat.unflatten(v), rows))
 
         # one noise vector for every sample: a sample's start does not depend on its place in the batch
@@ -403,7 +414,7 @@ def explain(rho: list[float], rate: list, schedule: str, dominant: list[str], sh
 def stability(net: HopfieldNetwork, x: torch.Tensor, *, schedule: str = "paper", steps: int = 120,
               tol: float | None = None, state: dict | None = None, free: PhaseResult | None = None,
               krylov: int = KRYLOV, restarts: int = RESTARTS, rtol: float = RTOL,
-              last: int = RATE_WINDOW, seed: int = 0) -> Stability:
+              last: int = RATE_WINDOW, seed: int = 0, should_stop=None) -> Stability:
     """Relax the free phase (or take ``free``, a recorded free phase already run) and report the
     stability of where it ended under ``schedule``: spectral radius, observed rate, layer shares."""
     x = net.check_input(x)
@@ -412,7 +423,7 @@ def stability(net: HopfieldNetwork, x: torch.Tensor, *, schedule: str = "paper",
         free = relax(net, x, steps=steps, schedule=schedule, tol=tol, state=state, record=RecordConfig(units=0))
     t1 = time.perf_counter()
     spec_ = spectrum(net, x, free.state, schedule=schedule, krylov=krylov, restarts=restarts, rtol=rtol,
-                     seed=seed)
+                     seed=seed, should_stop=should_stop)
     t2 = time.perf_counter()
     if len(free.records) > 2:
         rate = observed_rate(torch.stack([r.stat("step_size") for r in free.records[1:]]), last=last)

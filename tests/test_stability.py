@@ -259,3 +259,29 @@ def test_samples_that_finish_or_restart_at_different_steps_get_their_alone_resul
         assert float(residual[b]) == pytest.approx(float(one[2][0]), rel=1e-5)   # a small difference: its last bits
         assert torch.allclose(u[b], one[1][0], rtol=1e-8, atol=1e-10)
         assert float(theta[b].abs()) == pytest.approx(float(torch.linalg.eigvals(a[b]).abs().max()), abs=1e-4)
+
+
+def test_an_estimate_asked_to_stop_ends_before_its_next_jacobian_product():
+    """The page's worker passes "my run was replaced" as should_stop: the estimate ends there
+    (the next run starts at once), and a should_stop that stays false changes nothing."""
+    from explorer.app.worker import fixed_point_stability
+    from explorer.stability import EstimateStopped
+    net, x = tiny(*CASES[next(iter(CASES))])
+    state = fixed_point(net, x)
+    asked = []
+    def stop_at_third():
+        asked.append(1)
+        return len(asked) >= 3
+    with pytest.raises(EstimateStopped):
+        spectrum(net, x, state, schedule="paper", should_stop=stop_at_third)
+    assert len(asked) == 3
+    alone = spectrum(net, x, state, schedule="paper")
+    assert spectrum(net, x, state, schedule="paper", should_stop=lambda: False).spectral_radius == alone.spectral_radius
+
+    class Request:   # what the worker hands fixed_point_stability
+        pass
+    req = Request()
+    req.net, req.x, req.schedule = net, x, "paper"
+    free = relax(net, x, steps=30, schedule="paper")
+    assert fixed_point_stability(req, free, should_stop=lambda: True) is None
+    assert fixed_point_stability(req, free)["spectral_radius"] > 0

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..ep import run_phases
-from ..stability import stability
+from ..stability import EstimateStopped, stability
 from ..network import OUTPUT
 from ..record import ENERGY_STATS, LAYER_STATS, PhaseResult, StepRecord
 from ..run import Run, RunStore, network_identity
@@ -311,7 +311,9 @@ class RunWorker:
         def on_phase(result: PhaseResult) -> None:
             phase = run.add_phase(result)
             if result.phase == "free" and result.records and not self._stale(run_id):
-                phase.verdict["stability"] = fixed_point_stability(req, result)
+                estimate = fixed_point_stability(req, result, should_stop=lambda: self._stale(run_id))
+                if estimate is not None:
+                    phase.verdict["stability"] = estimate
             y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
             self._put(PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y), run_id)
 
@@ -331,11 +333,14 @@ class RunWorker:
         self._put(ended, run_id)
 
 
-def fixed_point_stability(req: RunRequest, free: PhaseResult) -> dict:
+def fixed_point_stability(req: RunRequest, free: PhaseResult, should_stop=None) -> dict | None:
     """The spectral radius of one step's Jacobian at the free phase's end, for the image on screen
-    (explorer.stability; about one free phase's work), as data for the verdict."""
+    (explorer.stability; about one free phase's work), as data for the verdict; None when
+    ``should_stop()`` ended it (a slider moved: the next run starts at once, not after the estimate)."""
     try:
-        st = stability(req.net, req.x, schedule=req.schedule, free=free)
+        st = stability(req.net, req.x, schedule=req.schedule, free=free, should_stop=should_stop)
+    except EstimateStopped:
+        return None
     except Exception as exc:   # an estimate that fails must not cost the run
         log.exception("stability estimate failed")
         return {"error": f"{type(exc).__name__}: {exc}"}
