@@ -19,6 +19,8 @@ CHART = dict(width=380, height=240, toolbar=None, default_tools=["hover"], fonts
 # Presentation mode: larger charts (two side by side on a 1024-px projector with the sidebar hidden),
 # fonts as the Relaxation tab's (views/base.py style()), titles wrapped to the figure.
 PRESENT_SIZE = dict(width=460, height=330)
+# Panel's tables are 12 px (panel/dist/css/dataframe.css): scaled with the views' text (assets/app.css).
+TABLE_CSS = "table.panel-df { font-size: calc(12px * var(--explorer-text, 1)); }"
 AXIS_ROOM = 90       # px left of the plot area (y ticks and label) at the presentation font
 EM = 0.6             # a generous average character width of bold sans-serif, in em
 
@@ -32,20 +34,20 @@ def wrap_title(title: str, width: int, present: bool) -> str:
     return "\n".join(textwrap.wrap(title, chars)) or title
 
 
-def present_style(plot, element) -> None:
-    """A HoloViews hook: the Relaxation tab's presentation fonts, HoloViews' own background and outline."""
-    from .views.base import style
-    fig = plot.state
-    keep = {k: getattr(fig, k) for k in ("background_fill_color", "outline_line_color")}
-    style(fig, present=True)
-    fig.update(**keep)
+def present_fonts() -> dict:
+    """HoloViews' fontsize option at the Relaxation tab's presentation sizes (views/base.py FONT_SIZES). Set
+    when the plot is built: a legend restyled afterwards (a hook) was placed off the plot in Chromium."""
+    from .views.base import FONT_SIZES
+    px = {k: f"{v}px" for k, v in FONT_SIZES[True].items()}
+    return {"title": px["title"], "labels": px["axis_label"], "xticks": px["tick"], "yticks": px["tick"],
+            "legend": px["legend"], "clabel": px["axis_label"], "cticks": px["tick"]}
 
 
 def chart_opts(title: str, present: bool, base: dict = CHART) -> dict:
     """Options of a Scan or Sweep chart: ``base`` on a desk; larger and restyled in presentation mode."""
     opts = dict(base)
     if present:
-        opts.update(PRESENT_SIZE, hooks=[present_style])
+        opts.update(PRESENT_SIZE, fontsize=present_fonts())
     opts["title"] = wrap_title(title, opts["width"], present)
     return opts
 

@@ -22,7 +22,7 @@ import param
 import torch
 
 from ..gradients import budget_against_converged, ep_against_bptt, gdu, precision
-from .charts import present_style
+from .charts import TABLE_CSS, present_fonts
 from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
 from .state import SettingError, net_with_alpha
 
@@ -54,9 +54,9 @@ def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
         bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
         curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}"))
         curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(line_dash="dashed"))
-    # (HoloViews hands legend_cols to the legend's rows: three entries a row below the plot.)
-    look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=-(-len(curves) // 3),
-                hooks=[present_style]) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
+    # (HoloViews hands legend_cols to the legend's rows: two, so that each unit's EP and BPTT share a column.)
+    look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
+                fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
     return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
 
 
@@ -93,7 +93,8 @@ class GradientsTab(pn.viewable.Viewer):
         self.start_button.on_click(lambda _e: self.start())
         self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
                                    sizing_mode="stretch_width")
-        self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width")
+        self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width",
+                                            stylesheets=[TABLE_CSS])
                        for p in PARTS}
         self.notes = {p: pn.pane.HTML("", sizing_mode="stretch_width") for p in PARTS}
         # Nothing until computed: an empty Overlay cannot be drawn (HoloViews' SkipRendering), and

@@ -70,8 +70,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.status = pn.pane.HTML("<i>No scan yet.</i>", sizing_mode="stretch_width", margin=(0, 10))
         self.phase_table = pn.pane.DataFrame(None, index=False, width=420, float_format=lambda v: f"{v:.4g}",
-                                             na_rep="—",
-                                             visible=False)
+                                             na_rep="—", visible=False, stylesheets=[charts.TABLE_CSS])
         self.overview = pn.pane.HTML("", width=440, margin=(0, 10))
         self.steps_plot = pn.pane.HoloViews(None, visible=False)
         self.classes_plot = pn.pane.HoloViews(None, visible=False)

@@ -252,7 +252,7 @@ class TrainView(pn.viewable.Viewer):
         self.present_buttons = {name: pn.widgets.Button.from_param(s.param[name], color=b.color, width=90,
                                                                     margin=(5, 3))
                                 for name, b in self.buttons.items()}
-        self.show_settings = pn.widgets.Toggle(name="Settings", value=False, width=110, margin=(5, 3, 5, 15))
+        self.show_settings = pn.widgets.Toggle(label="Settings", value=False, width=110, margin=(5, 3, 5, 15))
         self.show_settings.param.watch(lambda _e: self._fold_settings(), "value")
         self.present_bar = pn.Row(*self.present_buttons.values(), self.show_settings, visible=False,
                                   margin=(0, 5))
