@@ -54,7 +54,7 @@ def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
         bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
         curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}"))
         curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(line_dash="dashed"))
-    # (HoloViews hands legend_cols to the legend's rows: two, so that each unit's EP and BPTT share a column.)
+    # The legend below the curves in two columns (HoloViews hands legend_cols to Bokeh's nrows).
     look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
                 fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
     return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
