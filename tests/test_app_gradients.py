@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from explorer.app.gradients_tab import PARTS, GradientsTab
+from explorer.app.gradients_tab import GDU_HEIGHT, PARTS, GradientsTab
 from explorer.app.state import ExplorerState, net_with_alpha
 from explorer.gradients import ep_against_bptt
 
@@ -33,6 +33,16 @@ def test_the_tab_shows_ep_against_bptt_for_the_run_on_screen(tab):
     assert "bptt cosine" in tab.tables["budget against converged"].object.columns
     assert tab.gdu_parameter in tab.results["gdu"].units and tab.gdu_plot.object is not None
     assert len(tab.gdu_plot.object) == 2 * len(tab.results["gdu"].units[tab.gdu_parameter])
+    # Presentation mode (the page sets it): the GDU plot drawn again with large fonts, its legend below
+    # the curves (beside them it squeezed the plot on a 1024-px projector), the same curves.
+    import holoviews as hv
+    from bokeh.models import Legend
+    tab.present = True
+    fig = hv.render(tab.gdu_plot.object, backend="bokeh")
+    assert min(float(str(a.major_label_text_font_size).rstrip("px")) for a in (*fig.xaxis, *fig.yaxis)) >= 16
+    assert [m for m in fig.below if isinstance(m, Legend)] and not [m for m in fig.right if isinstance(m, Legend)]
+    assert len(tab.gdu_plot.object) == 2 * len(tab.results["gdu"].units[tab.gdu_parameter])
+    assert tab.gdu_plot.height > GDU_HEIGHT[False]
 
 
 def test_while_a_scan_holds_the_pages_worker_the_tab_says_so_and_runs_nothing(tab):
@@ -43,3 +53,13 @@ def test_while_a_scan_holds_the_pages_worker_the_tab_says_so_and_runs_nothing(ta
         assert not tab.start() and "already running" in tab.status.object and not tab.results
     finally:
         release.set()
+
+
+def test_the_tab_opens_before_anything_is_computed(tab):
+    # The GDU plot started as an empty Overlay, which HoloViews cannot draw (SkipRendering): the served
+    # page's tabs failed to open this tab at all.
+    import panel as pn
+    from bokeh.document import Document
+    for present in (False, True):    # on a desk and in presentation mode
+        tab.present = present
+        assert pn.panel(tab).get_root(Document()) is not None

@@ -32,6 +32,27 @@ def eager_kernels():
     native.set_blocking(True)
 
 
+def presentation_sizes(chart) -> dict:
+    """The chart as the page draws it: its width, smallest tick-label size (px) of its axes and colour
+    bars, and the longest title line's estimated width (0.6 em a character at its font size)."""
+    import holoviews as hv
+    from bokeh.models import ColorBar
+    fig = hv.render(chart, backend="bokeh")
+    bars = [m for m in (*fig.right, *fig.left, *fig.below) if isinstance(m, ColorBar)]
+    ticks = [float(str(m.major_label_text_font_size).rstrip("px")) for m in (*fig.xaxis, *fig.yaxis, *bars)]
+    title_px = float(str(fig.title.text_font_size).rstrip("px"))
+    return {"width": fig.width, "tick": min(ticks),
+            "title": max(len(line) for line in fig.title.text.split("\n")) * 0.6 * title_px}
+
+
+def assert_presentable(chart, what: str) -> None:
+    # Presentation mode: tick labels for the back of a room (issue 18, item 5) and no title cut at the
+    # figure's edge (it runs from the plot area's left, at least 60 px in).
+    sizes = presentation_sizes(chart)
+    assert sizes["tick"] >= 16, f"{what}: tick labels of {sizes['tick']} px"
+    assert sizes["title"] <= sizes["width"] - 60, f"{what}: title of {sizes['title']} px in {sizes['width']} px"
+
+
 def untrained_state(**settings) -> ExplorerState:
     return ExplorerState(model="untrained resnet", zoo=[], trained=[], **{**SHORT, **settings})
 
@@ -84,6 +105,14 @@ def test_scan_tab_shows_the_numbers_of_scan_on_the_same_images():
     assert [i for i, _ in tab.gallery_buttons] == [o.index for o in failures]
     assert f"{len(failures)}" in tab.gallery_head.object
     assert not tab.start_button.disabled and tab.cancel_button.disabled and not tab.progress.visible
+    # Presentation mode (the page sets it): the same charts drawn again, larger, with large fonts.
+    tab.present = True
+    for what in ("steps_plot", "classes_plot", "layers_plot", "radius_plot"):
+        assert_presentable(getattr(tab, what).object, what)
+    bars = tab.classes_plot.object.data
+    assert dict(zip(bars["verdict"], bars["images"])) == expected["classes"]
+    tab.present = False
+    assert presentation_sizes(tab.classes_plot.object)["width"] == 380
 
 
 def test_a_click_on_a_failing_image_opens_it_in_the_relaxation_tab_with_the_scan_settings():
@@ -182,6 +211,12 @@ def test_sweep_heatmaps_hold_each_cells_numbers_and_a_click_sets_the_relaxation_
                         == (x, y))
             want = sweep_mod.metric_value(cell, key)
             assert (math.isnan(v) and math.isnan(want)) or v == want
+    # Presentation mode: the heatmaps built again, larger, with large fonts, holding the same cells.
+    tab.present = True
+    for (key, third), pipe in tab.pipes.items():
+        assert len(pipe.data) == 4
+    for pane in tab.heatmaps.select(pn.pane.HoloViews):
+        assert_presentable(pane.object, "heatmap")
     # the CSV export: one row per cell
     text = tab._csv_file().read().decode()
     assert text == csv_text(result) and len(text.strip().splitlines()) == 5

@@ -493,3 +493,42 @@ def test_a_model_for_other_images_is_refused_by_the_settings(app):
         app.train.settings.config(start=StartModel(net, "cifar", {}))
     with pytest.raises(SettingError, match="continuing needs the model loaded in the Relaxation tab"):
         app.train.settings.config()
+
+
+def test_presentation_mode_folds_the_settings_keeps_start_and_fits_titles_and_legends(app):
+    # At 1280x720 in presentation mode the 290-px settings column stayed, "Probe: step size per layer
+    # (log)" (about 349 px at 24 px) was cut in its 319 px, and the legends beside the plots squeezed
+    # the Phi plot to 34 px (its x tick labels ran together).
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.train import LEGEND_BELOW, PRESENT_WIDTH_1024
+    app.relaxation_tab()
+    app.presentation_controls()
+    view = app.train
+    view.__panel__()
+    desk = {name: getattr(view, name).title.text for name in PRESENT_WIDTH_1024}
+    app.present.value = True
+    assert view.present and app.scan.present and app.sweep.present and app.gradients.present
+    assert not view._left.visible and view.present_bar.visible
+    px = FONT_SIZES[True]["title"]
+    for name, width in PRESENT_WIDTH_1024.items():
+        fig = getattr(view, name)
+        # A title runs from the plot area's left edge over a legend beside it, to the figure's edge; at a
+        # generous 0.6 em a character (bold sans-serif averages about 0.45).
+        room = width - fig.min_border_left
+        for line in fig.title.text.split("\n"):
+            assert len(line) * 0.6 * px <= room, f"{line!r} overflows {name} at {width} px"
+        if name in LEGEND_BELOW:
+            assert fig.legend[0] in fig.below and fig.legend[0] not in fig.right, name
+    # Start is reachable with the settings folded away, and the settings open on demand.
+    view.show_settings.value = True
+    assert view._left.visible
+    view.show_settings.value = False
+    view.present_buttons["start"].param.trigger("value")   # as a click in the page
+    assert view.worker is not None
+    drain_until(app, lambda: view.outcome == "done", what="the run to finish")
+    assert view.present_buttons["start"].disabled is False and view.present_buttons["stop"].disabled is True
+    # Back on a desk: as before.
+    app.present.value = False
+    assert view._left.visible and not view.present_bar.visible
+    assert {name: getattr(view, name).title.text for name in PRESENT_WIDTH_1024} == desk
+    assert all(getattr(view, name).legend[0] in getattr(view, name).right for name in LEGEND_BELOW)

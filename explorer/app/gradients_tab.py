@@ -22,12 +22,14 @@ import param
 import torch
 
 from ..gradients import budget_against_converged, ep_against_bptt, gdu, precision
+from .charts import TABLE_CSS, present_fonts
 from .jobs import JobWorker, drain_until_idle, on_session_end, page_callback
 from .state import SettingError, net_with_alpha
 
 log = logging.getLogger("explorer.app")
 OWNER = "gradients"
 PARTS = ("through the free phase", "budget against converged", "float32 against float64")
+GDU_HEIGHT = {False: 340, True: 480}   # the GDU pane on a desk and in presentation mode (legend below)
 
 
 def comparison_frame(comparison) -> pd.DataFrame:
@@ -42,16 +44,20 @@ def comparison_frame(comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gdu_curves(result, parameter: str) -> hv.Overlay:
-    """EP's running update (solid) and truncated BPTT (dashed) per followed unit of one tensor."""
+def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
+    """EP's running update (solid) and truncated BPTT (dashed) per followed unit of one tensor; in
+    presentation mode with the Relaxation tab's large fonts and the legend below (beside the plot
+    it squeezed a 1024-px page's curves)."""
     curves = []
     for j, unit in enumerate(result.units[parameter]):
         ep = [(k, row[j]) for k, row in zip(result.steps, result.ep[parameter])]
         bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
         curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}"))
         curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(line_dash="dashed"))
-    return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, height=320, legend_position="right",
-                                   toolbar=None)
+    # The legend below the curves in two columns (HoloViews hands legend_cols to Bokeh's nrows).
+    look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
+                fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
+    return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
 
 
 def compute(net, x, target, settings: dict, put, should_stop) -> None:
@@ -75,6 +81,7 @@ class GradientsTab(pn.viewable.Viewer):
     """EP's gradient estimate for the Relaxation tab's run, against BPTT, a converged reference and float64."""
 
     gdu_parameter = param.Selector(default=None, objects=[], label="GDU of tensor")
+    present = param.Boolean(default=False, doc="Presentation mode: large fonts (the page sets it).")
 
     def __init__(self, state, worker: JobWorker | None = None, notify=None, **params):
         super().__init__(**params)
@@ -86,11 +93,14 @@ class GradientsTab(pn.viewable.Viewer):
         self.start_button.on_click(lambda _e: self.start())
         self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
                                    sizing_mode="stretch_width")
-        self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width")
+        self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width",
+                                            stylesheets=[TABLE_CSS])
                        for p in PARTS}
         self.notes = {p: pn.pane.HTML("", sizing_mode="stretch_width") for p in PARTS}
-        self.gdu_plot = pn.pane.HoloViews(hv.Overlay([]), sizing_mode="stretch_width", height=340)
-        self.param.watch(lambda _e: self._draw_gdu(), "gdu_parameter")
+        # Nothing until computed: an empty Overlay cannot be drawn (HoloViews' SkipRendering), and
+        # the page's tabs then failed to open this tab at all.
+        self.gdu_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=GDU_HEIGHT[False])
+        self.param.watch(lambda _e: self._draw_gdu(), ["gdu_parameter", "present"])
 
     def start(self) -> bool:
         s = self.state
@@ -136,8 +146,9 @@ class GradientsTab(pn.viewable.Viewer):
 
     def _draw_gdu(self) -> None:
         result = self.results.get("gdu")
+        self.gdu_plot.height = GDU_HEIGHT[self.present]
         if result is not None and self.gdu_parameter in result.units:
-            self.gdu_plot.object = gdu_curves(result, self.gdu_parameter)
+            self.gdu_plot.object = gdu_curves(result, self.gdu_parameter, self.present)
 
     def wait(self, timeout: float = 300.0) -> None:
         """Drain until the job has ended (tests)."""

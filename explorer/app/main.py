@@ -1072,6 +1072,8 @@ else { window.prompt("Copy this link", url); }
             card.visible = key in self.shown_views.value
         for pane in self._tabs.select(pn.pane.Bokeh) if self._tabs is not None else ():
             style(pane.object, present=on)
+        for tab in (self.train, self.scan, self.sweep, self.gradients):
+            tab.present = on   # their own layouts and HoloViews charts
 
     def tabs(self) -> pn.Tabs:
         """The main area: the live relaxation, and training with EP."""

@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 import panel as pn
+import param
 
 from ..dynamics import check_beta
 from ..evaluate import one_line
@@ -39,6 +40,8 @@ def show_relaxation(tabs) -> None:
 class ScanTab(JobControls, pn.viewable.Viewer):
     """One page's Scan tab."""
 
+    present = param.Boolean(default=False, doc="Presentation mode: larger charts and fonts (the page sets it).")
+
     def __init__(self, state, worker: JobWorker | None = None, notify=None, threads: int | None = 1,
                  **params):
         super().__init__(**params)
@@ -47,6 +50,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
         self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
         self.page_tabs = None            # the page's pn.Tabs, set by the page (to open the Relaxation tab)
         self.result: ScanResult | None = None
+        self._summary: dict | None = None      # the shown scan's summary (its charts are drawn from it)
         self.context: dict | None = None  # the model and settings of the shown scan
         self.images: dict[int, np.ndarray] = {}   # index -> grey image of the failures shown
         self.source = ""
@@ -66,8 +70,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self.status = pn.pane.HTML("<i>No scan yet.</i>", sizing_mode="stretch_width", margin=(0, 10))
         self.phase_table = pn.pane.DataFrame(None, index=False, width=420, float_format=lambda v: f"{v:.4g}",
-                                             na_rep="—",
-                                             visible=False)
+                                             na_rep="—", visible=False, stylesheets=[charts.TABLE_CSS])
         self.overview = pn.pane.HTML("", width=440, margin=(0, 10))
         self.steps_plot = pn.pane.HoloViews(None)
         self.classes_plot = pn.pane.HoloViews(None)
@@ -82,6 +85,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
         self.gallery_head = pn.pane.HTML("", sizing_mode="stretch_width", margin=(10, 10, 0, 10))
         self.gallery = pn.FlexBox(sizing_mode="stretch_width")
         self.gallery_buttons: list[tuple[int, pn.widgets.Button]] = []
+        self.param.watch(lambda _e: self._draw_charts(), "present")
         on_session_end(lambda: self.worker.stop(timeout=2.0))
 
     # -- starting and stopping ------------------------------------------------------------
@@ -177,28 +181,39 @@ class ScanTab(JobControls, pn.viewable.Viewer):
         })
         self.phase_table.visible = n > 0
         self.overview.object = self._overview_html(summary, context)
+        self._summary = summary
+        self._draw_charts()
+        radius = summary["spectral_radius"]
+        if radius:
+            self.radius_note.object = f"Median spectral radius: <b>{radius['median']:.4g}</b>"
+        else:
+            self.radius_note.object = "<b>Spectral radius</b>: not computed for this scan."
+        self._show_gallery(result)
+
+    def _draw_charts(self) -> None:
+        """The shown scan's charts, at the size and fonts of the page's mode (drawn again when it changes)."""
+        summary, present = self._summary, self.present
+        if summary is None:
+            return
+        n = summary["images"]
         if n:
-            self.steps_plot.object = charts.steps_histogram(summary["steps_histogram"])
+            self.steps_plot.object = charts.steps_histogram(summary["steps_histogram"], present)
             self.classes_plot.object = charts.count_bars(summary["classes"], "Images by verdict (worst phase)",
-                                                         "verdict")
+                                                         "verdict", present)
             self.layers_plot.object = charts.count_bars(summary["blamed_layers"], "Blamed layer (failures)",
-                                                        "layer")
+                                                        "layer", present)
         for box in self.plot_boxes[:3]:
             box.visible = n > 0
         radius = summary["spectral_radius"]
         if radius:
-            self.radius_plot.object = charts.radius_histogram(radius["values"])
-            self.radius_note.object = f"Median spectral radius: <b>{radius['median']:.4g}</b>"
-        else:
-            self.radius_note.object = "<b>Spectral radius</b>: not computed for this scan."
+            self.radius_plot.object = charts.radius_histogram(radius["values"], present)
         self.plot_boxes[3].visible = bool(radius)
-        self._show_gallery(result)
 
     def _overview_html(self, summary: dict, context: dict) -> str:
         # The scan's own tolerance (the result's), not the Relaxation tab's, is the one named.
         context = {**context, "tol": self.result.settings.get("tol", context.get("tol"))}
         settings = ", ".join(f"{k} = {charts.value_label(context[k])}" for k in RUN_KEYS if context.get(k) is not None)
-        return (f"<div style='font-size:14px;line-height:1.6'>"
+        return (f"<div style='font-size:calc(14px * var(--explorer-text, 1));line-height:1.6'>"
                 f"Accuracy: <b class='scan-accuracy'>{charts.percent(summary['accuracy'])}</b><br>"
                 f"Images with an energy rise: <b>{charts.percent(summary['energy_rose'])}</b><br>"
                 f"Model: {charts.escape(context.get('model', '?'))}<br>"
@@ -217,7 +232,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
             worst = o.worst
             phase = next(p for p, d in o.phases.items() if d is worst)
             thumb = charts.thumbnail(self.images[o.index]) if o.index in self.images else ""
-            text = (f"<div style='font-size:12px;line-height:1.35'>{thumb}<br><b>#{o.index}</b> "
+            text = (f"<div style='font-size:calc(12px * var(--explorer-text, 1));line-height:1.35'>{thumb}<br><b>#{o.index}</b> "
                     f"{charts.escape(class_name(names, o.label))} → {charts.escape(class_name(names, o.prediction))}"
                     f"<br><b>{charts.escape(worst['kind'])}</b> in the {charts.escape(phase)} phase: "
                     f"{charts.escape(worst.get('message', ''))}</div>")
@@ -257,7 +272,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
     def __panel__(self):
         if self._layout is None:
             hint = pn.pane.HTML(
-                "<div style='font-size:13px;color:#555'>Relaxes many images with the Relaxation tab's model "
+                "<div style='font-size:calc(13px * var(--explorer-text, 1));color:#555'>Relaxes many images with the Relaxation tab's model "
                 "and settings (alpha, beta, T free, T nudge, schedule), many per batch, each stopping at the "
                 "tolerance. Up to 40 images: the shipped samples; more: the Fashion-MNIST test split, "
                 "when found.</div>", sizing_mode="stretch_width", margin=(0, 10))

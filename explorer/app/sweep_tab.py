@@ -19,6 +19,7 @@ import time
 
 import holoviews as hv
 import panel as pn
+import param
 
 from ..evaluate import one_line
 from ..scan import ScanSettings, scan_images
@@ -66,6 +67,8 @@ def csv_text(result: SweepResult) -> str:
 class SweepTab(JobControls, pn.viewable.Viewer):
     """One page's Sweep tab."""
 
+    present = param.Boolean(default=False, doc="Presentation mode: larger heatmaps and fonts (the page sets it).")
+
     def __init__(self, state, worker: JobWorker | None = None, notify=None, threads: int | None = 1, **params):
         super().__init__(**params)
         self.state = state
@@ -110,6 +113,7 @@ class SweepTab(JobControls, pn.viewable.Viewer):
         self.confirm_button.on_click(lambda _e: self.start_confirmed())
         self.decline_button.on_click(lambda _e: self._decline())
         self.history_select.param.watch(lambda e: self._select(e.new), "value")
+        self.param.watch(lambda _e: self._redraw(), "present")
         on_session_end(lambda: self.worker.stop(timeout=2.0))
 
     # -- the grid ------------------------------------------------------------------------------
@@ -289,6 +293,11 @@ class SweepTab(JobControls, pn.viewable.Viewer):
         self._build_heatmaps(self.shown)
         self._push()
 
+    def _redraw(self) -> None:
+        """The shown sweep's heatmaps again, at the size and fonts of the page's mode."""
+        if self.shown is not None:
+            self._build_heatmaps(self.shown)
+
     def _labels(self, entry: dict, axis: str) -> list[str]:
         return [charts.value_label(v) for v in entry["grid"][axis]]
 
@@ -296,6 +305,7 @@ class SweepTab(JobControls, pn.viewable.Viewer):
         axes = entry["axes"]
         x, y = axes[0], axes[1]
         thirds = self._labels(entry, axes[2]) if len(axes) > 2 else [None]
+        present = self.present
         self.pipes, self.taps, sections = {}, {}, []
         for third in thirds:
             panes = []
@@ -310,7 +320,7 @@ class SweepTab(JobControls, pn.viewable.Viewer):
                     # the third axis' value heads the row; a metric no cell has says so once cells ran
                     name = EMPTY[key] if key in EMPTY and not finite and entry["cells"] else title
                     return charts.heatmap(data, x, y, key, self._labels(entry, x), self._labels(entry, y),
-                                          name, clim=limits).opts(framewise=True)
+                                          name, clim=limits, present=present).opts(framewise=True)
                 dmap = hv.DynamicMap(draw, streams=[pipe])
                 tap = hv.streams.Tap(source=dmap)
                 tap.add_subscriber(lambda x=None, y=None, third=third: self._tapped(x, y, third))
@@ -402,7 +412,7 @@ class SweepTab(JobControls, pn.viewable.Viewer):
     def __panel__(self):
         if self._layout is None:
             hint = pn.pane.HTML(
-                "<div style='font-size:13px;color:#555'>A grid over two or three of alpha, beta, depth, "
+                "<div style='font-size:calc(13px * var(--explorer-text, 1));color:#555'>A grid over two or three of alpha, beta, depth, "
                 "residual (on/off), schedule, t_free, t_nudge and tol, on the first K images, with the "
                 "Relaxation tab's model and other settings. Values are comma-separated, e.g. 2,4,6. "
                 "Depth and residual take untrained builder networks, or a checkpoint family's trained "

@@ -49,6 +49,14 @@ LABEL_COLOR, WRONG_COLOR, OTHER_COLOR = "#009E73", "#C00000", "#9DB4C8"
 TYPED = ("width", "limit", "eval_limit", "epochs", "batch_size", "probe_every")
 ARCHITECTURE = ("depth", "width", "residual")   # fixed by the model when continuing from one
 SLIDER_SPAN = 32          # integer settings with a range this short get a slider (depth), others a typed box
+# Presentation mode (large fonts, the settings column folded away): titles that fit a 1024-px projector
+# (each figure's width there, measured in Chromium: the titles are checked against it), heights with the
+# legend below the plot (beside it, the legend squeezed the plot to a few px: x tick labels ran together).
+PRESENT_TITLES = {"step_fig": "Step size (log)"}    # in the card "Probe image: ..."
+PRESENT_WIDTH_1024 = {"loss_fig": 490, "acc_fig": 490, "step_fig": 395, "phi_fig": 395, "out_fig": 980}
+LEGEND_BELOW = ("loss_fig", "acc_fig", "phi_fig")
+PRESENT_HEIGHT = {"loss_fig": 360, "acc_fig": 360, "step_fig": 360, "phi_fig": 360, "out_fig": 300}
+BAR_TEXT = {False: "11px", True: "15px"}
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
               "stopped": "stopped", "done": "finished", "failed": "failed", "idle": "not started"}
 
@@ -75,6 +83,8 @@ class TrainView(pn.viewable.Viewer):
     """One page's Train tab: its settings, its worker, its plots."""
 
     key = "train"
+    present = param.Boolean(default=False, doc="Presentation mode: the settings folded away, plots that fit "
+                                               "the large fonts (the page sets it).")
 
     def __init__(self, app_state, notify=None, on_saved=None, threads: int | None = 1, css: str = "",
                  clear_alert=None, **params):
@@ -208,8 +218,9 @@ class TrainView(pn.viewable.Viewer):
                     color="#333333")
         # Each bar's value written above it: early in training every y is near 0 (or below), and the
         # bars alone look like an empty plot although the probe has run.
-        fig.text(x="x", y="text_y", text="text", source=self.probe_output, text_align="center",
-                 text_baseline="bottom", text_font_size="11px", text_color="#333333", y_offset=-2)
+        self.bar_text = fig.text(x="x", y="text_y", text="text", source=self.probe_output, text_align="center",
+                                 text_baseline="bottom", text_font_size=BAR_TEXT[False], text_color="#333333",
+                                 y_offset=-2)
         fig.xaxis.major_label_orientation = 0.9
         fig.xgrid.grid_line_color = None
         return fig
@@ -236,6 +247,17 @@ class TrainView(pn.viewable.Viewer):
                                            ("stop", "danger"))}
         self.save_button = pn.widgets.Button.from_param(s.param.save, color="success", width=70,
                                                         margin=(23, 5, 5, 3))
+        # Presentation mode: the run buttons above the plots and the settings column folded away (a
+        # toggle opens it); the same actions as the column's buttons.
+        self.present_buttons = {name: pn.widgets.Button.from_param(s.param[name], color=b.color, width=90,
+                                                                    margin=(5, 3))
+                                for name, b in self.buttons.items()}
+        self.show_settings = pn.widgets.Toggle(label="Settings", value=False, width=110, margin=(5, 3, 5, 15))
+        self.show_settings.param.watch(lambda _e: self._fold_settings(), "value")
+        self.present_bar = pn.Row(*self.present_buttons.values(), self.show_settings, visible=False,
+                                  margin=(0, 5))
+        self._left = None
+        self._desk = {}       # each figure's desk title and height, kept while presenting
         fit = {"sizing_mode": "stretch_width"}
         self.start_from = pn.widgets.RadioBoxGroup.from_param(s.param.start_from, inline=False, margin=(0, 10),
                                                               **fit)
@@ -503,9 +525,10 @@ class TrainView(pn.viewable.Viewer):
         enabled = {"start": phase not in ("loading", "running", "paused", "stopping"),
                    "pause": phase in ("loading", "running"), "resume": phase == "paused",
                    "stop": phase in ("loading", "running", "paused")}
-        for name, button in self.buttons.items():
-            if button.disabled == enabled[name]:
-                button.disabled = not enabled[name]
+        for buttons in (self.buttons, self.present_buttons):
+            for name, button in buttons.items():
+                if button.disabled == enabled[name]:
+                    button.disabled = not enabled[name]
         can_save = self.worker is not None and self.worker.trainer is not None
         if self.save_button.disabled == can_save:
             self.save_button.disabled = not can_save
@@ -567,7 +590,7 @@ class TrainView(pn.viewable.Viewer):
         hint = pn.pane.HTML("<div class='hint'>The probe is the Relaxation tab's input image at Start. A saved "
                             "checkpoint appears in the model picker as <b>trained: NAME</b>.</div>",
                             stylesheets=[css], margin=(0, 10))
-        left = pn.Column(run_row, save_row, hint, self.controls(css), width=290)
+        left = self._left = pn.Column(run_row, save_row, hint, self.controls(css), width=290)
         probe = pn.Card(
             pn.Row(pn.Column(bokeh_pane(self.img_fig, sizing_mode="fixed"), self.probe_text),
                    bokeh_pane(self.step_fig), bokeh_pane(self.phi_fig), sizing_mode="stretch_width"),
@@ -577,8 +600,43 @@ class TrainView(pn.viewable.Viewer):
         curves = pn.Card(pn.Row(bokeh_pane(self.loss_fig), bokeh_pane(self.acc_fig), sizing_mode="stretch_width"),
                          title="Loss and accuracy", collapsible=True, margin=(6, 6), sizing_mode="stretch_width",
                          css_classes=["explorer-view", "view-train-curves"])
-        right = pn.Column(self.status, curves, probe, sizing_mode="stretch_width")
-        return pn.Row(left, right, sizing_mode="stretch_width")
+        right = pn.Column(self.present_bar, self.status, curves, probe, sizing_mode="stretch_width")
+        layout = pn.Row(left, right, sizing_mode="stretch_width")
+        self.param.watch(lambda _e: self._apply_present(), "present")
+        self._apply_present()
+        return layout
+
+    # ------------------------------------------------------------------------------------
+    # Presentation mode (a widget callback: the page's thread)
+    # ------------------------------------------------------------------------------------
+    def _fold_settings(self) -> None:
+        if self._left is not None:
+            self._left.visible = not self.present or self.show_settings.value
+
+    def _apply_present(self) -> None:
+        """Fold the settings column away and fit titles and legends to the large fonts; back on a desk."""
+        on = self.present
+        self.present_bar.visible = on
+        self._fold_settings()
+        for name in PRESENT_WIDTH_1024:
+            fig = getattr(self, name)
+            desk = self._desk.setdefault(name, (fig.title.text, fig.height))
+            fig.title.text = PRESENT_TITLES.get(name, desk[0]) if on else desk[0]
+            fig.height = PRESENT_HEIGHT[name] if on else desk[1]
+            if name in LEGEND_BELOW:
+                legend_below(fig, on)
+        self.bar_text.glyph.text_font_size = BAR_TEXT[on]
+
+
+def legend_below(fig, below: bool) -> None:
+    """A figure's legend below the plot (one entry a line) or beside it, on its right (style_legend)."""
+    for leg in fig.legend:
+        if below and leg in fig.right:
+            fig.right = [m for m in fig.right if m is not leg]
+            fig.below = [*fig.below, leg]
+        elif not below and leg in fig.below:
+            fig.below = [m for m in fig.below if m is not leg]
+            fig.right = [*fig.right, leg]
 
 
 __all__ = ["TrainView"]
