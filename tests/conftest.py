@@ -25,9 +25,9 @@ def batch():
     return make
 
 
-# One served app and one headless Chromium for every browser test of the run: each server's first
-# page pays for the imports (about 7 s), so one per module cost that once per module. Pages are the
-# tests' own; the server's log (``lines``) is shared, so tests count log lines before and after.
+# One served app for every browser test of the run: it imports at start (--setup), about 7 s a
+# server. Pages are the tests' own; the server's log (``lines``) is shared, so tests count log lines
+# before and after.
 @pytest.fixture(scope="session")
 def server():
     srv = ServedApp()
@@ -38,7 +38,9 @@ def server():
         srv.stop()
 
 
-@pytest.fixture(scope="session")
+# One headless Chromium per module: playwright's sync API keeps an asyncio loop running in this
+# thread while it is open, and other modules' tests call asyncio.run().
+@pytest.fixture(scope="module")
 def browser():
     import playwright.sync_api as playwright
     with playwright.sync_playwright() as p:
