@@ -241,10 +241,11 @@ class TrainView(pn.viewable.Viewer):
                                    css_classes=css)
         self.probe_text = pn.pane.HTML("<div class='pred pending'>The probe image is relaxed through the "
                                        "current weights every few batches.</div>", width=180, margin=(0, 5))
-        self.buttons = {name: pn.widgets.Button.from_param(s.param[name], color=kind, width=62,
-                                                            margin=(5, 3))
-                        for name, kind in (("start", "primary"), ("pause", "default"), ("resume", "default"),
-                                           ("stop", "danger"))}
+        # Widths by label ("Resume" was cut at 62 px), together within the 290-px settings column.
+        self.buttons = {name: pn.widgets.Button.from_param(s.param[name], color=kind, width=width,
+                                                            margin=(5, 2))
+                        for name, kind, width in (("start", "primary", 60), ("pause", "default", 62),
+                                                  ("resume", "default", 74), ("stop", "danger", 58))}
         self.save_button = pn.widgets.Button.from_param(s.param.save, color="success", width=70,
                                                         margin=(23, 5, 5, 3))
         # Presentation mode: the run buttons above the plots and the settings column folded away (a
