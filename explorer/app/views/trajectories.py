@@ -66,7 +66,7 @@ class TrajectoriesView(View):
                                        **common)
         figs["step_size"] = make_figure("step size ‖Δs‖ / ‖s‖", y_label="relative step (log)", y_axis_type="log",
                                         y_range=self.ranges["step_size"].range, **common)
-        figs["fractions"] = make_figure("fraction of units at 0 (solid) and at α (dashed)", y_label="fraction",
+        figs["fractions"] = make_figure("units at 0 (solid) and at α (dashed)", y_label="fraction of units",
                                         y_range=(-0.02, 1.02), **common)
         legend_items = []
         for n in layers:
