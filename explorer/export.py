@@ -109,11 +109,16 @@ def _output(run: Run, sample: int = 0) -> dict[str, list[float]]:
 # Matplotlib renderings: PNG, SVG, GIF
 # ---------------------------------------------------------------------------
 
-def _figure(size=(7.0, 3.6)):
+def _blank_figure(size=(7.0, 3.6)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure        # no pyplot: no global state, safe in a server thread
     fig = Figure(figsize=size, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure(size=(7.0, 3.6)):
+    fig = _blank_figure(size)
     return fig, fig.add_subplot()
 
 
@@ -158,8 +163,7 @@ def _draw_nudge(run: Run, sample: int):
     phases = [n for n in ("nudged+", "nudged-") if n in run.phases and run.phases[n].records]
     if not phases:
         raise ExportError("the nudged-versus-free view needs a nudged phase; this run has none yet")
-    fig, _ = _figure((7.0, 1.6 + 1.4 * len(phases)))
-    fig.clear()
+    fig = _blank_figure((7.0, 1.6 + 1.4 * len(phases)))
     axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]
     i = LAYER_STATS.index("nudge_distance")
     maps = {n: np.array([r.stats[:, i, sample].tolist() for r in run.phases[n].records]).T for n in phases}

@@ -632,12 +632,19 @@ else { window.prompt("Copy this link", url); }
         finished = bool(self.runs_select.options)
         view = self.export_view.value
         for kind, button in self.exports.items():
-            why = ("Exports need a finished run" if not finished else
-                   f"A GIF moves along a view over time ({', '.join(TIMED_EXPORT_VIEWS)}), not {view}"
-                   if kind == "gif" and view not in TIMED_EXPORT_VIEWS else None)
+            why = self._export_refusal(kind, view, finished)
             button.disabled = why is not None
-            button.description = why or (f"Download the shown run's {view} view as {button.label}"
-                                         if kind in ("png", "svg", "gif") else f"Download the shown run as {button.label}")
+            shown = f"the shown run's {view} view" if kind in ("png", "svg", "gif") else "the shown run"
+            button.description = why or f"Download {shown} as {button.label}"
+
+    @staticmethod
+    def _export_refusal(kind: str, view: str, finished: bool) -> str | None:
+        """Why an export button cannot apply now (None: it can)."""
+        if not finished:
+            return "Exports need a finished run"
+        if kind == "gif" and view not in TIMED_EXPORT_VIEWS:
+            return f"A GIF moves along a view over time ({', '.join(TIMED_EXPORT_VIEWS)}), not {view}"
+        return None
 
     # ------------------------------------------------------------------------------------
     # Messages
