@@ -9,9 +9,11 @@ tab trains, streams its loss and probe plots, and stops with its tab.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
+from bokeh.util.token import get_session_id
 
 from explorer.app.served import ROOT
 
@@ -104,13 +106,24 @@ def all_views_drawn(src: dict, run: int | None = None) -> bool:
     return run is None or set(src["explorer.energy.free"]["run"]) == {run}
 
 
-def close_and_expect_log(server, page, text: str, within: float = 10.0) -> None:
-    """Close a tab; the server must log ``text`` once more within ``within`` seconds."""
-    before = server.count(text)
+def page_session_id(page) -> str:
+    """The Bokeh session id of a served page, read from the token the server embedded in it."""
+    token = re.search(r'"token"\s*:\s*"([^"]+)"', page.content())
+    assert token, "the page holds no session token"
+    return get_session_id(token.group(1))
+
+
+def close_and_expect_log(server, page, what: str, within: float = 30.0) -> None:
+    """Close a tab; the server must log "session <its id>: <what>" within ``within`` seconds.
+
+    The server is shared by every browser test, so only this page's own line counts.
+    """
+    line = f"session {page_session_id(page)}: {what}"
+    assert server.count(line) == 0, f"'{line}' logged before the tab was closed"
     page.close()
     deadline = time.monotonic() + within
-    while server.count(text) <= before:
-        assert time.monotonic() < deadline, f"no new '{text}' within {within:.0f} s of closing the tab"
+    while server.count(line) == 0:
+        assert time.monotonic() < deadline, f"no '{line}' within {within:.0f} s of closing the tab"
         time.sleep(0.2)
 
 
@@ -139,7 +152,6 @@ def test_served_app_draws_every_view_and_follows_the_beta_slider(server, browser
         new_run = src["explorer.energy.nudged+"]["run"][0]
         assert all(b == pytest.approx(0.2) for b in src["explorer.energy.nudged+"]["run_beta"])
         w.wait_for(lambda: w.all_drawn(run=new_run), what="the new run to finish")
-        w.page.wait_for_timeout(500)
         ARTIFACTS.mkdir(exist_ok=True)
         w.page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
@@ -179,7 +191,6 @@ def test_tabs_are_independent_and_a_closed_tab_stops_its_worker(server, browser)
         assert "(β = 0.15)" in nudge_title(b)
         b.page.locator(".view-nudge").first.scroll_into_view_if_needed()
         b.wait_for(lambda: "(β = 0.17)" in nudge_title(b), what="the nudged-versus-free view to catch up once in sight")
-        time.sleep(0.5)
         src_a = a.sources()
         assert src_a["explorer.energy.free"]["run"][0] == run_a
         assert all(x == pytest.approx(0.15) for x in src_a["explorer.energy.free"]["run_beta"])
@@ -206,8 +217,8 @@ def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browse
     try:
         w.page.get_by_text("Train", exact=True).first.click()
         tiny = {"Training images": 256, "Test images": 64, "Width": 4, "Batch size": 32, "Epochs": 2}
+        # No wait before the click: Panel applies a session's pending value changes before its next event.
         w.wait_for(lambda: w.page.evaluate(JS_SET_BY_TITLE, tiny) == len(tiny), what="the Train tab's widgets")
-        w.page.wait_for_timeout(300)
         w.page.get_by_role("button", name="Start").click()
         w.wait_for(lambda: w.sources().get("explorer.train.batches", {}).get("rows", 0) >= 4,
                    what="the loss plot to show batches")
@@ -225,7 +236,6 @@ def test_the_train_tab_trains_and_streams_loss_and_probe_dynamics(server, browse
 
         # A long run: closing the tab stops its training worker within seconds.
         w.page.evaluate(JS_SET_BY_TITLE, {"Epochs": 50})
-        w.page.wait_for_timeout(300)
         w.page.get_by_role("button", name="Start").click()
         w.wait_for(lambda: w.page.locator(".train-status .badge.train-running").count() == 1
                    and w.sources()["explorer.train.batches"]["rows"] > 0, what="the long run to train")

@@ -53,7 +53,7 @@ def test_the_scan_tab_scans_a_few_images_and_the_sweep_tab_fills_its_heatmaps(se
 
         wait_for(lambda: page.evaluate(JS_SET_BY_TITLE, {"Images": 6, "Batch size": 3}) == 2,
                  what="the Scan tab's widgets")
-        page.wait_for_timeout(300)
+        # No wait before the click: Panel applies a session's pending value changes before its next event.
         page.get_by_role("button", name="Scan", exact=True).click()
         wait_for(lambda: page.get_by_text("Scanned 6 images").count() > 0, what="the scan to finish")
         wait_for(lambda: "Steps to tolerance (converged images)" in page.evaluate(JS_TITLES),
@@ -72,7 +72,6 @@ def test_the_scan_tab_scans_a_few_images_and_the_sweep_tab_fills_its_heatmaps(se
         values.nth(0).press("Enter")
         values.nth(1).fill("0.1,0.5")
         values.nth(1).press("Enter")
-        page.wait_for_timeout(300)
         page.get_by_role("button", name="Run sweep").click()
         wait_for(lambda: page.get_by_text("Done: 4 of 4 cells").count() > 0, what="the sweep to finish")
         wait_for(lambda: page.get_by_role("button", name="Run sweep").is_enabled(),
