@@ -5,10 +5,7 @@ on both paths, the same one-line message naming the bad value, and never a trace
 case (float weights of another dtype) must say what it converted.
 """
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from explorer import HopfieldNetwork, hopfield_family
 from explorer.app.state import SettingError, load_upload
 from explorer.checkpoint import save_checkpoint
 from explorer.cli import main
+from processes import cli, side_by_side
 
 NAME = "hostile"
 
@@ -264,19 +262,12 @@ def former_tracebacks(valid, tmp_path_factory) -> dict:
     its own; the three processes run side by side (each mostly imports torch). Returns the finished
     processes by case id."""
     folder = tmp_path_factory.mktemp("former-tracebacks")
-    env = {**os.environ, "EXPLORER_NATIVE": "0"}
     procs = {}
     for case_id in FORMER_TRACEBACKS:
         _, mutate, _pattern = next(c for c in REFUSED if c[0] == case_id)
         stem = _write(folder / case_id, _pair(valid, mutate))
-        procs[case_id] = subprocess.Popen([sys.executable, "-m", "explorer", "relax", "--checkpoint", str(stem),
-                                           "--t-free", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env)
-    finished = {}
-    for case_id, proc in procs.items():
-        stdout, stderr = proc.communicate()
-        finished[case_id] = (proc.returncode, stdout, stderr)
-    return finished
+        procs[case_id] = cli("relax", "--checkpoint", str(stem), "--t-free", "2", env={"EXPLORER_NATIVE": "0"})
+    return {case_id: (r.returncode, r.stdout, r.stderr) for case_id, r in side_by_side(procs).items()}
 
 
 @pytest.mark.parametrize("case_id", FORMER_TRACEBACKS)

@@ -2,11 +2,7 @@
 import dataclasses
 import itertools
 import math
-import os
 import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +12,7 @@ from explorer import dynamics
 from explorer.dynamics import _FusedStep, schedule_groups, step
 from explorer.edges import EDGE_KINDS, ConvEdge
 from explorer.record import STAT_INDEX
+from processes import python, side_by_side
 
 
 def test_the_kernels_build_here():
@@ -355,23 +352,17 @@ print(native.keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_m
 """
 
 
-def _faults_probe(tuning: str) -> subprocess.Popen:
-    # A fresh process: the tuning is process-wide, and done once.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "EXPLORER_MALLOC_TUNING": tuning}
-    return subprocess.Popen([sys.executable, "-c", _FAULTS_PROBE], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def fault_probes() -> dict:
     """The same probe in two fresh processes, tuned ("1") and not ("0"), run side by side (each
     counts its own page faults; most of each process's time is importing torch)."""
-    procs = {tuning: _faults_probe(tuning) for tuning in ("1", "0")}
+    # Fresh processes: the tuning is process-wide, and done once.
+    done = side_by_side({tuning: python("-c", _FAULTS_PROBE, env={"EXPLORER_MALLOC_TUNING": tuning})
+                         for tuning in ("1", "0")})
     out = {}
-    for tuning, proc in procs.items():
-        stdout, stderr = proc.communicate()
-        assert proc.returncode == 0, stderr
-        applied, faults = stdout.split()[-2:]
+    for tuning, r in done.items():
+        assert r.returncode == 0, r.stderr
+        applied, faults = r.stdout.split()[-2:]
         out[tuning] = (applied == "True", float(faults))
     return out
 

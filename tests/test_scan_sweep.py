@@ -1,7 +1,5 @@
 """Scans and sweeps (issue 17): batched verdicts equal single-image ones; grids check their values."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from explorer.dynamics import relax
 from explorer.ep import run_phases
 from explorer.scan import ScanSettings, scan, scan_batch
 from explorer.sweep import Base, GridError, grid_cells, parse_grid, sweep
+from processes import cli, finished
 
 
 def tiny(depth=3, residual=True, seed=0):
@@ -161,16 +160,6 @@ def test_a_depth_the_trained_family_lacks_is_refused_by_name():
         base.check({"depth": [3, 11]})
 
 
-def _cli(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "explorer", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
 def _in_process(capsys, *args) -> tuple[int, str, str]:
     from explorer.cli import main
     capsys.readouterr()
@@ -183,15 +172,15 @@ def test_cli_scan_and_sweep_print_json_and_refuse_bad_grids(tmp_path, capsys):
     net_options = ["--builder", "resnet", "--depth", "2", "--width", "3"]
     csv_file = tmp_path / "cells.csv"
     # Real processes (what a script sees), side by side; the refusals of bad values in process.
-    scanning = _cli("scan", *net_options, "--images", "5", "--t-free", "30", "--t-nudge", "10", "--json")
-    sweeping = _cli("sweep", *net_options, "--grid", "alpha=2,6", "--grid", "beta=0.1,0.3", "--images", "3",
+    scanning = cli("scan", *net_options, "--images", "5", "--t-free", "30", "--t-nudge", "10", "--json")
+    sweeping = cli("sweep", *net_options, "--grid", "alpha=2,6", "--grid", "beta=0.1,0.3", "--images", "3",
                     "--t-free", "20", "--t-nudge", "5", "--yes", "--json", "--csv", str(csv_file))
-    asking = _cli("sweep", *net_options, "--grid", "alpha=2,6", "--images", "3", "--ask-above", "0")
-    r = _finished(scanning)
+    asking = cli("sweep", *net_options, "--grid", "alpha=2,6", "--images", "3", "--ask-above", "0")
+    r = finished(scanning)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["images"]) == 5 and set(out["summary"]["fraction_converged"]) == {"free", "nudged+", "nudged-"}
-    r = _finished(sweeping)
+    r = finished(sweeping)
     assert r.returncode == 0, r.stderr
     cells = json.loads(r.stdout)["cells"]
     assert len(cells) == 4 and all({"fraction_converged", "median_steps", "energy_rose", "accuracy",
@@ -201,5 +190,5 @@ def test_cli_scan_and_sweep_print_json_and_refuse_bad_grids(tmp_path, capsys):
     assert rc == 2 and "beta = 1.5 is not allowed here" in err and err.count("\n") == 1
     rc, _, err = _in_process(capsys, "scan", *net_options, "--beta", "3", "--images", "3")
     assert rc == 2 and "--beta 3 is outside" in err and err.count("\n") == 1
-    r = _finished(asking)   # a grid over the estimate, no terminal to ask at: exit 3, nothing run
+    r = finished(asking)   # a grid over the estimate, no terminal to ask at: exit 3, nothing run
     assert r.returncode == 3 and "add --yes" in r.stderr
