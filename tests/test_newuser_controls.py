@@ -272,3 +272,39 @@ def test_the_image_titles_fit_their_figures_at_the_presentation_font_size(pages)
         for name in samples.class_names:
             for line in image_title(what, last, name).split("\n"):
                 assert len(line) * 0.6 * px <= room, f"{line!r} overflows {what}'s {fig.width}-px figure"
+
+
+def test_the_nudge_heat_map_title_fits_its_figure_at_the_presentation_font_size(pages):
+    # At 1024x768 "‖s_β − s*‖ per layer and step (β = 0.15)" (439 px at 24 px) was cut in a 322-px
+    # figure beside the 660-px feature maps. The heat map now keeps a least width that holds its
+    # title right of its layer labels (at a generous 0.6 em a character), the maps wrapping below it.
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.nudge import HEAT_MIN_WIDTH, heat_title
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.views["nudge"]
+    view.body()
+    heat, maps = view.heat_row.objects
+    assert heat.min_width == HEAT_MIN_WIDTH and view.heat_row.styles.get("flex-wrap") == "wrap"
+    assert view.fig in [p.object for p in heat.objects if isinstance(p, pn.pane.Bokeh)]
+    app.state.beta = 0.99                                      # the longest beta shown
+    app.run_until_idle(timeout=60)
+    assert view.fig.title.text == heat_title(0.99)
+    px = FONT_SIZES[True]
+    labels = 0.6 * px["tick"] * len("s25  −β") + 20          # the deepest network's row labels, ticks
+    assert labels + 0.6 * px["title"] * len(view.fig.title.text) <= HEAT_MIN_WIDTH
+
+
+def test_a_links_refused_value_stays_named_on_the_page_after_its_run_starts(pages):
+    # "?beta=1.5&sample=3": the page applied sample 3 and kept beta 0.15, but the run the link
+    # started (and sample's own change) cleared the alert that named beta 1.5: nothing on the page said why.
+    from explorer.app import create_app
+    app = create_app(settings={"beta": "1.5", "sample": "3"}, state=ExplorerState(zoo=[], t_free=T_FREE,
+                                                                                  t_nudge=T_NUDGE, speed="max"))
+    pages.append(app)
+    assert app.state.sample == 3 and app.state.beta == 0.15
+    assert app.alert.visible and "beta = 1.5" in app.alert.object and "kept beta = 0.15" in app.alert.object
+    app.run_until_idle(timeout=60)
+    assert app.alert.visible                       # the run ending does not clear it either
+    app.state.beta = 0.2                           # a person's own change does
+    assert not app.alert.visible

@@ -22,6 +22,15 @@ SIGN = {"nudged+": "+β", "nudged-": "−β"}
 DIVERGING = tuple(reversed(RdBu11))  # blue negative, red positive
 _DIST = STAT_INDEX["nudge_distance"]
 GAP = 0.25                            # between feature-map panels, in map widths
+MAPS_WIDTH = 660                      # px, the feature maps' figure
+# px, the heat map's least width: its title at the presentation font (24 px, a generous 0.6 em a
+# character) right of its layer labels. Narrower, the feature maps wrap below it (at 1024 px the
+# title, 439 px, was cut in a 322-px figure beside the maps).
+HEAT_MIN_WIDTH = 700
+
+
+def heat_title(beta: float) -> str:
+    return f"‖s_β − s*‖ per layer and step (β = {beta:.3g})"
 
 
 def block_origin(phase: str, n_layers: int) -> int:
@@ -78,7 +87,7 @@ class NudgeView(View):
         self.maps = {k: ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                          name=f"explorer.nudge.map_{k}") for k in ("free", "nudged", "diff")}
         self.labels = ColumnDataSource(data={"x": [], "y": [], "text": []}, name="explorer.nudge.map_labels")
-        self.map_fig = make_figure("Feature maps", height=300, width=660, sizing_mode="fixed", x_label="",
+        self.map_fig = make_figure("Feature maps", height=300, width=MAPS_WIDTH, sizing_mode="fixed", x_label="",
                                    y_label="", match_aspect=True, tools="hover,save",
                                    tooltips=[("value", "@image{0.000}")], min_border_left=10)
         for key, mapper in (("free", self.state_mapper), ("nudged", self.state_mapper), ("diff", self.diff_mapper)):
@@ -139,7 +148,7 @@ class NudgeView(View):
     def _set_title(self) -> None:
         run = self.run
         self._titled_channel = self._channel()
-        self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {run.beta:.3g})"
+        self.fig.title.text = heat_title(run.beta)
         self.map_fig.title.text = (f"Feature maps of layer {run.settings['map_layer']}, "
                                    f"channel {self._titled_channel}")
 
@@ -274,8 +283,9 @@ class NudgeView(View):
         return sum(h.filled() for h in self.heat.values()) + sum(len(s.data["image"]) for s in self.maps.values())
 
     def body(self):
-        return pn.Column(self.pin_note.pane,
-                         pn.Row(pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width"),
-                                pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
-                                sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        # The maps beside the heat map where both fit, else below it (a wrapping flex row).
+        heat = pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width", min_width=HEAT_MIN_WIDTH,
+                         styles={"flex": f"1 1 {HEAT_MIN_WIDTH}px"})
+        self.heat_row = pn.Row(heat, pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
+                               sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
+        return pn.Column(self.pin_note.pane, self.heat_row, sizing_mode="stretch_width")
