@@ -223,6 +223,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self.apply_settings(settings)
         if autostart:
             self.restart()
+        self._show_link_problems()
 
     def _init_flow_control(self) -> None:
         """The page's side of the transport: which update it painted, which views it shows."""
@@ -378,6 +379,7 @@ class ExplorerApp(pn.viewable.Viewer):
         """Settings given as text (the page's URL query); what cannot apply is reported, by name,
         and the others still apply. A zoo model may be named by its checkpoint name alone."""
         given = dict(given)
+        first = len(self.messages)
         self._wanted_tab = given.pop("tab", None)
         given.pop("theme", None)   # the template reads its theme from the address itself
         self._present_wanted = given.pop("present", "").lower() in ("1", "true", "yes", "on")
@@ -392,6 +394,13 @@ class ExplorerApp(pn.viewable.Viewer):
         # kept alone; applied together, its refusal would keep every other value of the link too.
         for name, value in typed.items():
             self.state.param.update(**{name: value})
+        self._link_problems = [t for level, t in self.messages[first:] if level in ("error", "warning")]
+
+    def _show_link_problems(self) -> None:
+        """The link's refused values stay on the page: the run it starts cleared the alert."""
+        problems = getattr(self, "_link_problems", [])
+        if problems:
+            self.alert.param.update(alert_type="warning", object=" · ".join(problems), visible=True)
 
     def _model_choice(self, text: str) -> str:
         """The model choice a link names: a zoo checkpoint's name (``fmnist-resnet5-ep``) or a choice as listed."""
