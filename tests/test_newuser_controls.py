@@ -308,3 +308,33 @@ def test_a_links_refused_value_stays_named_on_the_page_after_its_run_starts(page
     assert app.alert.visible                       # the run ending does not clear it either
     app.state.beta = 0.2                           # a person's own change does
     assert not app.alert.visible
+
+
+def test_the_residual_views_titles_and_legend_fit_at_the_presentation_font_size(pages):
+    # At 1024x768 in presentation mode "Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)" and
+    # "Drive split at the latest step" were cut, and the drive split's legend ran past its 330-px figure.
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.residual import PART_LABELS, SHARE_MIN_WIDTH, SPLIT_WIDTH
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.views["residual"]
+    view.body()
+    heat, split = view.share_row.objects
+    assert heat.min_width == SHARE_MIN_WIDTH and split.width == SPLIT_WIDTH
+    assert view.share_row.styles.get("flex-wrap") == "wrap"
+    px = FONT_SIZES[True]
+    em = lambda text, size: 0.6 * size * len(text)   # a generous width of bold sans-serif
+    labels = em("s25", px["tick"]) + px["axis_label"] + 30   # row labels, the axis title, ticks
+    titles = [view.fig.title.text]
+    app.state.model = "untrained plain"
+    app.run_until_idle(timeout=60)
+    titles.append(view.fig.title.text)
+    assert titles[0] != titles[1]
+    for title in titles:
+        assert labels + em(title, px["title"]) <= SHARE_MIN_WIDTH, title
+    room = SPLIT_WIDTH - (em("s25", px["tick"]) + 20)
+    for line in view.bfig.title.text.split("\n"):
+        assert em(line, px["title"]) <= room, line
+    legend = view.bfig.legend[0]
+    width = sum(em(t, px["legend"]) * 0.8 + legend.glyph_width + legend.label_standoff for t in PART_LABELS.values())
+    assert width + legend.spacing * (len(PART_LABELS) - 1) <= room
