@@ -353,3 +353,20 @@ def test_a_job_steps_aside_while_the_pages_live_run_wants_the_cpu():
         assert len(done) == 5
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("present", [False, True])
+def test_the_steps_histograms_legend_sits_beside_the_plot_not_over_the_bars(present):
+    # Inside the plot (top right) the legend covered the bars near the budget's end and was seen to
+    # slide off the plot's left edge after the layout moved; beside it, the plot area keeps its width.
+    import holoviews as hv
+    from bokeh.models import Legend
+
+    from explorer.app import charts
+    hist = {p: {"edges": [0, 10, 20, 30], "counts": [1, 0, 2]} for p in ("free", "nudged+", "nudged-")}
+    fig = hv.render(charts.steps_histogram(hist, present), backend="bokeh")
+    (legend,) = [m for m in fig.right if isinstance(m, Legend)]
+    assert [i.label["value"] for i in legend.items] == ["free", "nudged+", "nudged-"]
+    assert not [m for m in fig.center if isinstance(m, Legend)]
+    size = charts.PRESENT_SIZE if present else charts.CHART
+    assert fig.width == size["width"] + charts.LEGEND_ROOM[present]
