@@ -370,3 +370,17 @@ def test_the_steps_histograms_legend_sits_beside_the_plot_not_over_the_bars(pres
     assert not [m for m in fig.center if isinstance(m, Legend)]
     size = charts.PRESENT_SIZE if present else charts.CHART
     assert fig.width == size["width"] + charts.LEGEND_ROOM[present]
+
+
+def test_a_sweep_heatmaps_colour_bar_has_a_short_title_not_the_column_name():
+    # The rotated colour-bar title was the column name ("fraction_converged_free" shown as "onverged_free").
+    import holoviews as hv
+    from bokeh.models import ColorBar
+
+    from explorer.app import charts
+    from explorer.app.sweep_tab import METRICS
+    for key, title, _ in METRICS:
+        fig = hv.render(charts.heatmap([("2", "0.1", 0.5)], "alpha", "beta", key, ["2"], ["0.1"], title,
+                                       present=True), backend="bokeh")
+        (bar,) = [m for m in fig.right if isinstance(m, ColorBar)]
+        assert "_" not in bar.title and len(bar.title) <= 8, bar.title

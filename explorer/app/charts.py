@@ -105,11 +105,17 @@ def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str],
     """One metric over two axes; cells not yet run are NaN (drawn blank)."""
     kdims = [hv.Dimension(x, values=x_values), hv.Dimension(y, values=y_values)]
     opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None))
-    opts.update(cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0,
+    # A short colour-bar title (the figure's title names the metric): the column name, rotated, ran
+    # past the plot's height and read "onverged_free".
+    opts.update(clabel=COLORBAR_LABELS.get(metric, metric.replace("_", " ")), cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0,
                 nonselection_alpha=1.0)
     if clim is not None:
         opts["clim"] = clim
     return hv.HeatMap(rows, kdims=kdims, vdims=[hv.Dimension(metric)]).opts(**opts)
+
+
+COLORBAR_LABELS = {"converged_free": "fraction", "median_steps_free": "steps", "energy_rose": "fraction",
+                   "accuracy": "fraction", "median_spectral_radius": "ρ"}
 
 
 def thumbnail(image: np.ndarray, scale: int = 3) -> str:
