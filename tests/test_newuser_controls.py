@@ -338,3 +338,18 @@ def test_the_residual_views_titles_and_legend_fit_at_the_presentation_font_size(
     legend = view.bfig.legend[0]
     width = sum(em(t, px["legend"]) * 0.8 + legend.glyph_width + legend.label_standoff for t in PART_LABELS.values())
     assert width + legend.spacing * (len(PART_LABELS) - 1) <= room
+
+
+def test_the_replay_caption_says_paused_once_the_player_is_paused(pages):
+    # Space played the replay, space again paused it: the caption still said "playing at …" (it
+    # changed only when the frame did, and pausing does not move the frame).
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.controls()
+    app.restart()
+    app.run_until_idle(timeout=60)
+    app.player.direction = 1               # play (the page's space key) ...
+    app.player.value = 3
+    assert app.replay_text.object.startswith("<div class='hint'>playing at free step 3 of")
+    app.player.direction = 0               # ... and pause, on the same frame
+    assert app.replay_text.object.startswith("<div class='hint'>paused at free step 3 of")

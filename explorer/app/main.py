@@ -533,17 +533,26 @@ else { window.prompt("Copy this link", url); }
         self.replay_text = pn.pane.HTML("<div class='hint'>Replay: a finished run can be scrubbed here "
                                         "(space plays or pauses, arrow keys step).</div>", margin=(0, 10))
         self.player.param.watch(self._on_scrub, "value")
+        # Pausing does not move the frame: the caption follows the play direction too (it said "playing").
+        self.player.param.watch(lambda _e: self._caption_replay(), "direction")
         return pn.Column(self.player, self.replay_text, sizing_mode="stretch_width")
 
     def _on_scrub(self, event) -> None:
         run = self._replay_run
         if self._applying or run is None:
             return
-        phase, step, steps = replay_position(run, int(event.new))
-        self.replay_text.object = (f"<div class='hint'>{'paused' if self.player.direction == 0 else 'playing'} "
-                                   f"at {phase} step {step} of {steps} (frame {int(event.new) + 1} of "
-                                   f"{replay_frames(run)})</div>")
+        self._caption_replay()
         self.show_run(run, int(event.new))
+
+    def _caption_replay(self) -> None:
+        run = getattr(self, "_replay_run", None)
+        if self._applying or run is None:
+            return
+        frame = int(self.player.value)
+        phase, step, steps = replay_position(run, frame)
+        self.replay_text.object = (f"<div class='hint'>{'paused' if self.player.direction == 0 else 'playing'} "
+                                   f"at {phase} step {step} of {steps} (frame {frame + 1} of "
+                                   f"{replay_frames(run)})</div>")
 
     def _arm_replay(self, run: Run) -> None:
         """A run finished: the player now scrubs it (set at its last frame, without redrawing)."""
