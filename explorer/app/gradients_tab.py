@@ -89,7 +89,7 @@ class GradientsTab(pn.viewable.Viewer):
         self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
         self.results: dict = {}
         self._callback = None
-        self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", button_type="primary")
+        self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", color="primary")
         self.start_button.on_click(lambda _e: self.start())
         self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
                                    sizing_mode="stretch_width")

@@ -200,7 +200,7 @@ class TrainView(pn.viewable.Viewer):
         fig = make_figure("Probe: energy Φ", height=300, x_label="free-phase iteration", y_label="Φ",
                           y_range=self.phi_y.range)
         fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5, line_alpha=0.7,
-                       legend_label="earlier probes (darker: later)")
+                       legend_label="earlier (darker: later)")   # short: beside the plot it took half its width
         now = fig.line("iteration", "phi", source=self.probe_phi, color=ROSE_COLOR, line_width=2.5,
                        legend_label="latest probe")
         fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"), ("Φ", "@phi{0.0000}")]))
