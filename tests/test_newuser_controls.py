@@ -353,3 +353,23 @@ def test_the_replay_caption_says_paused_once_the_player_is_paused(pages):
     assert app.replay_text.object.startswith("<div class='hint'>playing at free step 3 of")
     app.player.direction = 0               # ... and pause, on the same frame
     assert app.replay_text.object.startswith("<div class='hint'>paused at free step 3 of")
+
+
+def test_the_panes_text_takes_the_themes_colour_not_a_fixed_dark_grey():
+    # In the dark theme (?theme=dark) the verdict's messages (#222), the prediction box (white text on
+    # #f3f6f9), the status line and the hints (#333 to #555) were dark on dark: unreadable.
+    import re
+
+    from explorer.app import scan_tab, sweep_tab
+    from explorer.app.main import CSS_FILE
+    sources = {"app.css": CSS_FILE.read_text()}
+    for module in (scan_tab, sweep_tab):
+        sources[module.__name__] = open(module.__file__).read()
+    for name, text in sources.items():
+        for m in re.finditer(r"(?<![-\w])color:\s*#([0-9a-fA-F]{6}|[0-9a-fA-F]{3})\b", text):
+            h = m.group(1) if len(m.group(1)) == 6 else "".join(c * 2 for c in m.group(1))
+            r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+            assert not (r == g == b and r < 0x88), f"{name}: fixed dark grey text {m.group(0)!r}"
+        for m in re.finditer(r"background:\s*#([0-9a-fA-F]{6})\b", text):
+            r, g, b = (int(m.group(1)[i:i + 2], 16) for i in (0, 2, 4))
+            assert min(r, g, b) < 0xE0, f"{name}: a near-white background {m.group(0)!r} under the theme's text"
