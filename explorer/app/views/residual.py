@@ -75,7 +75,7 @@ class ResidualView(View):
                             "right")
         self.fig.ygrid.grid_line_color = None
         self.bands = PhaseBands(self.fig)
-        self.bfig = make_figure(SPLIT_TITLE, height=300, x_label="share of the drive",
+        self.bfig = make_figure(SPLIT_TITLE, height=300, width=SPLIT_WIDTH, sizing_mode="fixed", x_label="share of the drive",
                                 y_label="", y_range=FactorRange(factors=list(reversed(layers))),
                                 x_range=(0, 1))
         self.bfig.hbar_stack(list(PARTS), y="layer", height=0.7, source=self.bars,
@@ -183,6 +183,8 @@ class ResidualView(View):
         # The drive split beside the heat map where both fit, else below it (a wrapping flex row).
         heat = pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width", min_width=SHARE_MIN_WIDTH,
                          styles={"flex": f"1 1 {SHARE_MIN_WIDTH}px"})
-        self.share_row = pn.Row(heat, pn.Column(bokeh_pane(self.bfig), width=SPLIT_WIDTH),
+        # (the split's width on its figure, not on its column: a column's width adds to the row's least
+        # width, which then ran past a 1024-px page instead of wrapping)
+        self.share_row = pn.Row(heat, pn.Column(bokeh_pane(self.bfig, sizing_mode="fixed")),
                                 sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
         return pn.Column(self.pin_note.pane, self.share_row, sizing_mode="stretch_width")
