@@ -374,3 +374,16 @@ def test_the_panes_text_takes_the_themes_colour_not_a_fixed_dark_grey():
         for m in re.finditer(r"background:\s*#([0-9a-fA-F]{6})\b", text):
             r, g, b = (int(m.group(1)[i:i + 2], 16) for i in (0, 2, 4))
             assert min(r, g, b) < 0xE0, f"{name}: a near-white background {m.group(0)!r} under the theme's text"
+
+
+def test_the_train_tabs_probe_energy_legend_is_below_its_plot_on_a_desk_and_when_presenting(pages):
+    # Beside the plot the legend ("earlier probes (darker: later)", "latest probe") left the Phi
+    # plot about 90 px at 1280x720.
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.relaxation_tab()
+    app.presentation_controls()
+    fig = app.train.phi_fig
+    for present in (False, True, False):
+        app.present.value = present
+        assert fig.legend[0] in fig.below and fig.legend[0] not in fig.right, present

@@ -54,7 +54,7 @@ SLIDER_SPAN = 32          # integer settings with a range this short get a slide
 # legend below the plot (beside it, the legend squeezed the plot to a few px: x tick labels ran together).
 PRESENT_TITLES = {"step_fig": "Step size (log)"}    # in the card "Probe image: ..."
 PRESENT_WIDTH_1024 = {"loss_fig": 490, "acc_fig": 490, "step_fig": 395, "phi_fig": 395, "out_fig": 980}
-LEGEND_BELOW = ("loss_fig", "acc_fig", "phi_fig")
+LEGEND_BELOW = ("loss_fig", "acc_fig")   # the Phi plot's legend is below it on a desk too (_phi_figure)
 PRESENT_HEIGHT = {"loss_fig": 360, "acc_fig": 360, "step_fig": 360, "phi_fig": 360, "out_fig": 300}
 BAR_TEXT = {False: "11px", True: "15px"}
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
@@ -200,11 +200,13 @@ class TrainView(pn.viewable.Viewer):
         fig = make_figure("Probe: energy Φ", height=300, x_label="free-phase iteration", y_label="Φ",
                           y_range=self.phi_y.range)
         fig.multi_line("xs", "ys", source=self.probe_history, line_color="color", line_width=1.5, line_alpha=0.7,
-                       legend_label="earlier (darker: later)")   # short: beside the plot it took half its width
+                       legend_label="earlier probes (darker: later)")
         now = fig.line("iteration", "phi", source=self.probe_phi, color=ROSE_COLOR, line_width=2.5,
                        legend_label="latest probe")
         fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"), ("Φ", "@phi{0.0000}")]))
         style_legend(fig, "top_right")
+        # Below the plot, also on a desk: beside it, the legend left the plot about 90 px at 1280x720.
+        legend_below(fig, True)
         return fig
 
     def _output_figure(self):
