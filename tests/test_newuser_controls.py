@@ -387,3 +387,34 @@ def test_the_train_tabs_probe_energy_legend_is_below_its_plot_on_a_desk_and_when
     for present in (False, True, False):
         app.present.value = present
         assert fig.legend[0] in fig.below and fig.legend[0] not in fig.right, present
+
+
+def test_a_training_runs_batches_reach_the_page_once_when_its_start_shares_a_tick(tmp_path, monkeypatch, pages):
+    # The loss and accuracy curves looped back to step 1 in the browser (48 batches arrived as 64
+    # rows): the drain that empties the sources for a new run is sent as one held message, serialised
+    # after the drain, and a stream in that drain extended the lists the emptying then carried.
+    from bokeh.document.events import ColumnDataChangedEvent, ColumnsStreamedEvent
+    monkeypatch.setenv("EXPLORER_TRAINED_DIR", str(tmp_path))
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.train
+    view.settings.param.update(depth=3, width=4, limit=256, eval_limit=64, batch_size=32, t_free=10, t_nudge=4,
+                               epochs=1, probe_every=2)
+    doc = Document()
+    doc.add_root(view.loss_fig)          # draws the batches and the evaluations
+    page = {}                            # rows per source as the page applies the server's messages
+
+    def apply(event):                    # serialised when sent, as a served session does
+        name = getattr(getattr(event, "model", None), "name", None)
+        if isinstance(event, ColumnsStreamedEvent):
+            page[name] += len(event.data["step"])
+        elif isinstance(event, ColumnDataChangedEvent):    # carries the source's data as it is then
+            page[name] = len(event.model.data["step"])
+    doc.on_change(apply)
+    view.settings.param.trigger("start")
+    assert view.worker.wait(60)          # the run ends before the page's next tick: one drain holds it all
+    doc.hold("combine")
+    view.drain()
+    doc.unhold()
+    assert page["explorer.train.batches"] == len(view.batches.data["step"]) == 8
+    assert page["explorer.train.evals"] == len(view.evals.data["step"]) == 1
