@@ -418,3 +418,18 @@ def test_a_training_runs_batches_reach_the_page_once_when_its_start_shares_a_tic
     doc.unhold()
     assert page["explorer.train.batches"] == len(view.batches.data["step"]) == 8
     assert page["explorer.train.evals"] == len(view.evals.data["step"]) == 1
+
+
+def test_the_feature_maps_names_grow_with_the_presentation_font(pages):
+    # "s*  (free)", "s_β  (nudged +β)", "s_β − s*" stayed at 13 px beside 24-px titles when presenting.
+    from bokeh.models import Text
+
+    from explorer.app.views.nudge import MAP_LABEL_SIZE
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.template()                    # the page: its tabs' figures are restyled when presenting
+    (glyph,) = [r.glyph for r in app.views["nudge"].map_fig.renderers if isinstance(r.glyph, Text)]
+    for present in (True, False):
+        app.present.value = present
+        assert glyph.text_font_size == MAP_LABEL_SIZE[present]
+    assert MAP_LABEL_SIZE[True] > MAP_LABEL_SIZE[False]

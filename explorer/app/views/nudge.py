@@ -14,8 +14,8 @@ from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper, LogColor
 from bokeh.palettes import Cividis256, Magma256, RdBu11
 
 from ...record import STAT_INDEX
-from .base import (Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure, pinned_caption,
-                   stored_batch)
+from .base import (FONT_SIZES, Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure,
+                   pinned_caption, stored_batch)
 
 NUDGED = ("nudged+", "nudged-")
 SIGN = {"nudged+": "+β", "nudged-": "−β"}
@@ -27,6 +27,7 @@ MAPS_WIDTH = 660                      # px, the feature maps' figure
 # character) right of its layer labels. Narrower, the feature maps wrap below it (at 1024 px the
 # title, 439 px, was cut in a 322-px figure beside the maps).
 HEAT_MIN_WIDTH = 700
+MAP_LABEL_SIZE = {False: "13px", True: "17px"}   # the feature maps' names, on a desk and when presenting
 
 
 def heat_title(beta: float) -> str:
@@ -93,8 +94,12 @@ class NudgeView(View):
         for key, mapper in (("free", self.state_mapper), ("nudged", self.state_mapper), ("diff", self.diff_mapper)):
             self.map_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.maps[key],
                                color_mapper=mapper)
-        self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size="13px", text_align="center",
-                          text_baseline="bottom", text_color="#222222")
+        labels = self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size=MAP_LABEL_SIZE[False],
+                                   text_align="center", text_baseline="bottom", text_color="#222222")
+        # The panels' names follow the page's text size (style() sets the title's: larger when presenting).
+        present_title = f"{FONT_SIZES[True]['title']}px"
+        self.map_fig.title.on_change("text_font_size", lambda _a, _o, new: labels.glyph.update(
+            text_font_size=MAP_LABEL_SIZE[new == present_title]))
         self.map_fig.axis.visible = False
         self.map_fig.grid.visible = False
         self.map_fig.add_layout(ColorBar(color_mapper=self.state_mapper, width=8, title="s",
