@@ -372,10 +372,10 @@ def test_the_steps_histograms_legend_sits_beside_the_plot_not_over_the_bars(pres
     assert fig.width == size["width"] + charts.LEGEND_ROOM[present]
 
 
-def test_a_sweep_heatmaps_colour_bar_has_a_short_title_not_the_column_name():
+def test_a_sweep_heatmaps_colour_bar_has_a_short_title_and_the_wheel_scrolls_the_page():
     # The rotated colour-bar title was the column name ("fraction_converged_free" shown as "onverged_free").
     import holoviews as hv
-    from bokeh.models import ColorBar
+    from bokeh.models import ColorBar, WheelZoomTool
 
     from explorer.app import charts
     from explorer.app.sweep_tab import METRICS
@@ -384,3 +384,5 @@ def test_a_sweep_heatmaps_colour_bar_has_a_short_title_not_the_column_name():
                                        present=True), backend="bokeh")
         (bar,) = [m for m in fig.right if isinstance(m, ColorBar)]
         assert "_" not in bar.title and len(bar.title) <= 8, bar.title
+        # and no wheel zoom: scrolling the page over a heatmap zoomed it instead
+        assert not [t for t in fig.tools if isinstance(t, WheelZoomTool)], fig.tools

@@ -104,7 +104,8 @@ def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str],
             title: str, clim=None, present: bool = False) -> hv.HeatMap:
     """One metric over two axes; cells not yet run are NaN (drawn blank)."""
     kdims = [hv.Dimension(x, values=x_values), hv.Dimension(y, values=y_values)]
-    opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None))
+    # No wheel zoom (HoloViews' default tools): scrolling the page over a heatmap zoomed it instead.
+    opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None, default_tools=[]))
     # A short colour-bar title (the figure's title names the metric): the column name, rotated, ran
     # past the plot's height and read "onverged_free".
     opts.update(clabel=COLORBAR_LABELS.get(metric, metric.replace("_", " ")), cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0,

@@ -57,6 +57,8 @@ def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
     # The legend below the curves in two columns (HoloViews hands legend_cols to Bokeh's nrows).
     look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
                 fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
+    # No wheel zoom: scrolling the page over the chart zoomed it out instead (the curves shrank to its middle).
+    curves = [c.opts(default_tools=[], tools=["hover"]) for c in curves]
     return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
 
 
