@@ -420,16 +420,15 @@ def test_a_training_runs_batches_reach_the_page_once_when_its_start_shares_a_tic
     assert page["explorer.train.evals"] == len(view.evals.data["step"]) == 1
 
 
-def test_the_feature_maps_names_grow_with_the_presentation_font(pages):
+def test_the_feature_maps_names_grow_with_the_presentation_font():
     # "s*  (free)", "s_β  (nudged +β)", "s_β − s*" stayed at 13 px beside 24-px titles when presenting.
     from bokeh.models import Text
 
-    from explorer.app.views.nudge import MAP_LABEL_SIZE
-    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
-    pages.append(app)
-    app.template()                    # the page: its tabs' figures are restyled when presenting
-    (glyph,) = [r.glyph for r in app.views["nudge"].map_fig.renderers if isinstance(r.glyph, Text)]
+    from explorer.app.views.base import style
+    from explorer.app.views.nudge import MAP_LABEL_SIZE, NudgeView
+    view = NudgeView(ExplorerState(zoo=[]))
+    (glyph,) = [r.glyph for r in view.map_fig.renderers if isinstance(r.glyph, Text)]
     for present in (True, False):
-        app.present.value = present
+        style(view.map_fig, present=present)     # as the page restyles its figures (ExplorerApp._on_present)
         assert glyph.text_font_size == MAP_LABEL_SIZE[present]
     assert MAP_LABEL_SIZE[True] > MAP_LABEL_SIZE[False]
