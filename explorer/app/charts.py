@@ -108,8 +108,8 @@ def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str],
     opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None, default_tools=[]))
     # A short colour-bar title (the figure's title names the metric): the column name, rotated, ran
     # past the plot's height and read "onverged_free".
-    opts.update(clabel=COLORBAR_LABELS.get(metric, metric.replace("_", " ")), cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0,
-                nonselection_alpha=1.0)
+    opts.update(clabel=COLORBAR_LABELS.get(metric, metric.replace("_", " ")), cmap="viridis", colorbar=True,
+                tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0, nonselection_alpha=1.0)
     if clim is not None:
         opts["clim"] = clim
     return hv.HeatMap(rows, kdims=kdims, vdims=[hv.Dimension(metric)]).opts(**opts)

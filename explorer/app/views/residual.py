@@ -75,9 +75,9 @@ class ResidualView(View):
                             "right")
         self.fig.ygrid.grid_line_color = None
         self.bands = PhaseBands(self.fig)
-        self.bfig = make_figure(SPLIT_TITLE, height=300, width=SPLIT_WIDTH, sizing_mode="fixed", x_label="share of the drive",
-                                y_label="", y_range=FactorRange(factors=list(reversed(layers))),
-                                x_range=(0, 1))
+        self.bfig = make_figure(SPLIT_TITLE, height=300, width=SPLIT_WIDTH, sizing_mode="fixed",
+                                x_label="share of the drive", y_label="",
+                                y_range=FactorRange(factors=list(reversed(layers))), x_range=(0, 1))
         self.bfig.hbar_stack(list(PARTS), y="layer", height=0.7, source=self.bars,
                              color=[PART_COLORS[p] for p in PARTS],
                              legend_label=[PART_LABELS[p] for p in PARTS])
