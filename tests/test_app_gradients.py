@@ -43,6 +43,21 @@ def test_the_tab_shows_ep_against_bptt_for_the_run_on_screen(tab):
     assert [m for m in fig.below if isinstance(m, Legend)] and not [m for m in fig.right if isinstance(m, Legend)]
     assert len(tab.gdu_plot.object) == 2 * len(tab.results["gdu"].units[tab.gdu_parameter])
     assert tab.gdu_plot.height > GDU_HEIGHT[False]
+    # Scrolling the page over the chart zoomed it out (HoloViews' wheel zoom, active by default).
+    from bokeh.models import WheelZoomTool
+    for present in (True, False):
+        tab.present = present
+        fig = hv.render(tab.gdu_plot.object, backend="bokeh")
+        assert not [t for t in fig.tools if isinstance(t, WheelZoomTool)], fig.tools
+    # An entry's EP and BPTT curves share a colour (EP solid, BPTT dashed), and entries differ.
+    colors = {}
+    for r in fig.renderers:
+        label = next(i.label["value"] for leg in fig.legend for i in leg.items if r in i.renderers)
+        colors.setdefault(label.split("entry ")[1], {})[label.split(",")[0]] = (r.glyph.line_color, r.glyph.line_dash)
+    assert len(colors) == len(tab.results["gdu"].units[tab.gdu_parameter])
+    for entry in colors.values():
+        assert entry["EP"][0] == entry["BPTT"][0] and entry["EP"][1] != entry["BPTT"][1]
+    assert len({entry["EP"][0] for entry in colors.values()}) == len(colors)
 
 
 def test_while_a_scan_holds_the_pages_worker_the_tab_says_so_and_runs_nothing(tab):

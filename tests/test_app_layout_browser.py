@@ -84,6 +84,13 @@ JS_ENERGY_LABELS = """(ticks) => {
       return m.left[0].formatter.doFormat(ticks, {loc: 0});
   return null;
 }"""
+# The |ΔE| plot's log-axis ticks for a range (its ticker, run in the page).
+JS_DELTA_TICKS = """([start, end]) => {
+  for (const m of Bokeh.documents[0].all_models)
+    if (m.constructor.__name__ === 'Figure' && m.title && m.title.text.startsWith('Energy change'))
+      return m.left[0].ticker.get_ticks(start, end, null, null).major;
+  return null;
+}"""
 # The computed font size (px) of the verdict's text (an HTML pane: inside a shadow root).
 JS_VERDICT_FONT = """() => {
   const find = (root) => {
@@ -185,6 +192,12 @@ def test_a_page_opened_at_projector_size_paints_the_output_chart(server, browser
         assert label([-487.5, -488, -488.5]) == ["\u2212487.5", "\u2212488.0", "\u2212488.5"]
         assert label([0, 0.0005, 0.001]) == ["0", "0.0005", "0.0010"]
         assert label([1e-6, 2e-6]) == ["1e\u22126", "2e\u22126"]
+        # At most about five decades labelled on a log axis (nine, drawn over each other on the 200-px
+        # |ΔE| plot in presentation mode); 1-2-5 steps within two decades.
+        ticks = lambda lo, hi: w.page.evaluate(JS_DELTA_TICKS, [lo, hi])
+        assert ticks(1e-5, 1e3) == pytest.approx([1e-4, 1e-2, 1, 100])
+        assert ticks(1e-9, 10) == pytest.approx([1e-8, 1e-6, 1e-4, 1e-2, 1])
+        assert ticks(0.02, 0.9) == pytest.approx([0.02, 0.05, 0.1, 0.2, 0.5])
         assert not w.errors(), w.errors()
     finally:
         w.page.close()

@@ -353,3 +353,36 @@ def test_a_job_steps_aside_while_the_pages_live_run_wants_the_cpu():
         assert len(done) == 5
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("present", [False, True])
+def test_the_steps_histograms_legend_sits_beside_the_plot_not_over_the_bars(present):
+    # Inside the plot (top right) the legend covered the bars near the budget's end and was seen to
+    # slide off the plot's left edge after the layout moved; beside it, the plot area keeps its width.
+    import holoviews as hv
+    from bokeh.models import Legend
+
+    from explorer.app import charts
+    hist = {p: {"edges": [0, 10, 20, 30], "counts": [1, 0, 2]} for p in ("free", "nudged+", "nudged-")}
+    fig = hv.render(charts.steps_histogram(hist, present), backend="bokeh")
+    (legend,) = [m for m in fig.right if isinstance(m, Legend)]
+    assert [i.label["value"] for i in legend.items] == ["free", "nudged+", "nudged-"]
+    assert not [m for m in fig.center if isinstance(m, Legend)]
+    size = charts.PRESENT_SIZE if present else charts.CHART
+    assert fig.width == size["width"] + charts.LEGEND_ROOM[present]
+
+
+def test_a_sweep_heatmaps_colour_bar_has_a_short_title_and_the_wheel_scrolls_the_page():
+    # The rotated colour-bar title was the column name ("fraction_converged_free" shown as "onverged_free").
+    import holoviews as hv
+    from bokeh.models import ColorBar, WheelZoomTool
+
+    from explorer.app import charts
+    from explorer.app.sweep_tab import METRICS
+    for key, title, _ in METRICS:
+        fig = hv.render(charts.heatmap([("2", "0.1", 0.5)], "alpha", "beta", key, ["2"], ["0.1"], title,
+                                       present=True), backend="bokeh")
+        (bar,) = [m for m in fig.right if isinstance(m, ColorBar)]
+        assert "_" not in bar.title and len(bar.title) <= 8, bar.title
+        # and no wheel zoom: scrolling the page over a heatmap zoomed it instead
+        assert not [t for t in fig.tools if isinstance(t, WheelZoomTool)], fig.tools

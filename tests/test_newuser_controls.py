@@ -272,3 +272,163 @@ def test_the_image_titles_fit_their_figures_at_the_presentation_font_size(pages)
         for name in samples.class_names:
             for line in image_title(what, last, name).split("\n"):
                 assert len(line) * 0.6 * px <= room, f"{line!r} overflows {what}'s {fig.width}-px figure"
+
+
+def test_the_nudge_heat_map_title_fits_its_figure_at_the_presentation_font_size(pages):
+    # At 1024x768 "‖s_β − s*‖ per layer and step (β = 0.15)" (439 px at 24 px) was cut in a 322-px
+    # figure beside the 660-px feature maps. The heat map now keeps a least width that holds its
+    # title right of its layer labels (at a generous 0.6 em a character), the maps wrapping below it.
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.nudge import HEAT_MIN_WIDTH, heat_title
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.views["nudge"]
+    view.body()
+    heat, maps = view.heat_row.objects
+    assert heat.min_width == HEAT_MIN_WIDTH and view.heat_row.styles.get("flex-wrap") == "wrap"
+    assert view.fig in [p.object for p in heat.objects if isinstance(p, pn.pane.Bokeh)]
+    app.state.beta = 0.99                                      # the longest beta shown
+    app.run_until_idle(timeout=60)
+    assert view.fig.title.text == heat_title(0.99)
+    px = FONT_SIZES[True]
+    labels = 0.6 * px["tick"] * len("s25  −β") + 20          # the deepest network's row labels, ticks
+    assert labels + 0.6 * px["title"] * len(view.fig.title.text) <= HEAT_MIN_WIDTH
+
+
+def test_a_links_refused_value_stays_named_on_the_page_after_its_run_starts(pages):
+    # "?beta=1.5&sample=3": the page applied sample 3 and kept beta 0.15, but the run the link
+    # started (and sample's own change) cleared the alert that named beta 1.5: nothing on the page said why.
+    from explorer.app import create_app
+    app = create_app(settings={"beta": "1.5", "sample": "3"}, state=ExplorerState(zoo=[], t_free=T_FREE,
+                                                                                  t_nudge=T_NUDGE, speed="max"))
+    pages.append(app)
+    assert app.state.sample == 3 and app.state.beta == 0.15
+    assert app.alert.visible and "beta = 1.5" in app.alert.object and "kept beta = 0.15" in app.alert.object
+    app.run_until_idle(timeout=60)
+    assert app.alert.visible                       # the run ending does not clear it either
+    app.state.beta = 0.2                           # a person's own change does
+    assert not app.alert.visible
+
+
+def test_the_residual_views_titles_and_legend_fit_at_the_presentation_font_size(pages):
+    # At 1024x768 in presentation mode "Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)" and
+    # "Drive split at the latest step" were cut, and the drive split's legend ran past its 330-px figure.
+    from explorer.app.views.base import FONT_SIZES
+    from explorer.app.views.residual import PART_LABELS, SHARE_MIN_WIDTH, SPLIT_WIDTH
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.views["residual"]
+    view.body()
+    heat, split = view.share_row.objects
+    assert heat.min_width == SHARE_MIN_WIDTH and view.bfig.width == SPLIT_WIDTH
+    assert split.width is None and split.min_width is None   # else the row's least width is their sum
+    assert view.share_row.styles.get("flex-wrap") == "wrap"
+    px = FONT_SIZES[True]
+    em = lambda text, size: 0.6 * size * len(text)   # a generous width of bold sans-serif
+    labels = em("s25", px["tick"]) + px["axis_label"] + 30   # row labels, the axis title, ticks
+    titles = [view.fig.title.text]
+    app.state.model = "untrained plain"
+    app.run_until_idle(timeout=60)
+    titles.append(view.fig.title.text)
+    assert titles[0] != titles[1]
+    for title in titles:
+        assert labels + em(title, px["title"]) <= SHARE_MIN_WIDTH, title
+    room = SPLIT_WIDTH - (em("s25", px["tick"]) + 20)
+    for line in view.bfig.title.text.split("\n"):
+        assert em(line, px["title"]) <= room, line
+    legend = view.bfig.legend[0]
+    width = sum(em(t, px["legend"]) * 0.8 + legend.glyph_width + legend.label_standoff for t in PART_LABELS.values())
+    assert width + legend.spacing * (len(PART_LABELS) - 1) <= room
+
+
+def test_the_replay_caption_says_paused_once_the_player_is_paused(pages):
+    # Space played the replay, space again paused it: the caption still said "playing at …" (it
+    # changed only when the frame did, and pausing does not move the frame).
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.controls()
+    app.restart()
+    app.run_until_idle(timeout=60)
+    app.player.direction = 1               # play (the page's space key) ...
+    app.player.value = 3
+    assert app.replay_text.object.startswith("<div class='hint'>playing at free step 3 of")
+    app.player.direction = 0               # ... and pause, on the same frame
+    assert app.replay_text.object.startswith("<div class='hint'>paused at free step 3 of")
+
+
+def test_the_panes_text_takes_the_themes_colour_not_a_fixed_dark_grey():
+    # In the dark theme (?theme=dark) the verdict's messages (#222), the prediction box (white text on
+    # #f3f6f9), the status line and the hints (#333 to #555) were dark on dark: unreadable.
+    import re
+
+    from explorer.app import scan_tab, sweep_tab
+    from explorer.app.main import CSS_FILE
+    sources = {"app.css": CSS_FILE.read_text()}
+    for module in (scan_tab, sweep_tab):
+        sources[module.__name__] = open(module.__file__).read()
+    for name, text in sources.items():
+        for m in re.finditer(r"(?<![-\w])color:\s*#([0-9a-fA-F]{6}|[0-9a-fA-F]{3})\b", text):
+            h = m.group(1) if len(m.group(1)) == 6 else "".join(c * 2 for c in m.group(1))
+            r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+            assert not (r == g == b and r < 0x88), f"{name}: fixed dark grey text {m.group(0)!r}"
+        for m in re.finditer(r"background:\s*#([0-9a-fA-F]{6})\b", text):
+            r, g, b = (int(m.group(1)[i:i + 2], 16) for i in (0, 2, 4))
+            assert min(r, g, b) < 0xE0, f"{name}: a near-white background {m.group(0)!r} under the theme's text"
+
+
+def test_the_train_tabs_probe_energy_legend_is_below_its_plot_on_a_desk_and_when_presenting(pages):
+    # Beside the plot the legend ("earlier probes (darker: later)", "latest probe") left the Phi
+    # plot about 90 px at 1280x720.
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.relaxation_tab()
+    app.presentation_controls()
+    fig = app.train.phi_fig
+    for present in (False, True, False):
+        app.present.value = present
+        assert fig.legend[0] in fig.below and fig.legend[0] not in fig.right, present
+
+
+def test_a_training_runs_batches_reach_the_page_once_when_its_start_shares_a_tick(tmp_path, monkeypatch, pages):
+    # The loss and accuracy curves looped back to step 1 in the browser (48 batches arrived as 64
+    # rows): the drain that empties the sources for a new run is sent as one held message, serialised
+    # after the drain, and a stream in that drain extended the lists the emptying then carried.
+    from bokeh.document.events import ColumnDataChangedEvent, ColumnsStreamedEvent
+    monkeypatch.setenv("EXPLORER_TRAINED_DIR", str(tmp_path))
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    view = app.train
+    view.settings.param.update(depth=3, width=4, limit=256, eval_limit=64, batch_size=32, t_free=10, t_nudge=4,
+                               epochs=1, probe_every=2)
+    doc = Document()
+    doc.add_root(view.loss_fig)          # draws the batches and the evaluations
+    page = {}                            # rows per source as the page applies the server's messages
+
+    def apply(event):                    # serialised when sent, as a served session does
+        name = getattr(getattr(event, "model", None), "name", None)
+        if isinstance(event, ColumnsStreamedEvent):
+            page[name] += len(event.data["step"])
+        elif isinstance(event, ColumnDataChangedEvent):    # carries the source's data as it is then
+            page[name] = len(event.model.data["step"])
+    doc.on_change(apply)
+    view.settings.param.trigger("start")
+    assert view.worker.wait(60)          # the run ends before the page's next tick: one drain holds it all
+    doc.hold("combine")
+    view.drain()
+    doc.unhold()
+    assert page["explorer.train.batches"] == len(view.batches.data["step"]) == 8
+    assert page["explorer.train.evals"] == len(view.evals.data["step"]) == 1
+
+
+def test_the_feature_maps_names_grow_with_the_presentation_font():
+    # "s*  (free)", "s_β  (nudged +β)", "s_β − s*" stayed at 13 px beside 24-px titles when presenting.
+    from bokeh.models import Text
+
+    from explorer.app.views.base import style
+    from explorer.app.views.nudge import MAP_LABEL_SIZE, NudgeView
+    view = NudgeView(ExplorerState(zoo=[]))
+    (glyph,) = [r.glyph for r in view.map_fig.renderers if isinstance(r.glyph, Text)]
+    for present in (True, False):
+        style(view.map_fig, present=present)     # as the page restyles its figures (ExplorerApp._on_present)
+        assert glyph.text_font_size == MAP_LABEL_SIZE[present]
+    assert MAP_LABEL_SIZE[True] > MAP_LABEL_SIZE[False]

@@ -21,6 +21,7 @@ CHART = dict(width=380, height=240, toolbar=None, default_tools=["hover"], fonts
 PRESENT_SIZE = dict(width=460, height=330)
 # Panel's tables are 12 px (panel/dist/css/dataframe.css): scaled with the views' text (assets/app.css).
 TABLE_CSS = "table.panel-df { font-size: calc(12px * var(--explorer-text, 1)); }"
+LEGEND_ROOM = {False: 90, True: 120}   # px added to a chart whose legend is beside it (desk, presentation)
 AXIS_ROOM = 90       # px left of the plot area (y ticks and label) at the presentation font
 EM = 0.6             # a generous average character width of bold sans-serif, in em
 
@@ -81,8 +82,11 @@ def steps_histogram(histograms: dict[str, dict], present: bool = False) -> hv.Ov
                                    vdims="images", label=phase).opts(
             fill_alpha=0.35, line_color=PHASE_COLORS.get(phase, "#555"),
             fill_color=PHASE_COLORS.get(phase, "#555")))
-    return hv.Overlay(layers).opts(legend_position="top_right",
-                                   **chart_opts("Steps to tolerance (converged images)", present))
+    # The legend beside the plot: inside (top right) it covered the bars near the budget's end, and
+    # it was seen to slide off the plot's left edge after the layout moved.
+    opts = chart_opts("Steps to tolerance (converged images)", present)
+    opts["width"] += LEGEND_ROOM[present]
+    return hv.Overlay(layers).opts(legend_position="right", **opts)
 
 
 def count_bars(counts: dict, title: str, kdim: str, present: bool = False) -> hv.Bars:
@@ -100,12 +104,19 @@ def heatmap(rows: list[tuple], x: str, y: str, metric: str, x_values: list[str],
             title: str, clim=None, present: bool = False) -> hv.HeatMap:
     """One metric over two axes; cells not yet run are NaN (drawn blank)."""
     kdims = [hv.Dimension(x, values=x_values), hv.Dimension(y, values=y_values)]
-    opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None))
-    opts.update(cmap="viridis", colorbar=True, tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0,
-                nonselection_alpha=1.0)
+    # No wheel zoom (HoloViews' default tools): scrolling the page over a heatmap zoomed it instead.
+    opts = chart_opts(title, present, dict(width=340, height=260, toolbar=None, default_tools=[]))
+    # A short colour-bar title (the figure's title names the metric): the column name, rotated, ran
+    # past the plot's height and read "onverged_free".
+    opts.update(clabel=COLORBAR_LABELS.get(metric, metric.replace("_", " ")), cmap="viridis", colorbar=True,
+                tools=["hover", "tap"], xrotation=45 if len(x_values) > 8 else 0, nonselection_alpha=1.0)
     if clim is not None:
         opts["clim"] = clim
     return hv.HeatMap(rows, kdims=kdims, vdims=[hv.Dimension(metric)]).opts(**opts)
+
+
+COLORBAR_LABELS = {"converged_free": "fraction", "median_steps_free": "steps", "energy_rose": "fraction",
+                   "accuracy": "fraction", "median_spectral_radius": "ρ"}
 
 
 def thumbnail(image: np.ndarray, scale: int = 3) -> str:

@@ -29,6 +29,7 @@ from .state import SettingError, net_with_alpha
 log = logging.getLogger("explorer.app")
 OWNER = "gradients"
 PARTS = ("through the free phase", "budget against converged", "float32 against float64")
+UNIT_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")   # Okabe-Ito
 GDU_HEIGHT = {False: 340, True: 480}   # the GDU pane on a desk and in presentation mode (legend below)
 
 
@@ -52,11 +53,16 @@ def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
     for j, unit in enumerate(result.units[parameter]):
         ep = [(k, row[j]) for k, row in zip(result.steps, result.ep[parameter])]
         bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
-        curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}"))
-        curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(line_dash="dashed"))
+        # One colour per entry, EP solid and BPTT dashed: a pair is read together (each curve had its own colour).
+        color = UNIT_COLORS[j % len(UNIT_COLORS)]
+        curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}").opts(color=color))
+        curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(
+            color=color, line_dash="dashed"))
     # The legend below the curves in two columns (HoloViews hands legend_cols to Bokeh's nrows).
     look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
                 fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
+    # No wheel zoom: scrolling the page over the chart zoomed it out instead (the curves shrank to its middle).
+    curves = [c.opts(default_tools=[], tools=["hover"]) for c in curves]
     return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
 
 
@@ -89,7 +95,7 @@ class GradientsTab(pn.viewable.Viewer):
         self.notify = notify or (lambda text, level="error": log.warning("%s: %s", level, text))
         self.results: dict = {}
         self._callback = None
-        self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", button_type="primary")
+        self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", color="primary")
         self.start_button.on_click(lambda _e: self.start())
         self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
                                    sizing_mode="stretch_width")

@@ -223,6 +223,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self.apply_settings(settings)
         if autostart:
             self.restart()
+        self._show_link_problems()
 
     def _init_flow_control(self) -> None:
         """The page's side of the transport: which update it painted, which views it shows."""
@@ -378,6 +379,7 @@ class ExplorerApp(pn.viewable.Viewer):
         """Settings given as text (the page's URL query); what cannot apply is reported, by name,
         and the others still apply. A zoo model may be named by its checkpoint name alone."""
         given = dict(given)
+        first = len(self.messages)
         self._wanted_tab = given.pop("tab", None)
         given.pop("theme", None)   # the template reads its theme from the address itself
         self._present_wanted = given.pop("present", "").lower() in ("1", "true", "yes", "on")
@@ -392,6 +394,13 @@ class ExplorerApp(pn.viewable.Viewer):
         # kept alone; applied together, its refusal would keep every other value of the link too.
         for name, value in typed.items():
             self.state.param.update(**{name: value})
+        self._link_problems = [t for level, t in self.messages[first:] if level in ("error", "warning")]
+
+    def _show_link_problems(self) -> None:
+        """The link's refused values stay on the page: the run it starts cleared the alert."""
+        problems = getattr(self, "_link_problems", [])
+        if problems:
+            self.alert.param.update(alert_type="warning", object=" · ".join(problems), visible=True)
 
     def _model_choice(self, text: str) -> str:
         """The model choice a link names: a zoo checkpoint's name (``fmnist-resnet5-ep``) or a choice as listed."""
@@ -524,17 +533,26 @@ else { window.prompt("Copy this link", url); }
         self.replay_text = pn.pane.HTML("<div class='hint'>Replay: a finished run can be scrubbed here "
                                         "(space plays or pauses, arrow keys step).</div>", margin=(0, 10))
         self.player.param.watch(self._on_scrub, "value")
+        # Pausing does not move the frame: the caption follows the play direction too (it said "playing").
+        self.player.param.watch(lambda _e: self._caption_replay(), "direction")
         return pn.Column(self.player, self.replay_text, sizing_mode="stretch_width")
 
     def _on_scrub(self, event) -> None:
         run = self._replay_run
         if self._applying or run is None:
             return
-        phase, step, steps = replay_position(run, int(event.new))
-        self.replay_text.object = (f"<div class='hint'>{'paused' if self.player.direction == 0 else 'playing'} "
-                                   f"at {phase} step {step} of {steps} (frame {int(event.new) + 1} of "
-                                   f"{replay_frames(run)})</div>")
+        self._caption_replay()
         self.show_run(run, int(event.new))
+
+    def _caption_replay(self) -> None:
+        run = getattr(self, "_replay_run", None)
+        if self._applying or run is None:
+            return
+        frame = int(self.player.value)
+        phase, step, steps = replay_position(run, frame)
+        self.replay_text.object = (f"<div class='hint'>{'paused' if self.player.direction == 0 else 'playing'} "
+                                   f"at {phase} step {step} of {steps} (frame {frame + 1} of "
+                                   f"{replay_frames(run)})</div>")
 
     def _arm_replay(self, run: Run) -> None:
         """A run finished: the player now scrubs it (set at its last frame, without redrawing)."""

@@ -217,7 +217,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
                 f"Accuracy: <b class='scan-accuracy'>{charts.percent(summary['accuracy'])}</b><br>"
                 f"Images with an energy rise: <b>{charts.percent(summary['energy_rose'])}</b><br>"
                 f"Model: {charts.escape(context.get('model', '?'))}<br>"
-                f"<span style='color:#555'>{charts.escape(settings)}</span></div>")
+                f"<span style='opacity:.75'>{charts.escape(settings)}</span></div>")
 
     def _show_gallery(self, result: ScanResult) -> None:
         failures = result.failures()
@@ -272,7 +272,7 @@ class ScanTab(JobControls, pn.viewable.Viewer):
     def __panel__(self):
         if self._layout is None:
             hint = pn.pane.HTML(
-                "<div style='font-size:calc(13px * var(--explorer-text, 1));color:#555'>Relaxes many images with the Relaxation tab's model "
+                "<div style='font-size:calc(13px * var(--explorer-text, 1));opacity:.8'>Relaxes many images with the Relaxation tab's model "
                 "and settings (alpha, beta, T free, T nudge, schedule), many per batch, each stopping at the "
                 "tolerance. Up to 40 images: the shipped samples; more: the Fashion-MNIST test split, "
                 "when found.</div>", sizing_mode="stretch_width", margin=(0, 10))

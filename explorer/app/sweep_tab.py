@@ -412,7 +412,7 @@ class SweepTab(JobControls, pn.viewable.Viewer):
     def __panel__(self):
         if self._layout is None:
             hint = pn.pane.HTML(
-                "<div style='font-size:calc(13px * var(--explorer-text, 1));color:#555'>A grid over two or three of alpha, beta, depth, "
+                "<div style='font-size:calc(13px * var(--explorer-text, 1));opacity:.8'>A grid over two or three of alpha, beta, depth, "
                 "residual (on/off), schedule, t_free, t_nudge and tol, on the first K images, with the "
                 "Relaxation tab's model and other settings. Values are comma-separated, e.g. 2,4,6. "
                 "Depth and residual take untrained builder networks, or a checkpoint family's trained "

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import panel as pn
 import torch
-from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, CustomJSTickFormatter,
-                          GlyphRenderer, LabelSet, LogAxis, LogColorMapper, Range1d)
+from bokeh.models import (BasicTickFormatter, ColorBar, ColumnDataSource, CustomJS, CustomJSTicker,
+                          CustomJSTickFormatter, GlyphRenderer, LabelSet, LogAxis, LogColorMapper, Range1d)
 from bokeh.plotting import figure
 
 from ...record import ENERGY_INDEX, STAT_INDEX
@@ -266,11 +266,32 @@ def color_bars(fig: figure) -> list:
     return [m for m in (*fig.right, *fig.left, *fig.above, *fig.below) if isinstance(m, ColorBar)]
 
 
+# Log-axis ticks: at most about five powers of ten (every k-th decade), 1-2-5 steps within two decades.
+# Bokeh's LogTicker shows up to nine decades whatever desired_num_ticks says: on the 200-px |ΔE| plot in
+# presentation mode (17-px labels) "1000 100 10 1 10⁻¹ … 10⁻⁵" were drawn over each other.
+LOG_TICKER_JS = """
+const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
+if (!(lo > 0) || !Number.isFinite(hi)) return [];
+const a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
+const ticks = [];
+if (b - a <= 2) {
+  for (let e = a; e <= b; e++) for (const m of [1, 2, 5]) ticks.push(m * Math.pow(10, e));
+} else {
+  const k = Math.ceil((b - a) / MAX_DECADE_TICKS);
+  for (let e = Math.ceil(a / k) * k; e <= b; e += k) ticks.push(Math.pow(10, e));
+}
+return ticks.filter((t) => t >= lo * (1 - 1e-9) && t <= hi * (1 + 1e-9));
+"""
+MAX_DECADE_TICKS = 5
+
+
 def plain_log_ticks(fig) -> None:
-    """Tick labels of a figure's log axes as LOG_TICKS_JS writes them (never "5.000e-4")."""
+    """Tick labels of a figure's log axes as LOG_TICKS_JS writes them (never "5.000e-4"), at most about
+    five of them (LOG_TICKER_JS)."""
     for axis in (*fig.xaxis, *fig.yaxis):
         if isinstance(axis, LogAxis):
             axis.formatter = CustomJSTickFormatter(code=LOG_TICKS_JS)
+            axis.ticker = CustomJSTicker(major_code=LOG_TICKER_JS.replace("MAX_DECADE_TICKS", str(MAX_DECADE_TICKS)))
 
 
 def tidy_ticks(fig: figure) -> None:

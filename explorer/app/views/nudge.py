@@ -14,14 +14,24 @@ from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper, LogColor
 from bokeh.palettes import Cividis256, Magma256, RdBu11
 
 from ...record import STAT_INDEX
-from .base import (Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure, pinned_caption,
-                   stored_batch)
+from .base import (FONT_SIZES, Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure,
+                   pinned_caption, stored_batch)
 
 NUDGED = ("nudged+", "nudged-")
 SIGN = {"nudged+": "+β", "nudged-": "−β"}
 DIVERGING = tuple(reversed(RdBu11))  # blue negative, red positive
 _DIST = STAT_INDEX["nudge_distance"]
 GAP = 0.25                            # between feature-map panels, in map widths
+MAPS_WIDTH = 660                      # px, the feature maps' figure
+# px, the heat map's least width: its title at the presentation font (24 px, a generous 0.6 em a
+# character) right of its layer labels. Narrower, the feature maps wrap below it (at 1024 px the
+# title, 439 px, was cut in a 322-px figure beside the maps).
+HEAT_MIN_WIDTH = 700
+MAP_LABEL_SIZE = {False: "13px", True: "17px"}   # the feature maps' names, on a desk and when presenting
+
+
+def heat_title(beta: float) -> str:
+    return f"‖s_β − s*‖ per layer and step (β = {beta:.3g})"
 
 
 def block_origin(phase: str, n_layers: int) -> int:
@@ -78,14 +88,18 @@ class NudgeView(View):
         self.maps = {k: ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                          name=f"explorer.nudge.map_{k}") for k in ("free", "nudged", "diff")}
         self.labels = ColumnDataSource(data={"x": [], "y": [], "text": []}, name="explorer.nudge.map_labels")
-        self.map_fig = make_figure("Feature maps", height=300, width=660, sizing_mode="fixed", x_label="",
+        self.map_fig = make_figure("Feature maps", height=300, width=MAPS_WIDTH, sizing_mode="fixed", x_label="",
                                    y_label="", match_aspect=True, tools="hover,save",
                                    tooltips=[("value", "@image{0.000}")], min_border_left=10)
         for key, mapper in (("free", self.state_mapper), ("nudged", self.state_mapper), ("diff", self.diff_mapper)):
             self.map_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.maps[key],
                                color_mapper=mapper)
-        self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size="13px", text_align="center",
-                          text_baseline="bottom", text_color="#222222")
+        labels = self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size=MAP_LABEL_SIZE[False],
+                                   text_align="center", text_baseline="bottom", text_color="#222222")
+        # The panels' names follow the page's text size (style() sets the title's: larger when presenting).
+        present_title = f"{FONT_SIZES[True]['title']}px"
+        self.map_fig.title.on_change("text_font_size", lambda _a, _o, new: labels.glyph.update(
+            text_font_size=MAP_LABEL_SIZE[new == present_title]))
         self.map_fig.axis.visible = False
         self.map_fig.grid.visible = False
         self.map_fig.add_layout(ColorBar(color_mapper=self.state_mapper, width=8, title="s",
@@ -139,7 +153,7 @@ class NudgeView(View):
     def _set_title(self) -> None:
         run = self.run
         self._titled_channel = self._channel()
-        self.fig.title.text = f"‖s_β − s*‖ per layer and step (β = {run.beta:.3g})"
+        self.fig.title.text = heat_title(run.beta)
         self.map_fig.title.text = (f"Feature maps of layer {run.settings['map_layer']}, "
                                    f"channel {self._titled_channel}")
 
@@ -274,8 +288,9 @@ class NudgeView(View):
         return sum(h.filled() for h in self.heat.values()) + sum(len(s.data["image"]) for s in self.maps.values())
 
     def body(self):
-        return pn.Column(self.pin_note.pane,
-                         pn.Row(pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width"),
-                                pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
-                                sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        # The maps beside the heat map where both fit, else below it (a wrapping flex row).
+        heat = pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width", min_width=HEAT_MIN_WIDTH,
+                         styles={"flex": f"1 1 {HEAT_MIN_WIDTH}px"})
+        self.heat_row = pn.Row(heat, pn.Column(bokeh_pane(self.map_fig, sizing_mode="fixed")),
+                               sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
+        return pn.Column(self.pin_note.pane, self.heat_row, sizing_mode="stretch_width")

@@ -36,11 +36,24 @@ def drive_shares(batch: Batch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return np.clip(share, 0.0, 1.0), split
 
 
+# Titles that fit at the presentation font (24 px): the share's formula is in the view's text above.
+# The heat map keeps a least width for its title; the drive split's column holds its two-line title
+# and its legend (at 1024x768 both titles were cut, and the legend ran past the figure).
+SHARE_MIN_WIDTH = 640
+SPLIT_WIDTH = 380
+SPLIT_TITLE = "Drive split\nat the latest step"
+
+
+def share_title(plain: bool) -> str:
+    return "Residual share: none (plain network)" if plain else "Residual share per layer and iteration"
+
+
 class ResidualView(View):
     key = "residual"
     min_interval = 0.2
     title = "4 · Residual-path contributions"
-    about = ("Share of each layer's drive that comes through its skip edge, per iteration (left), "
+    about = ("Share of each layer's drive that comes through its skip edge, ‖skip‖ / (‖direct‖ + ‖skip‖ + "
+             "‖feedback‖), per iteration (left), "
              "and the split of the drive into direct edge, skip edge and feedback at the latest step "
              "(right). Only even layers receive a skip.")
 
@@ -52,7 +65,7 @@ class ResidualView(View):
         layers = [n for n in app_state.base_network().layer_names if n != "y"]
         self.y_range = Range1d(-0.5, len(layers) - 0.5)
         self.mapper = LinearColorMapper(palette=Viridis256, low=0.0, high=1.0, nan_color="rgba(0, 0, 0, 0)")
-        self.fig = make_figure("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)", height=300,
+        self.fig = make_figure(share_title(plain=False), height=300,
                                y_label="layer", x_range=self.x_range, y_range=self.y_range,
                                tools="xpan,xwheel_zoom,box_zoom,reset,save,hover",
                                tooltips=[("iteration", "$x{0}"), ("residual share", "@image{0.000}")])
@@ -62,14 +75,15 @@ class ResidualView(View):
                             "right")
         self.fig.ygrid.grid_line_color = None
         self.bands = PhaseBands(self.fig)
-        self.bfig = make_figure("Drive split at the latest step", height=300, x_label="share of the drive",
-                                y_label="", y_range=FactorRange(factors=list(reversed(layers))),
-                                x_range=(0, 1))
+        self.bfig = make_figure(SPLIT_TITLE, height=300, width=SPLIT_WIDTH, sizing_mode="fixed",
+                                x_label="share of the drive", y_label="",
+                                y_range=FactorRange(factors=list(reversed(layers))), x_range=(0, 1))
         self.bfig.hbar_stack(list(PARTS), y="layer", height=0.7, source=self.bars,
                              color=[PART_COLORS[p] for p in PARTS],
                              legend_label=[PART_LABELS[p] for p in PARTS])
         style_legend(self.bfig, "bottom_right", outside=False)
         self.bfig.legend[0].orientation = "horizontal"
+        self.bfig.legend[0].spacing = 10   # a gap between an item's label and the next swatch
         self.bfig.add_layout(self.bfig.legend[0], "below")
         static_legend(self.bfig)
         self.bfig.ygrid.grid_line_color = None
@@ -111,8 +125,7 @@ class ResidualView(View):
         cover_time(self.x_range, self.pinned_runs())
         self.bands.place(run)
         self.plain = not run.residual
-        self.fig.title.text = ("Residual share ‖skip‖ / (‖direct‖ + ‖skip‖ + ‖feedback‖)"
-                               + (" · plain network: no skip edges" if self.plain else ""))
+        self.fig.title.text = share_title(self.plain)
 
     def push(self, batch: Batch) -> None:
         keep = batch.real_step
@@ -167,7 +180,11 @@ class ResidualView(View):
         return self.heat.filled()
 
     def body(self):
-        return pn.Column(self.pin_note.pane,
-                         pn.Row(pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width"),
-                                pn.Column(bokeh_pane(self.bfig), width=330), sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        # The drive split beside the heat map where both fit, else below it (a wrapping flex row).
+        heat = pn.Column(bokeh_pane(self.fig), self.apane, sizing_mode="stretch_width", min_width=SHARE_MIN_WIDTH,
+                         styles={"flex": f"1 1 {SHARE_MIN_WIDTH}px"})
+        # (the split's width on its figure, not on its column: a column's width adds to the row's least
+        # width, which then ran past a 1024-px page instead of wrapping)
+        self.share_row = pn.Row(heat, pn.Column(bokeh_pane(self.bfig, sizing_mode="fixed")),
+                                sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
+        return pn.Column(self.pin_note.pane, self.share_row, sizing_mode="stretch_width")

@@ -54,7 +54,7 @@ SLIDER_SPAN = 32          # integer settings with a range this short get a slide
 # legend below the plot (beside it, the legend squeezed the plot to a few px: x tick labels ran together).
 PRESENT_TITLES = {"step_fig": "Step size (log)"}    # in the card "Probe image: ..."
 PRESENT_WIDTH_1024 = {"loss_fig": 490, "acc_fig": 490, "step_fig": 395, "phi_fig": 395, "out_fig": 980}
-LEGEND_BELOW = ("loss_fig", "acc_fig", "phi_fig")
+LEGEND_BELOW = ("loss_fig", "acc_fig")   # the Phi plot's legend is below it on a desk too (_phi_figure)
 PRESENT_HEIGHT = {"loss_fig": 360, "acc_fig": 360, "step_fig": 360, "phi_fig": 360, "out_fig": 300}
 BAR_TEXT = {False: "11px", True: "15px"}
 PHASE_TEXT = {"loading": "loading data", "running": "training", "paused": "paused", "stopping": "stopping",
@@ -103,6 +103,7 @@ class TrainView(pn.viewable.Viewer):
         self.outcome: str | None = None   # how the last run ended, once the page has drawn it
         self._dirty = True                # the next drain redraws status and buttons
         self._reset = False
+        self._fresh = False       # the drain in progress emptied the sources (see _append)
         self._drawn_at = 0.0
         self._started: dict = {}
         self._last_batch: dict = {}
@@ -205,6 +206,8 @@ class TrainView(pn.viewable.Viewer):
                        legend_label="latest probe")
         fig.add_tools(HoverTool(renderers=[now], tooltips=[("iteration", "@iteration"), ("Φ", "@phi{0.0000}")]))
         style_legend(fig, "top_right")
+        # Below the plot, also on a desk: beside it, the legend left the plot about 90 px at 1280x720.
+        legend_below(fig, True)
         return fig
 
     def _output_figure(self):
@@ -361,6 +364,7 @@ class TrainView(pn.viewable.Viewer):
         """Stream the worker's events into the plots; returns how many events were drawn."""
         if not (self._dirty or (self.worker is not None and self.worker.pending)):
             return 0
+        self._fresh = self._reset      # the sources are emptied in this drain: append by assignment
         if self._reset:
             self._reset = False
             self._clear()
@@ -373,8 +377,9 @@ class TrainView(pn.viewable.Viewer):
                 self._started = e
             elif kind == "eval":
                 self._last_eval = e
-                self.evals.stream({"step": [e["step"]], "epoch": [e["epoch"]], "test_accuracy": [e["test_accuracy"]],
-                                   "test_loss": [e["test_loss"]], "n": [e["n"]]})
+                self._append(self.evals, {"step": [e["step"]], "epoch": [e["epoch"]],
+                                          "test_accuracy": [e["test_accuracy"]], "test_loss": [e["test_loss"]],
+                                          "n": [e["n"]]})
                 self.loss_y.include([e["test_loss"]])
             elif kind == "saved":
                 self._saved(e)
@@ -393,7 +398,7 @@ class TrainView(pn.viewable.Viewer):
         if batches:
             self._last_batch = batches[-1]
             cols = {k: [b[k] for b in batches] for k in self.batches.data}
-            self.batches.stream(cols)
+            self._append(self.batches, cols)
             self.loss_y.include(cols["loss"])
         for p in probes[-PROBE_HISTORY:]:
             self._history(p)
@@ -404,6 +409,17 @@ class TrainView(pn.viewable.Viewer):
         self._drawn_at = time.monotonic()
         self.events_drawn += len(events)
         return len(events)
+
+    def _append(self, source, cols: dict, rollover: int | None = None) -> None:
+        """Rows onto a source: streamed, or, in the drain that emptied it, assigned as new lists. The
+        emptying is sent with the tick's other changes (one held message), serialised then: a stream
+        extends the very lists it holds, so the page got the rows twice (48 batches drawn as 64 rows,
+        the epoch-mean line looping back to step 1)."""
+        if not self._fresh:
+            source.stream(cols, rollover=rollover)
+            return
+        data = {k: list(source.data[k]) + list(cols[k]) for k in source.data}
+        source.data = {k: v[-rollover:] for k, v in data.items()} if rollover else data
 
     def _clear(self) -> None:
         for s in (self.batches, self.evals, self.probe_steps, self.probe_phi, self.probe_history,
@@ -422,8 +438,8 @@ class TrainView(pn.viewable.Viewer):
         """Each probe's Phi curve joins the faint history, shaded darker as training goes on."""
         shades = Blues9[::-1][2:]          # light to dark
         k = min(len(self.probe_history.data["step"]), len(shades) - 1)
-        self.probe_history.stream({"xs": [p["iteration"].tolist()], "ys": [p["phi"].tolist()], "step": [p["step"]],
-                                   "color": [shades[k]]}, rollover=PROBE_HISTORY)
+        self._append(self.probe_history, {"xs": [p["iteration"].tolist()], "ys": [p["phi"].tolist()],
+                                          "step": [p["step"]], "color": [shades[k]]}, rollover=PROBE_HISTORY)
         self.phi_y.include(p["phi"][min(3, len(p["phi"]) - 1):])   # the start from zero lies far above
 
     def _show_probe(self, p: dict) -> None:
