@@ -5,11 +5,12 @@ queue; it never touches Bokeh or Panel objects. The page drains the queue in
 one periodic callback (``main.py``) and streams the frames into its plots.
 
 Requests do not queue up: :meth:`RunWorker.submit` replaces any pending
-request and makes the running one stale, and the engine's ``should_stop``
-cancels a stale run at its next step.
+request and makes the running one stale, and a stale run ends at its next
+step (no further phases, verdicts or stability estimate).
 
 Each run is recorded whole (``RecordConfig(keep=True)``) into an
-:class:`explorer.run.Run`; a phase's end is announced as soon as it ends,
+:class:`explorer.run.Run`; its start is announced together with its first
+frame (one update paints the new run); a phase's end is announced as soon as it ends,
 with its verdict as data, and a run that was not cancelled goes into the
 page's :class:`explorer.run.RunStore`.
 """
