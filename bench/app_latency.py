@@ -22,7 +22,7 @@ Chromium (playwright) and prints a table:
   what frame rate the page could reach with a free core.
 - slider change -> first new frame again while another tab runs (and restarts) a long
   relaxation at full speed: one user's heavy run must not freeze another's page.
-- server RSS after 10 and after ``--memory-changes`` slider changes.
+- server RSS after 10 and after ``--memory-changes`` slider changes (more than 10), and the growth between.
 
 The machine's whole-CPU use by other processes is printed too: on a shared
 2-core machine numbers are noisy when it is high.
@@ -129,6 +129,7 @@ def browser_cpu_seconds() -> float:
     return total
 
 
+MEMORY_BASE = 10   # RSS is read after this many slider changes, then after --memory-changes
 PRESENT = False   # --present: every page at 1280x720 in presentation mode (issue 18's latency figures)
 
 
@@ -159,10 +160,15 @@ def pct(values, q):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--changes", type=int, default=40, help="slider changes for the latency figures")
-    ap.add_argument("--memory-changes", type=int, default=200, help="slider changes for the memory figure")
+    ap.add_argument("--memory-changes", type=int, default=200,
+                    help="slider changes for the memory figure (more than 10: the growth is measured from the "
+                         "RSS after the first 10)")
     ap.add_argument("--screenshot", type=Path, help="also save a full-page screenshot here")
     ap.add_argument("--present", action="store_true", help="pages at 1280x720 in presentation mode (?present=1)")
     args = ap.parse_args(argv)
+    if args.memory_changes <= MEMORY_BASE:
+        ap.error(f"--memory-changes must be more than {MEMORY_BASE} (got {args.memory_changes}): the growth "
+                 f"is the RSS after that many slider changes less the RSS after the first {MEMORY_BASE}")
     global PRESENT
     PRESENT = args.present
 
@@ -282,13 +288,13 @@ def main(argv=None) -> int:
                 beta = round(0.2 + 0.005 * (i % 100), 3) if i % 2 else 0.15
                 page.evaluate("b => { window.__bench.slider('Beta').value = b; }", beta)
                 page.wait_for_timeout(60)
-                if i + 1 in (10, args.memory_changes):
+                if i + 1 in (MEMORY_BASE, args.memory_changes):
                     page.wait_for_timeout(2000)   # let the last run settle
                     rss[i + 1] = server.rss_mb()
-            rows.append(("server RSS after 10 slider changes", f"{rss[10]:.0f} MiB", ""))
+            rows.append((f"server RSS after {MEMORY_BASE} slider changes", f"{rss[MEMORY_BASE]:.0f} MiB", ""))
             rows.append((f"server RSS after {args.memory_changes} slider changes",
                          f"{rss[args.memory_changes]:.0f} MiB",
-                         f"growth {rss[args.memory_changes] - rss[10]:+.0f} MiB"))
+                         f"growth {rss[args.memory_changes] - rss[MEMORY_BASE]:+.0f} MiB"))
             page.close()
 
             if args.screenshot:

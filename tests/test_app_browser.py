@@ -157,7 +157,7 @@ def test_served_app_draws_every_view_and_follows_the_beta_slider(server, browser
 
         # The page's repaint shortcuts found the Bokeh internals they patch.
         assert sorted(w.page.evaluate("() => window.__explorer_patched")) == [
-            "css_lookup", "font_size", "legend_position"]
+            "css_lookup", "font_size", "legend_position", "same_css"]
         # The page reports which views it shows, in its document, so the server can hold back the rest.
         shown = w.page.evaluate("""() => Bokeh.documents[0].get_model_by_name('explorer.visible').data.keys""")
         assert "energy" in shown and "*" not in shown, shown

@@ -720,11 +720,14 @@ def test_an_update_panel_left_queued_is_sent_at_the_next_poll():
     assert not still_queued
 
 
-def test_a_new_runs_first_frame_goes_out_without_waiting_for_the_next_send_slot(app):
-    """The worker announces a run before its first step, so the run's start can go out alone; its
-    first frame then goes out at once, later frames at most every SEND_EVERY."""
+def test_a_new_runs_start_and_first_frame_go_out_in_one_update_each_row_once(app, monkeypatch):
+    """The worker announces a run together with its first frame, so the page paints the new run once
+    (not an empty start, then its first frame); the update carries each streamed row once (the
+    sources' replaced data already holds it); later frames go out at most every SEND_EVERY."""
     from bokeh.document import Document
+    from bokeh.document.events import ColumnsStreamedEvent
 
+    from explorer.app import transport
     from explorer.app.worker import Frame, RunStarted
 
     app.restart()
@@ -735,9 +738,10 @@ def test_a_new_runs_first_frame_goes_out_without_waiting_for_the_next_send_slot(
     while (real.busy or not real.pending_events) and time.monotonic() < deadline:
         time.sleep(0.01)
     events = [e for e in real.drain() if e.run_id == rid]
-    start = next(e for e in events if isinstance(e, RunStarted))
+    start = next(i for i, e in enumerate(events) if isinstance(e, RunStarted))
+    assert isinstance(events[start + 1], Frame) and events[start + 1].step == 0   # one put: never apart
     frames = [e for e in events if isinstance(e, Frame)]
-    assert len(frames) >= 2
+    assert len(frames) >= 3
 
     queue = []
 
@@ -753,24 +757,37 @@ def test_a_new_runs_first_frame_goes_out_without_waiting_for_the_next_send_slot(
             queue.clear()
             return out
 
-    app.worker, app._doc = Worker(), Document()
+    sent_events = []
+    fold = transport.fold_streams
+
+    def folding(doc):              # what the update will carry, once folded
+        dropped = fold(doc)
+        sent_events.append(list(doc.callbacks._held_events))
+        return dropped
+
+    monkeypatch.setattr(transport, "fold_streams", folding)
+    doc = Document()
+    energy = app.views["energy"]
+    doc.add_root(energy.fig)       # the energy view's sources send their changes through this document
+    app.worker, app._doc = Worker(), doc
     try:
         def tick():
             app.ack_source.data = {"seq": [app._sent], "ready": [1]}   # the page applied the last one
             app._tick()
 
-        queue.append(start)
+        queue.extend([events[start], frames[0], frames[1]])
         tick()
-        assert app._sent == 1 and app._first_frame_due            # the start, alone
-        queue.append(frames[0])
-        tick()                                                    # at once: well within SEND_EVERY
-        assert app._sent == 2 and not app._first_frame_due
-        queue.append(frames[1])
+        assert app._sent == 1 and not app._first_frame_due and energy_rows(app)["free"] == 2
+        free = energy.phase_sources["free"]
+        carried = [e for e in sent_events[-1] if getattr(e, "model", None) is free]
+        assert carried and not any(isinstance(e, ColumnsStreamedEvent) for e in carried)   # rows once
+        queue.append(frames[2])
         tick()
-        assert app._sent == 2                                     # the next frame waits its slot
+        assert app._sent == 1                                     # the next frame waits its slot
         app._sent_at -= 1.0
         tick()
-        assert app._sent == 3
+        assert app._sent == 2 and energy_rows(app)["free"] == 3
+        assert any(isinstance(e, ColumnsStreamedEvent) and e.model is free for e in sent_events[-1])
     finally:
         app.worker, app._doc = real, None
 

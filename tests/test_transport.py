@@ -111,6 +111,34 @@ def test_a_panel_without_the_private_names_gets_plain_behaviour_and_one_log_line
     assert len(lines) == 1 and "undebounced controls" in lines[0], lines
 
 
+def test_rows_streamed_into_a_source_whose_data_the_update_replaces_are_sent_once():
+    """A replaced ``data`` goes out as it is at sending time (later streams included): those streams
+    are dropped from the update; other sources' streams, patches and a partial replacement stay."""
+    from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent, ColumnsStreamedEvent
+    from bokeh.models import ColumnDataSource
+
+    doc = Document()
+    replaced = ColumnDataSource(data={"x": [1], "y": [2]})
+    other = ColumnDataSource(data={"x": [1], "y": [2]})
+    for source in (replaced, other):
+        doc.add_root(source)
+    doc.hold("combine")
+    replaced.stream({"x": [0], "y": [0]})          # before the replacement: the page applies it, then replaces
+    replaced.data = {"x": [], "y": []}
+    replaced.stream({"x": [3], "y": [4]})
+    replaced.patch({"y": [(0, 5)]})
+    other.data.update(x=[7])                       # one column of two: not the whole data
+    other.stream({"x": [8], "y": [9]})
+    assert transport.fold_streams(doc) == 1
+    kinds = [(type(e), e.model) for e in doc.callbacks._held_events]
+    assert kinds == [(ColumnsStreamedEvent, replaced), (ColumnDataChangedEvent, replaced),
+                     (ColumnsPatchedEvent, replaced), (ColumnDataChangedEvent, other),
+                     (ColumnsStreamedEvent, other)]
+    assert dict(replaced.data) == {"x": [3], "y": [5]}
+    assert transport.fold_streams(doc) == 0
+    assert transport.fold_streams(Document()) == 0    # nothing held
+
+
 def test_the_test_commands_setup_built_the_native_kernels():
     """scripts/test.sh runs scripts/setup.sh, which builds the fused kernels: here they load at once
     (the first relaxation of a test once waited on the compiler beyond its 60 s)."""

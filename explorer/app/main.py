@@ -736,10 +736,11 @@ else { window.prompt("Copy this link", url); }
             events, self._replay = replay_events(self._replay, self._replay_upto) + events, None
             self._drained_events += 1
         start = next((i for i, ev in enumerate(events) if isinstance(ev, RunStarted)), None)
-        if start is not None and start + 1 < len(events):
+        if start is not None and start + 1 < len(events) and not transport.folds_streams():
             # A run's start replaces the views' data, its frames then stream into it. In one message
             # the page would get the streamed rows twice (Bokeh sends the replaced data as it is at
-            # sending time, rows included, then the stream): the frames go in the next update.
+            # sending time, rows included, then the stream): unless the tick folds those streams
+            # away (transport.fold_streams), the frames go in the next update.
             events, self._backlog = events[:start + 1], events[start + 1:]
         self.run, self._shown_number, drawn = feed(list(self.views.values()), events, self.run,
                                                    self._shown_number)
@@ -896,6 +897,7 @@ else { window.prompt("Copy this link", url); }
                 self._sent += 1
                 self._sent_at = now
                 self.tick_source.data = {"seq": [self._sent]}
+            transport.fold_streams(self._doc)   # a new run's start and first frames: one update
 
     def _resend(self, now: float) -> None:
         """Send what the drain changes again, whole (an update was lost in transit, see LOST_AFTER).

@@ -104,6 +104,51 @@ def flush_stranded_writes(doc) -> bool:
     return True
 
 
+def folds_streams() -> bool:
+    """True if :func:`fold_streams` can work here (else the page sends a run's start alone)."""
+    from bokeh.document.callbacks import DocumentCallbackManager
+    return _usable("one update per new run", "_held_events" in getattr(DocumentCallbackManager, "__annotations__", {}))
+
+
+def fold_streams(doc) -> int:
+    """Drop, from the changes ``doc`` holds for its next update, the rows streamed into a data
+    source whose data that update also replaces; returns how many streams were dropped.
+
+    Bokeh sends a replaced ``data`` as it is at sending time (the rows streamed since included),
+    then each stream again: a new run's start (the views' data replaced) and its first frames
+    (streamed) in one update drew those frames twice. Without this the start went out alone and
+    the frames one update later: two rounds of painting before a slider move showed anything.
+    Only a replacement whose value is the source's current data counts (so it holds every row).
+    """
+    held = getattr(getattr(doc, "callbacks", None), "_held_events", None)
+    if not held or not folds_streams():
+        return 0
+    from bokeh.document.events import ColumnsStreamedEvent
+    replaced, kept = set(), []
+    for event in held:
+        model = getattr(event, "model", None)
+        if isinstance(event, ColumnsStreamedEvent) and id(model) in replaced:
+            continue
+        if _replaces_data(event, model):
+            replaced.add(id(model))
+        kept.append(event)
+    dropped = len(held) - len(kept)
+    if dropped:
+        held[:] = kept
+    return dropped
+
+
+def _replaces_data(event, model) -> bool:
+    """The event sends all of ``model``'s data as it is when sent (``source.data = ...``)."""
+    from bokeh.document.events import ColumnDataChangedEvent, ModelChangedEvent
+    data = getattr(model, "data", None)
+    if getattr(event, "attr", None) != "data" or not isinstance(data, dict):
+        return False
+    if isinstance(event, ColumnDataChangedEvent):
+        return event.data is None and (event.cols is None or set(event.cols) >= set(data))
+    return isinstance(event, ModelChangedEvent) and event.new is data
+
+
 def current_document(doc):
     """A context in which Panel's current document is ``doc`` (for a plain Bokeh callback)."""
     set_curdoc = getattr(panel_state, "set_curdoc", None)
@@ -205,6 +250,17 @@ if (!window.__explorer_page) {
       own.call(this);
       this.__explorer_key = key;
     };
+    return true;
+  });
+  // A plot lays itself out again whenever an axis's labels change size (most updates while a run's
+  // ranges grow) and rewrites its grid's style sheets each time, mostly with the same text; each
+  // write made Chromium recompute the styles of the whole page at the next measurement (about 1.7 ms
+  // each, some 40 per slider move in a trace). Write a style sheet only when its text changes.
+  patch("same_css", () => {
+    const proto = Bokeh.require("core/dom").InlineStyleSheet.prototype;
+    const own = proto._update;
+    if (typeof own !== "function") return false;
+    proto._update = function (css) { if (this.el.textContent !== css) own.call(this, css); };
     return true;
   });
   const seen = new WeakSet();

@@ -5,11 +5,12 @@ queue; it never touches Bokeh or Panel objects. The page drains the queue in
 one periodic callback (``main.py``) and streams the frames into its plots.
 
 Requests do not queue up: :meth:`RunWorker.submit` replaces any pending
-request and makes the running one stale, and the engine's ``should_stop``
-cancels a stale run at its next step.
+request and makes the running one stale, and a stale run ends at its next
+step (no further phases, verdicts or stability estimate).
 
 Each run is recorded whole (``RecordConfig(keep=True)``) into an
-:class:`explorer.run.Run`; a phase's end is announced as soon as it ends,
+:class:`explorer.run.Run`; its start is announced together with its first
+frame (one update paints the new run); a phase's end is announced as soon as it ends,
 with its verdict as data, and a run that was not cancelled goes into the
 page's :class:`explorer.run.RunStore`.
 """
@@ -263,13 +264,15 @@ class RunWorker:
                     self._cond.notify_all()
 
     def _put(self, event, run_id: int | None = None) -> bool:
-        """Append an event; waits while the queue is full. False if the run went stale."""
+        """Append an event (or a list of events, at once: a drain takes all or none of them);
+        waits while the queue is full. False if the run went stale."""
+        events = event if isinstance(event, list) else [event]
         with self._cond:
             while len(self._events) >= QUEUE_LIMIT and not (run_id is not None and self._stale(run_id)):
                 self._cond.wait(0.1)
             if run_id is not None and self._stale(run_id):
                 return False
-            self._events.append(event)
+            self._events.extend(events)
             return True
 
     def _pace(self, run_id: int) -> None:
@@ -298,39 +301,59 @@ class RunWorker:
         run_id = req.run_id
         self.started = [*self.started[-49:], run_id]
         run = new_run(req)
-        if not self._put(RunStarted(run_id, req, run), run_id):
-            self.finished.append(RunEnded(run_id, True, 0.0, 0))
-            return
+        started = [RunStarted(run_id, req, run)]   # announced with its first frame (below)
+        t0 = time.monotonic()
+        steps = 0
 
         def on_step(rec: StepRecord) -> None:
+            nonlocal steps
+            if self._stale(run_id):
+                raise _Cancelled   # a newer request waits: end now, not after the remaining phases
             if rec.step > 0:
                 self._pace(run_id)
                 self.steps_done += 1
-            self._put(Frame.from_record(run_id, rec), run_id)
+                steps += 1
+            # The run's start and its first frame in one put, so one update carries both: the page
+            # paints the new run once, not an empty start and then its first frame.
+            self._put(started + [Frame.from_record(run_id, rec)], run_id)
+            started.clear()
 
         def on_phase(result: PhaseResult) -> None:
+            if self._stale(run_id):
+                raise _Cancelled   # not kept: no verdict, no stability estimate, no nudged phases
             phase = run.add_phase(result)
             if result.phase == "free" and result.records and not self._stale(run_id):
                 estimate = fixed_point_stability(req, result, should_stop=lambda: self._stale(run_id))
                 if estimate is not None:
                     phase.verdict["stability"] = estimate
             y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
-            self._put(PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y), run_id)
+            self._put(started + [PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y)], run_id)
+            started.clear()
 
-        t0 = time.monotonic()
         # tol and stop_at_tol come with the settings schema; a request without them runs every step.
         tol = req.tol if getattr(req, "stop_at_tol", False) else None
-        phases = run_phases(req.net, req.x, req.target, beta=req.beta, t_free=req.t_free,
-                            t_nudge=req.t_nudge, schedule=req.schedule, variant="centered", tol=tol,
-                            record=req.record, on_step=on_step, on_phase=on_phase,
-                            should_stop=lambda: self._stale(run_id))
+        try:
+            phases = run_phases(req.net, req.x, req.target, beta=req.beta, t_free=req.t_free,
+                                t_nudge=req.t_nudge, schedule=req.schedule, variant="centered", tol=tol,
+                                record=req.record, on_step=on_step, on_phase=on_phase,
+                                should_stop=lambda: self._stale(run_id))
+        except _Cancelled:
+            self.finished.append(RunEnded(run_id, True, time.monotonic() - t0, steps))
+            return
+        except Exception:
+            self._put(started, run_id)   # a run that fails before its first step is still announced
+            raise
         steps = sum(result.steps for result in phases.phases)
         cancelled = self._stale(run_id) or any(r.verdict.status == "cancelled" for r in phases.phases)
         if not cancelled:
             self.store.add(run)
         ended = RunEnded(run_id, cancelled, time.monotonic() - t0, steps, run)
         self.finished.append(ended)
-        self._put(ended, run_id)
+        self._put(started + [ended], run_id)
+
+
+class _Cancelled(Exception):
+    """Raised from the engine's callbacks to end a run that a newer request made stale."""
 
 
 def fixed_point_stability(req: RunRequest, free: PhaseResult, should_stop=None) -> dict | None:
