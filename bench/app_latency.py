@@ -141,8 +141,7 @@ def open_page(browser, url, height=1000):
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(url, timeout=120_000)
-    if PRESENT:   # the energy view (the one timed) in sight: the page holds back views out of sight
-        page.locator(".view-energy").first.scroll_into_view_if_needed(timeout=120_000)
+    in_sight(page)   # the energy view is the one timed
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=120_000)
     page.wait_for_function("""() => { const d = Bokeh.documents[0];
         for (const m of d._all_models.values()) if (m.name === 'explorer.energy.nudged-') return m.data.x.length > 0;
@@ -155,6 +154,164 @@ def pct(values, q):
     values = sorted(values)
     k = max(0, min(len(values) - 1, round(q / 100 * (len(values) - 1))))
     return values[k]
+
+
+def in_sight(page):
+    """In presentation mode, scroll the timed energy view into sight (the page holds back views out of sight)."""
+    if PRESENT:
+        page.locator(".view-energy").first.scroll_into_view_if_needed(timeout=120_000)
+
+
+def latency_rows(latencies, what: str, target: str) -> list:
+    ok = [v for v in latencies if v >= 0] or [float("nan")]
+    missed = sum(1 for v in latencies if v < 0)
+    return [(f"{what}, median", f"{statistics.median(ok):.0f} ms", target),
+            (f"{what}, p95", f"{pct(ok, 95):.0f} ms", f"{missed} of {len(latencies)} missed")]
+
+
+def measure_slider(browser, server, changes: int, errors: list) -> list:
+    """Slider change -> first new frame at the default settings (100 steps/s playback), and idle CPU."""
+    page, errs = open_page(browser, server.url)
+    errors += errs
+    time.sleep(3)  # the first run ends; the page is idle
+    cpu = server.cpu_window()
+    time.sleep(3)
+    idle_cpu, idle_machine = cpu()
+    latencies = []
+    cpu = server.cpu_window()
+    for i in range(changes):
+        beta = round(0.20 + 0.01 * (i % 40) + (0.005 if (i // 40) % 2 else 0.0), 3)
+        latencies.append(page.evaluate("b => window.__bench.changeBeta(b)", beta))
+        page.wait_for_timeout(250)   # a person's pace between slider moves
+    change_cpu, change_machine = cpu()
+    ok = [v for v in latencies if v >= 0] or [float("nan")]
+    missed = sum(1 for v in latencies if v < 0)
+    page.close()
+    return [("slider change -> first new frame, median", f"{statistics.median(ok):.0f} ms", "< 150 ms"),
+            ("slider change -> first new frame, p95", f"{pct(ok, 95):.0f} ms", "< 300 ms"),
+            ("slider change -> first new frame, worst", f"{max(ok):.0f} ms", ""),
+            ("  (changes measured / missed)", f"{len(latencies) - missed} / {missed}", ""),
+            ("server CPU while changing beta", f"{change_cpu:.0f} % of a core", f"machine {change_machine:.0f} %"),
+            ("server CPU, page idle", f"{idle_cpu:.0f} % of a core", f"machine {idle_machine:.0f} %")]
+
+
+def measure_playback(browser, server, errors: list) -> list:
+    """Frames per second drawn while a long run plays at 200 steps/s."""
+    page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=200")
+    errors += errs
+    page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.16; }")
+    page.wait_for_timeout(500)
+    cpu = server.cpu_window()
+    b0 = browser_cpu_seconds()
+    res = page.evaluate("() => window.__bench.watch(5000)")
+    play_cpu, play_machine = cpu()
+    per_frame = 1000 * (browser_cpu_seconds() - b0) / max(res["frames"], 1)
+    page.close()
+    return [("frames per second drawn (200 steps/s run)", f"{res['frames'] / res['seconds']:.1f}", ">= 20"),
+            ("  browser CPU per drawn frame", f"{per_frame:.0f} ms",
+             f"= {1000 / per_frame:.0f} frames/s if Chromium had a core to itself"),
+            ("  steps per second shown at 200 steps/s", f"{res['rows'] / res['seconds']:.0f}", ""),
+            ("server CPU while playing at 200 steps/s", f"{play_cpu:.0f} % of a core", f"machine {play_machine:.0f} %")]
+
+
+def measure_max_speed(browser, server, errors: list) -> list:
+    """Dynamics steps per second delivered while a long run goes at full speed."""
+    page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
+    errors += errs
+    page.wait_for_timeout(1000)
+    cpu = server.cpu_window()
+    page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.17; }")
+    res = page.evaluate("() => window.__bench.watch(6000)")
+    max_cpu, max_machine = cpu()
+    secs = res["rowSeconds"] or res["seconds"]
+    page.close()
+    return [("dynamics steps/s delivered to the page (max)", f"{res['rows'] / secs:.0f}",
+             f"{res['rows']} rows in {secs:.1f} s"),
+            ("  frames per second drawn meanwhile", f"{res['frames'] / res['seconds']:.1f}", ""),
+            ("server CPU while running at max", f"{max_cpu:.0f} % of a core", f"machine {max_machine:.0f} %")]
+
+
+def measure_beside_heavy_tab(browser, server, changes: int, errors: list) -> list:
+    """Latency in one tab while another restarts a long run at full speed at every change."""
+    heavy, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
+    errors += errs
+    page, errs = open_page(browser, server.url)
+    errors += errs
+    time.sleep(3)
+    crowded = []
+    for i in range(max(1, changes // 2)):
+        heavy.evaluate("b => { window.__bench.slider('Beta').value = b; }", round(0.181 + 0.001 * i, 3))
+        crowded.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.21 + 0.01 * i, 3)))
+        page.wait_for_timeout(250)
+    page.close()
+    heavy.close()
+    return latency_rows(crowded, "slider change with another tab at max", "")
+
+
+def measure_during_sweep(browser, server, changes: int, errors: list) -> list:
+    """Latency in the Relaxation tab while a 5 x 5 alpha x beta sweep runs in the same page."""
+    page, errs = open_page(browser, server.url)
+    errors += errs
+    page.get_by_text("Sweep", exact=True).first.click()
+    values = page.locator("input[placeholder='e.g. 2,4,6']")
+    values.nth(0).fill("2,3,4,5,6")
+    values.nth(0).press("Enter")
+    values.nth(1).fill("0.05,0.1,0.2,0.35,0.5")
+    values.nth(1).press("Enter")
+    page.get_by_role("button", name="Run sweep").click()
+    page.wait_for_timeout(4000)
+    if page.get_by_role("button", name="Run it").count():
+        page.get_by_role("button", name="Run it").click()
+    page.wait_for_timeout(2000)
+    page.get_by_text("Relaxation", exact=True).first.click()
+    in_sight(page)
+    page.wait_for_timeout(2000)
+    during = []
+    for i in range(max(1, changes // 2)):
+        during.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.22 + 0.01 * i, 3)))
+        page.wait_for_timeout(250)
+    page.close()
+    return latency_rows(during, "slider change while a 5x5 sweep runs in this page", "< 300 ms")
+
+
+def measure_memory(browser, server, changes: int, errors: list) -> list:
+    """Server RSS after MEMORY_BASE and after ``changes`` slider changes."""
+    page, errs = open_page(browser, server.url)
+    errors += errs
+    rss = {}
+    for i in range(changes):
+        beta = round(0.2 + 0.005 * (i % 100), 3) if i % 2 else 0.15
+        page.evaluate("b => { window.__bench.slider('Beta').value = b; }", beta)
+        page.wait_for_timeout(60)
+        if i + 1 in (MEMORY_BASE, changes):
+            page.wait_for_timeout(2000)   # let the last run settle
+            rss[i + 1] = server.rss_mb()
+    page.close()
+    return [(f"server RSS after {MEMORY_BASE} slider changes", f"{rss[MEMORY_BASE]:.0f} MiB", ""),
+            (f"server RSS after {changes} slider changes", f"{rss[changes]:.0f} MiB",
+             f"growth {rss[changes] - rss[MEMORY_BASE]:+.0f} MiB")]
+
+
+def save_screenshot(browser, server, path: Path, errors: list) -> None:
+    page, errs = open_page(browser, server.url, height=2700)
+    errors += errs
+    # The default run (about 2.2 s) completes and its last frames are drawn.
+    page.wait_for_function("""() => { const b = window.__bench;
+        return b.model('explorer.energy.nudged-').data.x.length >= 51; }""", timeout=60_000)
+    page.wait_for_timeout(1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    page.close()
+
+
+def print_table(rows) -> None:
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'value'.ljust(vwidth)}  target / note")
+    print("-" * (width + vwidth + 24))
+    for name, value, note in rows:
+        print(f"{name.ljust(width)}  {value.ljust(vwidth)}  {note}")
+    print(f"\n{psutil.cpu_count()} CPUs; load average {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
 
 
 def main(argv=None) -> int:
@@ -173,152 +330,23 @@ def main(argv=None) -> int:
     PRESENT = args.present
 
     server = Server()
-    rows = []
+    rows, errors = [], []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            # -- latency: default settings (100 steps/s playback) ------------------------------------
-            page, errors = open_page(browser, server.url)
-            time.sleep(3)  # the first run ends; the page is idle
-            cpu = server.cpu_window()
-            time.sleep(3)
-            idle_cpu, idle_machine = cpu()
-            latencies = []
-            cpu = server.cpu_window()
-            for i in range(args.changes):
-                beta = round(0.20 + 0.01 * (i % 40) + (0.005 if (i // 40) % 2 else 0.0), 3)
-                latencies.append(page.evaluate("b => window.__bench.changeBeta(b)", beta))
-                page.wait_for_timeout(250)   # a person's pace between slider moves
-            change_cpu, change_machine = cpu()
-            missed = sum(1 for v in latencies if v < 0)
-            ok = [v for v in latencies if v >= 0] or [float("nan")]
-            rows.append(("slider change -> first new frame, median", f"{statistics.median(ok):.0f} ms",
-                         "< 150 ms"))
-            rows.append(("slider change -> first new frame, p95", f"{pct(ok, 95):.0f} ms", "< 300 ms"))
-            rows.append(("slider change -> first new frame, worst", f"{max(ok):.0f} ms", ""))
-            rows.append(("  (changes measured / missed)", f"{len(latencies) - missed} / {missed}", ""))
-            rows.append(("server CPU while changing beta", f"{change_cpu:.0f} % of a core",
-                         f"machine {change_machine:.0f} %"))
-            rows.append(("server CPU, page idle", f"{idle_cpu:.0f} % of a core", f"machine {idle_machine:.0f} %"))
-            page.close()
-
-            # -- frames per second: a long run played at 200 steps/s ----------------------------------
-            page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=200")
-            errors += errs
-            page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.16; }")
-            page.wait_for_timeout(500)
-            cpu = server.cpu_window()
-            b0 = browser_cpu_seconds()
-            res = page.evaluate("() => window.__bench.watch(5000)")
-            play_cpu, play_machine = cpu()
-            per_frame = 1000 * (browser_cpu_seconds() - b0) / max(res["frames"], 1)
-            rows.append(("frames per second drawn (200 steps/s run)", f"{res['frames'] / res['seconds']:.1f}",
-                         ">= 20"))
-            rows.append(("  browser CPU per drawn frame", f"{per_frame:.0f} ms",
-                         f"= {1000 / per_frame:.0f} frames/s if Chromium had a core to itself"))
-            rows.append(("  steps per second shown at 200 steps/s", f"{res['rows'] / res['seconds']:.0f}", ""))
-            rows.append(("server CPU while playing at 200 steps/s", f"{play_cpu:.0f} % of a core",
-                         f"machine {play_machine:.0f} %"))
-            page.close()
-
-            # -- steps per second: a long run at full speed -----------------------------------------
-            page, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
-            errors += errs
-            page.wait_for_timeout(1000)
-            cpu = server.cpu_window()
-            page.evaluate("() => { const s = window.__bench.slider('Beta'); s.value = 0.17; }")
-            res = page.evaluate("() => window.__bench.watch(6000)")
-            max_cpu, max_machine = cpu()
-            secs = res["rowSeconds"] or res["seconds"]
-            rows.append(("dynamics steps/s delivered to the page (max)", f"{res['rows'] / secs:.0f}",
-                         f"{res['rows']} rows in {secs:.1f} s"))
-            rows.append(("  frames per second drawn meanwhile", f"{res['frames'] / res['seconds']:.1f}", ""))
-            rows.append(("server CPU while running at max", f"{max_cpu:.0f} % of a core",
-                         f"machine {max_machine:.0f} %"))
-            page.close()
-
-            # -- another tab's heavy run: latency in this tab meanwhile --------------------------------
-            heavy, errs = open_page(browser, server.url + "?t_free=1000&t_nudge=500&speed=max")
-            errors += errs
-            page, errs = open_page(browser, server.url)
-            errors += errs
-            time.sleep(3)
-            crowded = []
-            for i in range(max(1, args.changes // 2)):
-                # the other tab starts a new long run at full speed at every change
-                heavy.evaluate("b => { window.__bench.slider('Beta').value = b; }", round(0.181 + 0.001 * i, 3))
-                crowded.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.21 + 0.01 * i, 3)))
-                page.wait_for_timeout(250)
-            ok = [v for v in crowded if v >= 0] or [float("nan")]
-            rows.append(("slider change with another tab at max, median", f"{statistics.median(ok):.0f} ms",
-                         f"p95 {pct(ok, 95):.0f} ms, {sum(v < 0 for v in crowded)} missed"))
-            page.close()
-            heavy.close()
-
-            # -- a sweep running in this page: latency in its Relaxation tab meanwhile --------------------
-            page, errs = open_page(browser, server.url)
-            errors += errs
-            page.get_by_text("Sweep", exact=True).first.click()
-            values = page.locator("input[placeholder='e.g. 2,4,6']")
-            values.nth(0).fill("2,3,4,5,6")
-            values.nth(0).press("Enter")
-            values.nth(1).fill("0.05,0.1,0.2,0.35,0.5")
-            values.nth(1).press("Enter")
-            page.get_by_role("button", name="Run sweep").click()
-            page.wait_for_timeout(4000)
-            if page.get_by_role("button", name="Run it").count():
-                page.get_by_role("button", name="Run it").click()
-            page.wait_for_timeout(2000)
-            page.get_by_text("Relaxation", exact=True).first.click()
-            page.wait_for_timeout(2000)
-            during = []
-            for i in range(max(1, args.changes // 2)):
-                during.append(page.evaluate("b => window.__bench.changeBeta(b)", round(0.22 + 0.01 * i, 3)))
-                page.wait_for_timeout(250)
-            ok = [v for v in during if v >= 0] or [float("nan")]
-            rows.append(("slider change while a 5x5 sweep runs in this page, median", f"{statistics.median(ok):.0f} ms",
-                         f"p95 {pct(ok, 95):.0f} ms, {sum(v < 0 for v in during)} missed (target median < 300)"))
-            page.close()
-
-            # -- memory: RSS after 10 and after N slider changes ---------------------------------------
-            page, errs = open_page(browser, server.url)
-            errors += errs
-            rss = {}
-            for i in range(args.memory_changes):
-                beta = round(0.2 + 0.005 * (i % 100), 3) if i % 2 else 0.15
-                page.evaluate("b => { window.__bench.slider('Beta').value = b; }", beta)
-                page.wait_for_timeout(60)
-                if i + 1 in (MEMORY_BASE, args.memory_changes):
-                    page.wait_for_timeout(2000)   # let the last run settle
-                    rss[i + 1] = server.rss_mb()
-            rows.append((f"server RSS after {MEMORY_BASE} slider changes", f"{rss[MEMORY_BASE]:.0f} MiB", ""))
-            rows.append((f"server RSS after {args.memory_changes} slider changes",
-                         f"{rss[args.memory_changes]:.0f} MiB",
-                         f"growth {rss[args.memory_changes] - rss[MEMORY_BASE]:+.0f} MiB"))
-            page.close()
-
+            rows += measure_slider(browser, server, args.changes, errors)
+            rows += measure_playback(browser, server, errors)
+            rows += measure_max_speed(browser, server, errors)
+            rows += measure_beside_heavy_tab(browser, server, args.changes, errors)
+            rows += measure_during_sweep(browser, server, args.changes, errors)
+            rows += measure_memory(browser, server, args.memory_changes, errors)
             if args.screenshot:
-                page, errs = open_page(browser, server.url, height=2700)
-                errors += errs
-                # The default run (about 2.2 s) completes and its last frames are drawn.
-                page.wait_for_function("""() => { const b = window.__bench;
-                    return b.model('explorer.energy.nudged-').data.x.length >= 51; }""", timeout=60_000)
-                page.wait_for_timeout(1000)
-                args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.screenshot), full_page=True)
-                page.close()
+                save_screenshot(browser, server, args.screenshot, errors)
             browser.close()
         rows.append(("console errors in the page", str(len(errors)), "0"))
     finally:
         server.stop()
-
-    width = max(len(r[0]) for r in rows)
-    vwidth = max(len(r[1]) for r in rows)
-    print(f"\n{'measure'.ljust(width)}  {'value'.ljust(vwidth)}  target / note")
-    print("-" * (width + vwidth + 24))
-    for name, value, note in rows:
-        print(f"{name.ljust(width)}  {value.ljust(vwidth)}  {note}")
-    print(f"\n{psutil.cpu_count()} CPUs; load average {', '.join(f'{x:.2f}' for x in psutil.getloadavg())}")
+    print_table(rows)
     return 0
 
 
