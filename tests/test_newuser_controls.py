@@ -432,3 +432,33 @@ def test_the_feature_maps_names_grow_with_the_presentation_font():
         style(view.map_fig, present=present)     # as the page restyles its figures (ExplorerApp._on_present)
         assert glyph.text_font_size == MAP_LABEL_SIZE[present]
     assert MAP_LABEL_SIZE[True] > MAP_LABEL_SIZE[False]
+
+
+def test_the_verdict_card_grows_with_its_text_on_a_desk_and_when_presenting(pages):
+    # A fixed height cut the footer (run id, the r definition) at 1024x768 and 1280x720: headless
+    # Chromium shows no scrollbar, and nobody scrolls a card on a projector.
+    from explorer.app.main import VERDICT_SIZE
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.template()
+    pane = app.views["verdict"].html
+    for on in (True, False):
+        app.present.value = on
+        assert pane.height is None and pane.min_height == VERDICT_SIZE[on][1]
+        assert "overflow-y" not in pane.styles and app._view_cards["verdict"].height is None
+
+
+def test_the_free_phase_verdict_and_its_stability_do_not_contradict_each_other():
+    # The worker adds ρ after the diagnosis was written; the view tells the diagnosis ρ before showing it.
+    import numpy as np
+
+    from explorer.app.views.verdict import _phase_body
+    from explorer.app.worker import PhaseEnded
+    from explorer.diagnosis import classify
+    trace = np.array([[0.0, 0.0]] + [[0.99 ** t, 0.1] for t in range(1, 21)])
+    d = classify(trace, ("s1", "y"), 1e-4).to_dict()
+    stability = {"spectral_radius": 1.02, "observed_rate": 0.99, "dominant_layer": "s1", "layer_share": {"s1": 1}}
+    for phase, promised in (("free", False), ("nudged+", True)):   # ρ is estimated at the free phase's end
+        verdict = {"status": "not_converged", "message": "", "diagnosis": d, "stability": stability}
+        body = _phase_body(PhaseEnded(1, phase, 20, verdict, np.zeros(10)))
+        assert ("more steps" in body) == promised and ("ρ = 1.020" in body) != promised
