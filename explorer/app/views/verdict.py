@@ -24,7 +24,7 @@ STATUS_WORDS = {"converged": "converged", "not_converged": "not converged", "can
                 "non_finite": "non-finite (diverged)"}
 
 
-MEASURE_SHORT = "max over layers of ‖s(t) − s(t−1)‖ / ‖s(t)‖ (the step-size view)"
+MEASURE_SHORT = "max over layers of ||s(t) − s(t−1)|| / ||s(t)|| (the step-size view)"
 KIND_WORDS = {"converged": "converged", "diverged": "diverged", "oscillating": "oscillating",
               "stalled": "stalled", "not_converged": "not converged", "non_finite": "non-finite",
               "cancelled": "cancelled", "no_steps": "no steps"}
