@@ -105,7 +105,7 @@ SECTION_TABS = {"Train": ("Model", "Input", "Share"), "Scan": ("Model", "Dynamic
                 "Sweep": ("Model", "Dynamics", "Share"), "EP vs BPTT": ("Model", "Dynamics", "Input", "Share")}
 # The verdict card's (width, least text height) in px, on a desk and in presentation mode (larger text);
 # a longer verdict makes the card taller rather than hiding its end.
-VERDICT_SIZE = {False: (310, 360), True: (340, 480)}
+VERDICT_SIZE = {False: (310, 380), True: (340, 480)}
 CONFIRM_AFTER = 0.15   # seconds without a change from the page before its controls are confirmed
 
 

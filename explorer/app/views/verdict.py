@@ -71,11 +71,11 @@ class VerdictView(View):
         super().__init__(app_state, **params)
         self.source = ColumnDataSource(data={"phase": [], "status": [], "steps": [], "message": [], "run": []},
                                        name="explorer.verdict.phases")
-        # At least a usual verdict's height, so that progress text never resizes the page around it;
+        # At least a usual verdict's height (main.VERDICT_SIZE per mode): a usual run does not resize the page;
         # taller when a verdict needs it: nothing is cut (no scrollbar shows in a headless browser or
         # gets used on a projector).
         self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
-                                 sizing_mode="stretch_width", min_height=360, css_classes=["verdict-pane"])
+                                 sizing_mode="stretch_width", min_height=380, css_classes=["verdict-pane"])
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
@@ -102,8 +102,8 @@ class VerdictView(View):
 
     def run_ended(self, event: RunEnded) -> None:
         if not event.cancelled and event.seconds > 0:
-            self.summary = (f"{event.steps} iterations in {event.seconds:.2f} s "
-                            f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
+            self.summary = (f"{event.steps} steps in {event.seconds:.2f} s "
+                            f"({event.steps / event.seconds:,.0f} steps/s, paced)")
         self._render()
 
     def _render(self) -> None:
