@@ -85,7 +85,9 @@ class Diagnosis:
     def _stalled(self, slow: str) -> str:
         """Still shrinking: N more steps at the observed rate, unless ρ >= 1 at the last state says it
         cannot converge there (then no promise of N steps: the rate need not last)."""
-        shrinking = f"stalled: still shrinking at observed rate {self.rate:.3f} a step"
+        # enough digits that a rate below 1 never reads as 1.000
+        rate = f"{self.rate:.3f}" if self.rate < 0.9995 else f"{self.rate:.6f}"
+        shrinking = f"stalled: still shrinking at observed rate {rate} a step"
         if self.spectral_radius is not None and self.spectral_radius >= 1.0:
             return (f"{shrinking}, but ρ = {self.spectral_radius:.3f} at the last state: at this "
                     f"linearisation it cannot converge, and the rate may not last; {slow}")

@@ -130,3 +130,5 @@ def test_a_stalled_verdict_told_rho_at_least_one_does_not_promise_steps():
     assert f"needs about {d['steps_needed']} more steps" in below["message"]
     assert "rho" not in told["message"] and "rho" not in classify(torch.full((30, 2), 0.3).numpy(),
                                                                   ("s1", "y"), 1e-4).message()
+    slow = classify(torch.tensor([[0.0]] + [[0.9998 ** t] for t in range(1, 21)]).numpy(), ("s1",), 1e-6)
+    assert slow.kind == "stalled" and "observed rate 0.999800 a step" in slow.message()
