@@ -3,9 +3,10 @@
 The engine's own stopping rule watches the whole batch; a person looking at one image wants to
 know, for that image, *when* the tolerance was met, *which* layer was slowest, and, when it was
 not met, *why*: the dynamics diverged (|F| runs away), oscillate (a cycle in the step size, as
-the synchronous schedule produces at high gain), stalled (still shrinking, at an observed rate
-rho: about N more steps needed), or stopped shrinking. Everything here is read from a phase's
-records (the same numbers every view plots), so the verdict's measure is the plotted one:
+the synchronous schedule produces at high gain), stalled (still shrinking at an observed rate:
+about N more steps needed, unless the spectral radius ρ at the last state is >= 1), or stopped
+shrinking. Everything here is read from a phase's records (the same numbers every view plots),
+so the verdict's measure is the plotted one:
 
     r(t) = max over layers k of ||s_k(t) - s_k(t-1)|| / ||s_k(t)||     (the step-size view)
 
@@ -15,7 +16,7 @@ silent layer (all zero: the record divides by ||s|| + 1e-12).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ MAX_PERIOD = 8            # the longest cycle looked for in the step size
 CYCLE_RTOL = 1e-4         # two steps one period apart agree to this fraction of the tail's largest step
 CYCLE_REPEATS = 3         # a cycle must repeat this many times at the end of the phase ...
 CYCLE_MIN_STEPS = 12      # ... and over at least this many steps (a slow crawl is not a cycle)
-RATE_WINDOW = 20          # steps at the end of the phase over which the rate rho is observed
+RATE_WINDOW = 20          # steps at the end of the phase over which the rate is observed
 
 
 @dataclass
@@ -47,12 +48,13 @@ class Diagnosis:
     met_at: int | None = None         # first step with r < tol
     slowest_layer: str | None = None  # the layer with the largest relative step at the end
     slowest_final: float = 0.0
-    rate: float | None = None         # observed asymptotic rate rho: r(t) ~ rho^t at the end
+    rate: float | None = None         # observed asymptotic rate q: r(t) ~ q^t at the end
     steps_needed: int | None = None   # stalled: about this many more steps to reach tol
     period: int | None = None         # oscillating: the cycle's period in steps
     cycle_since: int | None = None
     growth: float | None = None       # diverged: |F| at the end over its scale at the start
     runaway_layer: str | None = None
+    spectral_radius: float | None = None   # ρ of one step's Jacobian at the last state, when estimated
     notes: list[dict] = field(default_factory=list)   # the engine's other findings (energy rose, saturated ...)
     measure: str = MEASURE
 
@@ -72,14 +74,24 @@ class Diagnosis:
             return (f"oscillating: a period-{self.period} cycle since step {self.cycle_since} "
                     f"(r stays at {self.final:.1e} > {self.tol:.0e}); {slow}; it cannot converge")
         if self.kind == "stalled":
-            return (f"stalled: still shrinking at rate rho = {self.rate:.3f} a step, needs about "
-                    f"{self.steps_needed} more steps to reach {self.tol:.0e}; {slow}")
+            return self._stalled(slow)
         if self.kind == "not_converged":
-            rate = f"rate rho = {self.rate:.3f}" if self.rate is not None else "no rate"
+            rate = f"observed rate {self.rate:.3f} a step" if self.rate is not None else "no observed rate"
             return f"not converged: r = {self.final:.1e} > {self.tol:.0e} and not shrinking ({rate}); {slow}"
         if self.kind == "no_steps":
             return "no steps were run"
         return self.notes[0]["message"] if self.notes else self.kind
+
+    def _stalled(self, slow: str) -> str:
+        """Still shrinking: N more steps at the observed rate, unless ρ >= 1 at the last state says it
+        cannot converge there (then no promise of N steps: the rate need not last)."""
+        # enough digits that a rate below 1 never reads as 1.000
+        rate = f"{self.rate:.3f}" if self.rate < 0.9995 else f"{self.rate:.6f}"
+        shrinking = f"stalled: still shrinking at observed rate {rate} a step"
+        if self.spectral_radius is not None and self.spectral_radius >= 1.0:
+            return (f"{shrinking}, but ρ = {self.spectral_radius:.3f} at the last state: at this "
+                    f"linearisation it cannot converge, and the rate may not last; {slow}")
+        return f"{shrinking}, needs about {self.steps_needed} more steps to reach {self.tol:.0e}; {slow}"
 
     def message(self) -> str:
         return "; ".join([self.headline(), *_note_lines(self.notes)])
@@ -88,6 +100,22 @@ class Diagnosis:
         out = asdict(self)
         out["message"] = self.message()
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Diagnosis":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def with_spectral_radius(d: dict, rho: float | None) -> dict:
+    """A diagnosis (``to_dict``) told the spectral radius at its phase's last state, its message
+    recomposed so that the verdict and the stability estimate cannot contradict each other."""
+    if rho is None or not math.isfinite(rho):
+        return d
+    told = Diagnosis.from_dict({**d, "spectral_radius": float(rho)}).to_dict()
+    if "measure" not in d:          # keep the caller's keys (a scan drops the measure's text)
+        told.pop("measure", None)
+    return told
 
 
 def _period(r: np.ndarray, f: np.ndarray | None) -> tuple[int, int] | None:
@@ -115,7 +143,7 @@ def _period(r: np.ndarray, f: np.ndarray | None) -> tuple[int, int] | None:
 
 
 def observed_rate(r: np.ndarray, window: int = RATE_WINDOW) -> float | None:
-    """rho with r(t) ~ rho^t over the last ``window`` steps (a geometric mean of the ratios); 0 when
+    """The rate q with r(t) ~ q^t over the last ``window`` steps (a geometric mean of the ratios); 0 when
     the trace reached exactly 0, None when too short."""
     r = np.asarray(r, dtype=np.float64)
     r = r[np.isfinite(r)]

@@ -16,13 +16,20 @@ def tab():
 
 
 def test_the_tab_shows_ep_against_bptt_for_the_run_on_screen(tab):
+    # Before: what the button computes and about how long, and no empty headings or GDU list.
+    assert "BPTT" in tab.status.object and "seconds" in tab.status.object
+    assert not any(section.visible for section in tab.sections.values()) and not tab.gdu_section.visible
     assert tab.start()
     tab.wait()
-    assert tab.status.object == "done." and not tab.start_button.disabled
     s = tab.state
     net = net_with_alpha(s.base_network(), s.alpha)
     expected = ep_against_bptt(net, s.samples.normalised(s.sample), s.samples.labels[s.sample:s.sample + 1],
                                beta=s.beta, t_free=s.t_free, t_nudge=s.t_nudge, schedule=s.schedule)
+    # After: what was computed, for which run, over how many tensors, in how long ("done." said none of it).
+    done = tab.status.object
+    assert not tab.start_button.disabled and "centered and one-sided EP against BPTT" in done
+    assert f"image {s.sample}" in done and f"{len(expected.parameters)} tensors" in done and " s." in done
+    assert all(section.visible for section in tab.sections.values()) and tab.gdu_section.visible
     table = tab.tables["through the free phase"].object
     assert list(table["parameter"]) == list(expected.parameters)
     for name, row in zip(table["parameter"], table.to_dict("records")):

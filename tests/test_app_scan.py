@@ -386,3 +386,23 @@ def test_a_sweep_heatmaps_colour_bar_has_a_short_title_and_the_wheel_scrolls_the
         assert "_" not in bar.title and len(bar.title) <= 8, bar.title
         # and no wheel zoom: scrolling the page over a heatmap zoomed it instead
         assert not [t for t in fig.tools if isinstance(t, WheelZoomTool)], fig.tools
+
+
+def test_the_scan_status_says_done_only_after_the_charts_and_gallery():
+    # "Scanned 12 images" showed while the charts, gallery and Scan button came 2.5 s later.
+    state = untrained_state(alpha=3.0, beta=0.3)
+    tab = ScanTab(state)
+    tab.__panel__()
+    tab.n_images.value, tab.tol.value = 3, 1e-9          # every image fails: a gallery to draw
+    order = []
+    tab.status.param.watch(lambda e: order.append(("status", e.new)), "object")
+    tab.gallery.param.watch(lambda e: order.append(("gallery", len(e.new))), "objects")
+    tab.steps_plot.param.watch(lambda e: order.append(("charts", None)), "object")
+    tab.start_button.param.watch(lambda e: order.append(("scan button", e.new)), "disabled")
+    assert tab.start()
+    tab.wait()
+    kinds = [k for k, _ in order]
+    done = next(i for i, (k, v) in enumerate(order) if k == "status" and "Scanned" in v)
+    assert kinds.index("charts") < done and kinds.index("gallery") < done and order[-1] == ("scan button", False)
+    statuses = [v for k, v in order[:done + 1] if k == "status"]
+    assert "Drawing the results of 3 images" in statuses[-2]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from explorer import HopfieldNetwork, RecordConfig, hopfield_family, relax
-from explorer.diagnosis import classify, diagnose, diagnose_all, observed_rate
+from explorer.diagnosis import classify, diagnose, diagnose_all, observed_rate, with_spectral_radius
 from explorer.ep import run_phases
 from explorer.zoo import list_entries
 
@@ -115,3 +115,20 @@ def test_every_sample_gets_its_own_diagnosis():
     kinds = [d.kind for d in diagnose_all(result, 1e-4)]
     assert kinds == ["converged", "oscillating"]
     assert diagnose_all(result, 1e-4)[1].to_dict()["kind"] == "oscillating"
+
+
+def test_a_stalled_verdict_told_rho_at_least_one_does_not_promise_steps():
+    # fmnist-plain7-bp-bn: "stalled ... needs about 5311 more steps" beside "ρ = 1.02, cannot converge".
+    geometric = torch.tensor([[0.0, 0.0]] + [[0.9 ** t, 0.1] for t in range(1, 21)]).numpy()
+    d = classify(geometric, ("s1", "y"), 1e-6).to_dict()
+    assert d["kind"] == "stalled" and "more steps" in d["message"]
+    told = with_spectral_radius(d, 1.02)
+    assert told["kind"] == "stalled" and told["spectral_radius"] == 1.02
+    assert "more steps" not in told["message"] and "ρ = 1.020" in told["message"]
+    assert "cannot converge" in told["message"] and "observed rate 0.900" in told["message"]
+    below = with_spectral_radius(d, 0.95)   # ρ < 1 agrees with the promise: it stays
+    assert f"needs about {d['steps_needed']} more steps" in below["message"]
+    assert "rho" not in told["message"] and "rho" not in classify(torch.full((30, 2), 0.3).numpy(),
+                                                                  ("s1", "y"), 1e-4).message()
+    slow = classify(torch.tensor([[0.0]] + [[0.9998 ** t] for t in range(1, 21)]).numpy(), ("s1",), 1e-6)
+    assert slow.kind == "stalled" and "observed rate 0.999800 a step" in slow.message()

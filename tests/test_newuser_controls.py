@@ -432,3 +432,66 @@ def test_the_feature_maps_names_grow_with_the_presentation_font():
         style(view.map_fig, present=present)     # as the page restyles its figures (ExplorerApp._on_present)
         assert glyph.text_font_size == MAP_LABEL_SIZE[present]
     assert MAP_LABEL_SIZE[True] > MAP_LABEL_SIZE[False]
+
+
+def test_the_verdict_card_grows_with_its_text_on_a_desk_and_when_presenting(pages):
+    # A fixed height cut the footer (run id, the r definition) at 1024x768 and 1280x720: headless
+    # Chromium shows no scrollbar, and nobody scrolls a card on a projector.
+    from explorer.app.main import VERDICT_SIZE
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.template()
+    pane = app.views["verdict"].html
+    for on in (True, False):
+        app.present.value = on
+        assert pane.height is None and pane.min_height == VERDICT_SIZE[on][1]
+        assert "overflow-y" not in pane.styles and app._view_cards["verdict"].height is None
+
+
+def test_the_free_phase_verdict_and_its_stability_do_not_contradict_each_other():
+    # The worker adds ρ after the diagnosis was written; the view tells the diagnosis ρ before showing it.
+    import numpy as np
+
+    from explorer.app.views.verdict import _phase_body
+    from explorer.app.worker import PhaseEnded
+    from explorer.diagnosis import classify
+    trace = np.array([[0.0, 0.0]] + [[0.99 ** t, 0.1] for t in range(1, 21)])
+    d = classify(trace, ("s1", "y"), 1e-4).to_dict()
+    stability = {"spectral_radius": 1.02, "observed_rate": 0.99, "dominant_layer": "s1", "layer_share": {"s1": 1}}
+    for phase, promised in (("free", False), ("nudged+", True)):   # ρ is estimated at the free phase's end
+        verdict = {"status": "not_converged", "message": "", "diagnosis": d, "stability": stability}
+        body = _phase_body(PhaseEnded(1, phase, 20, verdict, np.zeros(10)))
+        assert ("more steps" in body) == promised and ("ρ = 1.020" in body) != promised
+
+
+def test_the_views_marks_and_labels_read_on_the_light_and_the_dark_theme(pages):
+    # The output view's "target (one-hot)" marker (#333333) vanished in its legend on the dark theme;
+    # the feature maps' names (#222222), the s1 unit lines and an 8th layer (#000000) likewise.
+    from bokeh.models import Title
+    from bokeh.models.glyph import Glyph
+    from bokeh.plotting import figure
+
+    from explorer.app.views.base import LAYER_PALETTE
+
+    def dark_grey(value) -> bool:
+        if not (isinstance(value, str) and value.startswith("#") and len(value) == 7):
+            return False
+        r, g, b = (int(value[i:i + 2], 16) for i in (1, 3, 5))
+        return max(r, g, b) < 0x60 and max(r, g, b) - min(r, g, b) < 0x20
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.template()
+    figs = [m for m in pn.Column(app._tabs).get_root().references() if isinstance(m, figure)]
+    assert len(figs) > 10 and not [c for c in LAYER_PALETTE if dark_grey(c)]
+    seen = 0
+    for fig in figs:
+        for model in fig.references():
+            if isinstance(model, Glyph):
+                names = [n for n in ("line_color", "fill_color", "text_color") if n in model.properties()]
+            else:   # a title's colour comes from the theme unless set
+                names = ["text_color"] if isinstance(model, Title) and "text_color" in model.properties_with_values(
+                    include_defaults=False) else []
+            for name in names:
+                seen += 1
+                assert not dark_grey(getattr(model, name)), f"{fig.title.text}: {type(model).__name__}.{name}"
+    assert seen > 20

@@ -14,6 +14,7 @@ tab's model, image and settings (explorer.gradients):
 from __future__ import annotations
 
 import logging
+import time
 
 import holoviews as hv
 import pandas as pd
@@ -31,6 +32,10 @@ OWNER = "gradients"
 PARTS = ("through the free phase", "budget against converged", "float32 against float64")
 UNIT_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")   # Okabe-Ito
 GDU_HEIGHT = {False: 340, True: 480}   # the GDU pane on a desk and in presentation mode (legend below)
+INTRO = ("<i>The button compares, for the Relaxation tab's model, image and settings, EP's gradient "
+         "(centered and one-sided) with BPTT's per parameter tensor; the run's budget with a converged "
+         "reference; float32 with float64; and EP's running update with BPTT's along the nudged phase "
+         "(GDU). A few seconds on the default model, longer for deeper ones.</i>")
 
 
 def comparison_frame(comparison) -> pd.DataFrame:
@@ -97,8 +102,8 @@ class GradientsTab(pn.viewable.Viewer):
         self._callback = None
         self.start_button = pn.widgets.Button(label="Compare EP with BPTT for this run", color="primary")
         self.start_button.on_click(lambda _e: self.start())
-        self.status = pn.pane.HTML("<i>Not computed yet: press the button (a few seconds on the default model).</i>",
-                                   sizing_mode="stretch_width")
+        self.status = pn.pane.HTML(INTRO, sizing_mode="stretch_width")
+        self._started, self._what = 0.0, ""
         self.tables = {p: pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width",
                                             stylesheets=[TABLE_CSS])
                        for p in PARTS}
@@ -106,6 +111,13 @@ class GradientsTab(pn.viewable.Viewer):
         # Nothing until computed: an empty Overlay cannot be drawn (HoloViews' SkipRendering), and
         # the page's tabs then failed to open this tab at all.
         self.gdu_plot = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=GDU_HEIGHT[False])
+        # Each part's heading, note and table show once that part has numbers (empty headings read as broken).
+        self.sections = {p: pn.Column(pn.pane.Markdown(f"#### EP {p}"), self.notes[p], self.tables[p],
+                                      sizing_mode="stretch_width", visible=False) for p in PARTS}
+        self.gdu_section = pn.Column(
+            pn.pane.Markdown("#### GDU: EP's running update against truncated BPTT along the nudged phase"),
+            pn.widgets.Select.from_param(self.param.gdu_parameter, width=240), self.gdu_plot,
+            sizing_mode="stretch_width", visible=False)
         self.param.watch(lambda _e: self._draw_gdu(), ["gdu_parameter", "present"])
 
     def start(self) -> bool:
@@ -120,9 +132,13 @@ class GradientsTab(pn.viewable.Viewer):
             self.status.object = f"<b>Cannot start:</b> {exc}"
             return False
         self.results = {}
+        for section in (*self.sections.values(), self.gdu_section):   # the last run's numbers are not this one's
+            section.visible = False
         self.start_button.disabled = True
-        self.status.object = (f"computing for {s.model}, image {s.sample}: β = {s.beta:g}, T free {s.t_free}, "
-                              f"T nudge {s.t_nudge}, schedule {s.schedule} …")
+        self._what = (f"{s.model}, image {s.sample}: β = {s.beta:g}, T free {s.t_free}, T nudge {s.t_nudge}, "
+                      f"schedule {s.schedule}")
+        self._started = time.monotonic()
+        self.status.object = f"computing for {self._what} …"
         if self._callback is None:
             self._callback = page_callback(self.drain)
             on_session_end(self.worker.stop)
@@ -135,9 +151,17 @@ class GradientsTab(pn.viewable.Viewer):
                 self._show(ev["part"], ev["result"])
             elif ev["kind"] in ("done", "cancelled", "failed"):
                 self.start_button.disabled = False
-                self.status.object = {"done": "done.", "cancelled": "cancelled."}.get(
+                self.status.object = {"done": self._done_text(), "cancelled": "cancelled."}.get(
                     ev["kind"], f"<b>failed:</b> {ev.get('message')}")
         return len(events)
+
+    def _done_text(self) -> str:
+        """What was computed, for which run, over how many tensors, in how long."""
+        first = self.results.get(PARTS[0])
+        tensors = f", {len(first.parameters)} tensors" if first is not None else ""
+        return (f"Computed centered and one-sided EP against BPTT, the budget against a converged reference, "
+                f"float32 against float64 and the GDU curves for {self._what}{tensors}, "
+                f"in {time.monotonic() - self._started:.1f} s.")
 
     def _show(self, part: str, result) -> None:
         self.results[part] = result
@@ -145,8 +169,10 @@ class GradientsTab(pn.viewable.Viewer):
             self.param.gdu_parameter.objects = list(result.units)
             self.gdu_parameter = next(iter(result.units), None)
             self._draw_gdu()
+            self.gdu_section.visible = True
             return
         self.tables[part].object = comparison_frame(result)
+        self.sections[part].visible = True
         worst = ", ".join(f"{k} {v:.4f}" for k, v in result.min_cosine.items())
         self.notes[part].object = f"against {result.reference}; lowest cosine: {worst}"
 
@@ -161,11 +187,5 @@ class GradientsTab(pn.viewable.Viewer):
         drain_until_idle(self.worker, OWNER, self.drain, "comparison", timeout)
 
     def __panel__(self):
-        sections = []
-        for p in PARTS:
-            sections += [pn.pane.Markdown(f"#### EP {p}"), self.notes[p], self.tables[p]]
-        return pn.Column(pn.Row(self.start_button, self.status, sizing_mode="stretch_width"), *sections,
-                         pn.pane.Markdown("#### GDU: EP's running update against truncated BPTT along the "
-                                          "nudged phase"),
-                         pn.widgets.Select.from_param(self.param.gdu_parameter, width=240), self.gdu_plot,
-                         sizing_mode="stretch_width")
+        return pn.Column(pn.Row(self.start_button, self.status, sizing_mode="stretch_width"),
+                         *self.sections.values(), self.gdu_section, sizing_mode="stretch_width")

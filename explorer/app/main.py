@@ -103,8 +103,9 @@ NARROW_WIDTH = 1300   # below it the sidebar starts collapsed: the views need th
 # its dynamics; the Train tab fine-tunes its model and probes with its input image.
 SECTION_TABS = {"Train": ("Model", "Input", "Share"), "Scan": ("Model", "Dynamics", "Share"),
                 "Sweep": ("Model", "Dynamics", "Share"), "EP vs BPTT": ("Model", "Dynamics", "Input", "Share")}
-# The verdict card's (width, text height) in px, on a desk and in presentation mode (larger text).
-VERDICT_SIZE = {False: (310, 360), True: (340, 480)}
+# The verdict card's (width, least text height) in px, on a desk and in presentation mode (larger text);
+# a longer verdict makes the card taller rather than hiding its end.
+VERDICT_SIZE = {False: (310, 380), True: (340, 480)}
 CONFIRM_AFTER = 0.15   # seconds without a change from the page before its controls are confirmed
 
 
@@ -1094,7 +1095,7 @@ else { window.prompt("Copy this link", url); }
         width, height = VERDICT_SIZE[on]
         if "verdict" in self._view_cards:
             self._view_cards["verdict"].width = width
-        self.views["verdict"].html.height = height
+        self.views["verdict"].html.min_height = height
         for key, card in self._view_cards.items():
             card.visible = key in self.shown_views.value
         for pane in self._tabs.select(pn.pane.Bokeh) if self._tabs is not None else ():

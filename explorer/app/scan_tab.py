@@ -168,27 +168,31 @@ class ScanTab(JobControls, pn.viewable.Viewer):
     # -- showing a result --------------------------------------------------------------------------
     def show_result(self, result: ScanResult, context: dict, images: dict, source: str,
                     cancelled: bool = False) -> None:
+        """Tables, charts and gallery, then the status that says the scan is done: it came first and
+        read as done seconds before the rest arrived (one held batch of changes, status last)."""
         self.result, self.context, self.images, self.source = result, dict(context), dict(images), source
         summary = result.summary()
         n = summary["images"]
-        what = (f"<b>Cancelled</b>: the {n} images of the finished batches are shown" if cancelled
-                else f"<b>Scanned</b> {n} images in {result.seconds:.1f} s")
-        self.status.object = f"{what} ({charts.escape(source)})."
-        self.phase_table.object = pd.DataFrame({
-            "phase": list(summary["fraction_converged"]),
-            "fraction converged": list(summary["fraction_converged"].values()),
-            "median steps to tol": [np.nan if v is None else v for v in summary["median_steps"].values()],
-        })
-        self.phase_table.visible = n > 0
-        self.overview.object = self._overview_html(summary, context)
-        self._summary = summary
-        self._draw_charts()
-        radius = summary["spectral_radius"]
-        if radius:
-            self.radius_note.object = f"Median spectral radius: <b>{radius['median']:.4g}</b>"
-        else:
-            self.radius_note.object = "<b>Spectral radius</b>: not computed for this scan."
-        self._show_gallery(result)
+        self.status.object = f"<i>Drawing the results of {n} images …</i>"
+        with pn.io.hold():
+            self.phase_table.object = pd.DataFrame({
+                "phase": list(summary["fraction_converged"]),
+                "fraction converged": list(summary["fraction_converged"].values()),
+                "median steps to tol": [np.nan if v is None else v for v in summary["median_steps"].values()],
+            })
+            self.phase_table.visible = n > 0
+            self.overview.object = self._overview_html(summary, context)
+            self._summary = summary
+            self._draw_charts()
+            radius = summary["spectral_radius"]
+            if radius:
+                self.radius_note.object = f"Median spectral radius: <b>{radius['median']:.4g}</b>"
+            else:
+                self.radius_note.object = "<b>Spectral radius</b>: not computed for this scan."
+            self._show_gallery(result)
+            what = (f"<b>Cancelled</b>: the {n} images of the finished batches are shown" if cancelled
+                    else f"<b>Scanned</b> {n} images in {result.seconds:.1f} s")
+            self.status.object = f"{what} ({charts.escape(source)})."
 
     def _draw_charts(self) -> None:
         """The shown scan's charts, at the size and fonts of the page's mode (drawn again when it changes)."""

@@ -31,10 +31,11 @@ from ...run import Run
 from ..worker import PHASES, Frame, PhaseEnded, RunEnded, RunStarted
 
 # Okabe-Ito colours: distinguishable for colour-blind viewers and on projectors.
+INK = "#8C8C8C"   # marks with no colour of their own: a mid grey reads on the light and the dark theme
 PHASE_COLORS = {"free": "#0072B2", "nudged+": "#D55E00", "nudged-": "#009E73"}
 PHASE_LABELS = {"free": "free phase", "nudged+": "nudged +β", "nudged-": "nudged −β"}
 LAYER_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
-                 "#000000", "#882255", "#44AA99", "#999933", "#AA4499", "#117733")
+                 INK, "#882255", "#44AA99", "#999933", "#AA4499", "#117733")
 ROSE_COLOR = "#C00000"
 FONT = "'Helvetica Neue', Arial, sans-serif"
 

@@ -14,7 +14,7 @@ from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper, LogColor
 from bokeh.palettes import Cividis256, Magma256, RdBu11
 
 from ...record import STAT_INDEX
-from .base import (FONT_SIZES, Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure,
+from .base import (FONT_SIZES, INK, Batch, HeatImage, PinNote, Run, View, bokeh_pane, layer_axis, make_figure,
                    pinned_caption, stored_batch)
 
 NUDGED = ("nudged+", "nudged-")
@@ -95,7 +95,7 @@ class NudgeView(View):
             self.map_fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.maps[key],
                                color_mapper=mapper)
         labels = self.map_fig.text("x", "y", text="text", source=self.labels, text_font_size=MAP_LABEL_SIZE[False],
-                                   text_align="center", text_baseline="bottom", text_color="#222222")
+                                   text_align="center", text_baseline="bottom", text_color=INK)
         # The panels' names follow the page's text size (style() sets the title's: larger when presenting).
         present_title = f"{FONT_SIZES[True]['title']}px"
         self.map_fig.title.on_change("text_font_size", lambda _a, _o, new: labels.glyph.update(

@@ -17,7 +17,7 @@ from bokeh.models import ColumnDataSource, HoverTool, Range1d, Title
 from ...network import OUTPUT
 from ..state import class_name
 from ..worker import PhaseEnded
-from .base import PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure, static_legend
+from .base import INK, PHASE_COLORS, Batch, Run, StableRange, View, bokeh_pane, make_figure, static_legend
 from .categories import Categories
 
 LABEL_COLOR = "#009E73"
@@ -54,11 +54,11 @@ class OutputView(View):
                                x_range=self.x_range, y_range=self.y.range, tools="save")
         self.classes = Categories(self.fig, names)
         # Laid out under the title (Bokeh puts the figure's own title outermost).
-        self.subtitle = Title(text="", text_font_size="13px", text_font_style="normal", text_color="#444444")
+        self.subtitle = Title(text="", text_font_size="13px", text_font_style="normal")
         self.fig.add_layout(self.subtitle, "above")
         self.fig.vbar(x="x", top="y", width=0.75, source=self.bars, color="color", legend_label="y (free phase)")
         self.fig.scatter(x="x", y="target", source=self.bars, marker="dash", size=26, line_width=3,
-                         color="#333333", legend_label="target (one-hot)")
+                         color=INK, legend_label="target (one-hot)")
         self.fig.scatter(x="x", y="y_plus", source=self.bars, marker="triangle", size=10,
                          color=PHASE_COLORS["nudged+"], legend_label="y after nudged +β")
         self.fig.scatter(x="x", y="y_minus", source=self.bars, marker="inverted_triangle", size=10,

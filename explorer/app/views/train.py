@@ -32,7 +32,7 @@ from bokeh.palettes import Blues9
 from ..helptext import with_help_icons
 from ..state import SLIDER_RANGES, SettingError, class_name
 from ..training import Probe, TrainSettings, TrainWorker, architecture_text, relaxation_model, save_stem
-from .base import (LOG_TICKS_JS, ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure,  # noqa: F401
+from .base import (INK, LOG_TICKS_JS, ROSE_COLOR, StableRange, bokeh_pane, layer_color, make_figure,  # noqa: F401
                    plain_log_ticks, static_legend, style_legend)
 from .categories import Categories
 from .output import image_title
@@ -218,11 +218,11 @@ class TrainView(pn.viewable.Viewer):
         self.out_classes = Categories(fig, names)
         fig.vbar(x="x", top="y", width=0.75, source=self.probe_output, color="color")
         fig.scatter(x="x", y="target", source=self.probe_output, marker="dash", size=22, line_width=3,
-                    color="#333333")
+                    color=INK)
         # Each bar's value written above it: early in training every y is near 0 (or below), and the
         # bars alone look like an empty plot although the probe has run.
         self.bar_text = fig.text(x="x", y="text_y", text="text", source=self.probe_output, text_align="center",
-                                 text_baseline="bottom", text_font_size=BAR_TEXT[False], text_color="#333333",
+                                 text_baseline="bottom", text_font_size=BAR_TEXT[False], text_color=INK,
                                  y_offset=-2)
         fig.xaxis.major_label_orientation = 0.9
         fig.xgrid.grid_line_color = None

@@ -11,7 +11,7 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource, Legend, LegendItem
 
-from .base import (PINNED_LINE, Batch, PhaseBands, PinNote, Run, StableRange, View, bokeh_pane, cover_time,
+from .base import (INK, PINNED_LINE, Batch, PhaseBands, PinNote, Run, StableRange, View, bokeh_pane, cover_time,
                    layer_color, make_figure, set_time_range, static_legend, stored_batch, style_legend, time_range,
                    with_breaks)
 
@@ -86,7 +86,7 @@ class TrajectoriesView(View):
         self.unit_renderers = []
         for j in range(UNITS):
             r = figs["units"].line("x", unit_column(j, layers[0]), source=self.source, line_width=2,
-                                   line_dash=UNIT_DASH[j], color="#333333", legend_label=f"unit {j + 1}")
+                                   line_dash=UNIT_DASH[j], color=INK, legend_label=f"unit {j + 1}")
             self.unit_renderers.append(r)
         style_legend(figs["units"], "top_left")
         static_legend(figs["activity"])

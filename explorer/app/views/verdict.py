@@ -15,6 +15,7 @@ import panel as pn
 from bokeh.models import ColumnDataSource
 
 from ..worker import PHASES, PhaseEnded, RunEnded
+from ...diagnosis import with_spectral_radius
 from ...dynamics import DEFAULT_TOL
 from .base import PHASE_COLORS, PHASE_LABELS, Batch, Run, View
 
@@ -23,7 +24,7 @@ STATUS_WORDS = {"converged": "converged", "not_converged": "not converged", "can
                 "non_finite": "non-finite (diverged)"}
 
 
-MEASURE_SHORT = "max over layers of ||s(t) − s(t−1)|| / ||s(t)||, as the step-size view plots it"
+MEASURE_SHORT = "max over layers of ||s(t) − s(t−1)|| / ||s(t)|| (the step-size view)"
 KIND_WORDS = {"converged": "converged", "diverged": "diverged", "oscillating": "oscillating",
               "stalled": "stalled", "not_converged": "not converged", "non_finite": "non-finite",
               "cancelled": "cancelled", "no_steps": "no steps"}
@@ -35,6 +36,9 @@ def _phase_body(ev: PhaseEnded) -> str:
     """A finished phase in words: the diagnosis of the image on screen (explorer.diagnosis) when the
     phase was recorded, else the engine's verdict."""
     d = ev.verdict.get("diagnosis")
+    st = ev.verdict.get("stability") or {}
+    if d is not None and ev.phase == "free" and "spectral_radius" in st:
+        d = with_spectral_radius(d, st["spectral_radius"])   # ρ is estimated at this phase's last state
     if d is None:
         words = STATUS_WORDS.get(ev.status, ev.status)
         return f"<span class='badge {ev.status}'>{words}</span> <span class='msg'>{html.escape(ev.message)}</span>"
@@ -67,10 +71,11 @@ class VerdictView(View):
         super().__init__(app_state, **params)
         self.source = ColumnDataSource(data={"phase": [], "status": [], "steps": [], "message": [], "run": []},
                                        name="explorer.verdict.phases")
-        # A fixed height: text changes inside never resize the page around it (no relayout).
+        # At least a usual verdict's height (main.VERDICT_SIZE per mode): a usual run does not resize the page;
+        # taller when a verdict needs it: nothing is cut (no scrollbar shows in a headless browser or
+        # gets used on a projector).
         self.html = pn.pane.HTML("<div class='verdict'>waiting for the first run…</div>",
-                                 sizing_mode="stretch_width", height=360, css_classes=["verdict-pane"],
-                                 styles={"overflow-y": "auto"})
+                                 sizing_mode="stretch_width", min_height=380, css_classes=["verdict-pane"])
         self.progress: dict[str, int] = {}
         self.rows: dict[str, PhaseEnded] = {}
         self.summary = ""
@@ -97,8 +102,8 @@ class VerdictView(View):
 
     def run_ended(self, event: RunEnded) -> None:
         if not event.cancelled and event.seconds > 0:
-            self.summary = (f"{event.steps} iterations in {event.seconds:.2f} s "
-                            f"({event.steps / event.seconds:,.0f} steps/s incl. playback pacing)")
+            self.summary = (f"{event.steps} steps in {event.seconds:.2f} s "
+                            f"({event.steps / event.seconds:,.0f} steps/s, paced)")
         self._render()
 
     def _render(self) -> None:
