@@ -1167,3 +1167,21 @@ def test_a_scan_or_sweep_runs_at_a_lower_cpu_priority_than_the_page():
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here
     finally:
         worker.stop()
+
+
+def test_the_kept_runs_free_verdict_is_told_the_spectral_radius(monkeypatch):
+    # A stalled free phase with ρ >= 1 at its last state: the run kept in the store (what exports and
+    # run files carry) says "cannot converge", as the page does, not "needs about N more steps".
+    import explorer.app.worker as worker
+    estimate = {"spectral_radius": 1.02, "observed_rate": 0.9, "dominant_layer": "s1", "layer_share": {"s1": 1.0}}
+    monkeypatch.setattr(worker, "fixed_point_stability", lambda req, result, should_stop=None: dict(estimate))
+    app = make_app(t_free=8, t_nudge=3)
+    try:
+        app.restart()
+        run(app)
+        free = app.run.phases["free"].verdict
+        assert free["diagnosis"]["kind"] == "stalled", free["diagnosis"]
+        assert "ρ = 1.020" in free["diagnosis"]["message"] and "more steps" not in free["diagnosis"]["message"]
+        assert free["stability"]["spectral_radius"] == 1.02
+    finally:
+        app.shutdown()

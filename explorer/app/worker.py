@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..diagnosis import with_spectral_radius
 from ..ep import run_phases
 from ..stability import EstimateStopped, stability
 from ..network import OUTPUT
@@ -326,6 +327,9 @@ class RunWorker:
                 estimate = fixed_point_stability(req, result, should_stop=lambda: self._stale(run_id))
                 if estimate is not None:
                     phase.verdict["stability"] = estimate
+                    if "diagnosis" in phase.verdict:   # the kept record says what the page says
+                        phase.verdict["diagnosis"] = with_spectral_radius(phase.verdict["diagnosis"],
+                                                                          estimate.get("spectral_radius"))
             y = result.state[OUTPUT].detach()[0].to("cpu", torch.float64).numpy()
             self._put(started + [PhaseEnded(run_id, result.phase, result.steps, phase.verdict, y)], run_id)
             started.clear()
