@@ -17,6 +17,7 @@ import io
 import json
 import os
 import threading
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -407,7 +408,10 @@ def load(source) -> Run:
         table = pq.read_table(pa.BufferReader(bytes(source)) if isinstance(source, (bytes, bytearray))
                               else str(source))
     except (pa.ArrowException, OSError) as exc:
-        raise RunFileError(f"{what} is not a run file (a Parquet file written by 'Save run'): {exc}") from exc
+        # pyarrow prefixes "Could not open Parquet input source '<path>':" (empty for bytes): noise to a person.
+        detail = re.sub(r"^Could not open Parquet input source '[^']*':\s*", "", str(exc))
+        raise RunFileError(f"{what} is not a run file: it is not a readable Parquet file ({detail}); "
+                           "open a file written by 'Save run'") from exc
     meta = (table.schema.metadata or {}).get(META_KEY)
     if meta is None:
         raise RunFileError(f"{what} is a Parquet file but not an explorer run: it has no {META_KEY.decode()!r} "
