@@ -1185,3 +1185,22 @@ def test_the_kept_runs_free_verdict_is_told_the_spectral_radius(monkeypatch):
         assert free["stability"]["spectral_radius"] == 1.02
     finally:
         app.shutdown()
+
+
+def test_a_link_naming_a_model_not_on_the_page_says_so_briefly_with_the_nearest_names(tmp_path):
+    """The whole list of choices with their accuracies made a wall of text; the nearest names help."""
+    import shutil
+
+    from explorer.zoo import ZOO_DIR, list_entries
+    for ext in (".json", ".safetensors"):
+        shutil.copy(ZOO_DIR / f"fmnist-resnet5-ep{ext}", tmp_path / f"fmnist-resnet5-ep{ext}")
+    page = create_app(settings={"model": "fmnist-resnet5w16-ep", "beta": "0.3"},
+                      state=ExplorerState(zoo=list_entries(tmp_path)), autostart=False)
+    try:
+        (text,) = [t for level, t in page.messages if level == "warning"]
+        assert text.startswith("model = fmnist-resnet5w16-ep is not a model of this page")
+        assert "did you mean fmnist-resnet5-ep?" in text and "% test" not in text
+        assert text.endswith("kept fmnist-resnet5-ep")               # the page's first model
+        assert page.state.beta == 0.3 and page.state.model.startswith("zoo: fmnist-resnet5-ep")   # the rest applies
+    finally:
+        page.shutdown("test over")

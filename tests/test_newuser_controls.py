@@ -75,6 +75,22 @@ def test_after_a_rapid_drag_the_depth_slider_shows_the_depth_of_the_run(tmp_path
     assert app.confirm_controls(force=True) == 0
 
 
+def test_a_drag_across_a_trained_family_gives_one_message_of_each_kind_not_a_pile(tmp_path, pages):
+    """Seen in the browser: a 30-move depth drag over resnet3/5/7 alternated refusals (no depth 4, 6, 8)
+    with opened siblings, and each alternation gave another toast (a stack of them)."""
+    app = zoo_app(tmp_path, ["fmnist-resnet3-ep", "fmnist-resnet5-ep", "fmnist-resnet7-ep"], first="fmnist-resnet3-ep")
+    pages.append(app)
+    app.controls()
+    before = len(app.messages)
+    for depth in [3, 4, 5, 6, 7, 8, 9, 8, 7, 6, 5, 4] * 2 + [3, 4, 5, 6, 7, 8]:    # 30 moves
+        app.state.depth = depth
+    said = app.messages[before:]
+    assert len(said) <= 3, said          # one refusal, one opened sibling, one "what it reset and kept"
+    assert [level for level, _ in said].count("error") == 1
+    assert app.alert.visible and "depth 8" in app.alert.object       # the alert tells the last refusal
+    assert app.state.depth == 7 and app.state.model == choice(app, "fmnist-resnet7-ep")
+
+
 def test_the_confirmation_waits_until_the_page_stops_moving_a_slider(pages):
     app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
     pages.append(app)

@@ -39,6 +39,7 @@ had no connection for ``ORPHAN_SECONDS``.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import html
 import io
 import logging
@@ -170,7 +171,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.views = {cls.key: cls(self.state) for cls in VIEW_CLASSES}
         self.gallery = Gallery(self.state)
         self.messages: list[tuple[str, str]] = []   # (level, text) of every notification
-        self._notified, self._notified_key = 0.0, None
+        self._notified: dict[str, float] = {}   # when each keyed message was last given
         self.css = app_css()
         # Training has its own worker; its events reach the page through the same periodic drain.
         self.train = TrainView(self.state, notify=self.notify, on_saved=self._on_trained_saved,
@@ -320,7 +321,8 @@ class ExplorerApp(pn.viewable.Viewer):
                     if sibling != state.model:
                         state.model = sibling
                         names.add("model")
-                        self.notify(f"opened {sibling}, the trained sibling at depth {state.depth}", "info")
+                        self.notify(f"opened {sibling}, the trained sibling at depth {state.depth}", "info",
+                                    key="sibling")
                 if "model" in names:
                     state.param.update(**state.model_defaults(state.model))
                 if names & {"model", "depth", "residual", "map_layer"}:
@@ -337,18 +339,19 @@ class ExplorerApp(pn.viewable.Viewer):
         self.clear_alert()
         if "model" in names:
             self._architecture_controls()
-            self._say_model_change(before)
+            # A sibling opened by depth or residual may be one of many in a drag: one toast a drag.
+            self._say_model_change(before, key="sibling-change" if names & {"depth", "residual"} else None)
         self.worker.submit(request)
 
     @staticmethod
     def _model_note_html(text: str) -> str:
         return f"<div class='hint model-note'>{html.escape(text)}</div>"
 
-    def _say_model_change(self, before: dict) -> None:
+    def _say_model_change(self, before: dict, key: str | None = None) -> None:
         """A model change resets some settings and keeps others: say which, and what its accuracy means."""
         change, info = self.state.model_change_text(before), self.state.model_info(named=False)
         self.model_note.object = self._model_note_html(f"{change}. {info}")
-        self.notify(change, "info")
+        self.notify(change, "info", key=key)
 
     def confirm_controls(self, force: bool = False) -> int:
         """Send the sliders the page moved their settings' values once the page has stopped moving
@@ -386,6 +389,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self._present_wanted = given.pop("present", "").lower() in ("1", "true", "yes", "on")
         if "model" in given:
             given["model"] = self._model_choice(given["model"])
+            if given["model"] not in self.state.param.model.objects:
+                self.notify(self._unknown_model_text(given.pop("model")), level="warning")
         typed, problems = self.state.settings_from_text(given)
         for text in problems:
             self.notify(text, level="warning")
@@ -409,6 +414,17 @@ class ExplorerApp(pn.viewable.Viewer):
             if text == entry.name:
                 return choice
         return text
+
+    def _unknown_model_text(self, text: str) -> str:
+        """A link's model that is not on this page, named with the nearest names (the whole list,
+        with accuracies, was a wall of 45 choices)."""
+        entries = {**self.state.zoo, **self.state.trained}
+        names = sorted({e.name for e in entries.values()} | set(UNTRAINED))
+        near = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        current = entries.get(self.state.model)
+        return (f"model = {text} is not a model of this page; {hint}(the Model list names all {len(names)}); "
+                f"kept {current.name if current is not None else self.state.model}")
 
     def link_query(self) -> dict[str, str]:
         """The run on screen as a URL query, each setting under its own name (``?beta=0.3&sample=30``)."""
@@ -684,12 +700,17 @@ else { window.prompt("Copy this link", url); }
     def notify(self, text: str, level: str = "error", key: str | None = None) -> None:
         """Tell the person: a toast (when served) and the alert pane; kept in ``messages``. Another
         message with the same ``key`` within a few seconds (a slider dragged over refused values)
-        only updates the alert pane: one toast a drag, not one a position."""
+        only updates the alert pane: one toast a drag, not one a position. Keys are remembered
+        apart: a depth drag over a trained family alternates refusals and opened siblings, and a
+        last-key-only memory gave a toast at every alternation (a pile of them)."""
         now = time.monotonic()
-        repeat = key is not None and self._notified_key == key and now - self._notified < REPEAT_SECONDS
-        self._notified, self._notified_key = now, key
+        repeat = key is not None and now - self._notified.get(key, -REPEAT_SECONDS) < REPEAT_SECONDS
+        if key is not None:
+            self._notified[key] = now
         if repeat:
-            self.alert.object = text
+            if level in ("error", "warning"):
+                self.alert.param.update(object=text, visible=True,
+                                        alert_type="danger" if level == "error" else "warning")
             return
         self.messages.append((level, text))
         (log.info if level in ("info", "success") else log.warning)("%s: %s", level, text)
