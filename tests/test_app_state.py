@@ -1204,3 +1204,20 @@ def test_a_link_naming_a_model_not_on_the_page_says_so_briefly_with_the_nearest_
         assert page.state.beta == 0.3 and page.state.model.startswith("zoo: fmnist-resnet5-ep")   # the rest applies
     finally:
         page.shutdown("test over")
+
+
+def test_a_pinned_run_stopped_before_its_end_says_why_its_outcomes_are_dashes(app):
+    """Pinned while streaming and stopped by the next change, A has no outcomes: the table says why."""
+    import dataclasses
+
+    from explorer.run import Run
+    app.controls()
+    app.restart()
+    run(app)
+    finished, compare = app.run, app.views["compare"]
+    stopped = dataclasses.replace(finished, id=Run.new_id(), phases={})
+    compare.pin(stopped)
+    assert "A (pinned)" in compare.html.object and "pinned before it finished" in compare.html.object
+    compare.pin(dataclasses.replace(finished, id=Run.new_id()))      # a finished A: no such note
+    assert "A (pinned)" in compare.html.object and "pinned before it finished" not in compare.html.object
+    compare.pin(None)

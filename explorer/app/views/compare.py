@@ -11,7 +11,7 @@ import html
 
 import panel as pn
 
-from ...comparison import differences
+from ...comparison import PHASES, differences
 from ..worker import RunEnded
 from .base import View
 
@@ -66,7 +66,16 @@ class CompareView(View):
             return f"<div class='hint'>A is run {self.pinned.id}. Change a setting to run B.</div>"
         body = "".join(f"<tr class='{'differs' if d else ''}'><td>{html.escape(k)}</td><td>{_show(a)}</td>"
                        f"<td>{_show(b)}</td></tr>" for k, a, b, d in rows)
-        return ("<table class='compare'><tr><th></th><th>A (pinned)</th><th>B</th></tr>" + body + "</table>")
+        return ("<table class='compare'><tr><th></th><th>A (pinned)</th><th>B</th></tr>" + body + "</table>"
+                + self._unfinished_note())
+
+    def _unfinished_note(self) -> str:
+        """A pinned while it streamed, then stopped by the next change, has no outcomes: a column of
+        dashes with no reason looked broken (seen: pin, then residual off at once)."""
+        if all(name in self.pinned.phases for name in PHASES):
+            return ""
+        return ("<div class='hint'>A was pinned before it finished and the next change stopped it: "
+                "its outcomes show as —. Pin a run once its verdicts show to compare how both ended.</div>")
 
     def body(self):
         return self.html
