@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 
@@ -306,6 +307,22 @@ def _inline_resources():
     return InlineOnly(mode="inline")
 
 
+ENERGY_ZOOM_FROM = 3   # as the page's energy view: the start from zero would flatten the rest
+
+
+def _energy_range(s: dict):
+    """The energy axis over Φ and F from free step 3 on (seen: the start at 0 against -490 left the
+    whole replay a flat line at the bottom), with a little room; None (automatic) if nothing is finite."""
+    from bokeh.models import DataRange1d, Range1d
+    values = [v for key in ("phi", "F") for x, v in zip(s["x"], s[key])
+              if x >= ENERGY_ZOOM_FROM and math.isfinite(v)]
+    if not values:
+        return DataRange1d()
+    low, high = min(values), max(values)
+    pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
+    return Range1d(low - pad, high + pad)
+
+
 def html_bytes(run: Run, sample: int = 0) -> bytes:
     """A standalone HTML replay: the energy and step-size plots, a slider and a play button driven by
     CustomJS over the run's data embedded in the file (source ``curves``); Bokeh's JS inline, so
@@ -320,7 +337,7 @@ def html_bytes(run: Run, sample: int = 0) -> bytes:
     curves = ColumnDataSource(s, name="curves")        # lists, so the numbers are JSON numbers in the file
     marker = ColumnDataSource({"x": [s["x"][0]], "y": [s["F"][0]]}, name="marker")
     common = dict(height=300, sizing_mode="stretch_width", x_axis_label="step")
-    energy = figure(title="Energy Φ and F = Φ + βC", y_axis_label="energy", **common)
+    energy = figure(title="Energy Φ and F = Φ + βC", y_axis_label="energy", y_range=_energy_range(s), **common)
     energy.line("x", "phi", source=curves, color=PHASE_COLOURS["free"], legend_label="Φ")
     energy.line("x", "F", source=curves, color=PHASE_COLOURS["nudged+"], line_dash="dashed", legend_label="F")
     energy.scatter("x", "y", source=marker, size=9, color="black")

@@ -264,3 +264,16 @@ def test_the_standalone_html_replays_offline_in_the_browser(browser, run, tmp_pa
         assert [u for u in requests if not u.startswith(("file:", "data:", "blob:"))] == [] and errors == []
     finally:
         context.close()
+
+
+def test_the_html_replays_energy_axis_follows_the_energy_after_free_step_3():
+    """Seen offline: the start at 0 against -490 left the whole energy replay a flat line at the bottom."""
+    from bokeh.models import DataRange1d, Range1d
+
+    from explorer.export import _energy_range
+    s = {"x": [0, 1, 2, 3, 4, 5], "phi": [0.0, -400.0, -480.0, -489.0, -490.0, -490.0],
+         "F": [0.0, -401.0, -481.0, -489.5, -490.5, -490.25]}
+    r = _energy_range(s)
+    assert isinstance(r, Range1d) and -491.0 < r.start < -490.5 and -489.0 < r.end < -488.0
+    nothing = {"x": [0, 1], "phi": [0.0, float("nan")], "F": [0.0, float("inf")]}
+    assert isinstance(_energy_range(nothing), DataRange1d)     # nothing finite after step 3: automatic
