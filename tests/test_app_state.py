@@ -1221,3 +1221,16 @@ def test_a_pinned_run_stopped_before_its_end_says_why_its_outcomes_are_dashes(ap
     compare.pin(dataclasses.replace(finished, id=Run.new_id()))      # a finished A: no such note
     assert "A (pinned)" in compare.html.object and "pinned before it finished" not in compare.html.object
     compare.pin(None)
+
+
+def test_opening_a_good_run_file_after_a_bad_one_clears_the_bad_ones_message(app):
+    """Seen in the walk: 'could not open foreign.parquet' stayed above the run opened after it."""
+    app.restart()
+    run(app)
+    good = app._run_file().getvalue()
+    app.open_run.filename = "junk.parquet"
+    app.open_run.value = b"not a parquet file at all"
+    assert app.alert.visible and "junk.parquet" in app.alert.object
+    app.open_run.filename = "run.parquet"
+    app.open_run.value = good
+    assert not app.alert.visible and "opened run" in app.messages[-1][1]

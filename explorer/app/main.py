@@ -543,7 +543,7 @@ else { window.prompt("Copy this link", url); }
     def replay_player(self) -> pn.Column:
         """Scrub the shown finished run step by step across every view (space: play or pause,
         arrow keys: a step back or forward)."""
-        self.player = pn.widgets.Player(name="explorer-replay", start=0, end=1, value=0, step=1, interval=120,
+        self.player = pn.widgets.Player(name="Replay", start=0, end=1, value=0, step=1, interval=120,
                                         loop_policy="once", show_value=False, disabled=True,
                                         visible_buttons=["slower", "previous", "reverse", "pause", "play",
                                                          "next", "faster"], sizing_mode="stretch_width")
@@ -645,6 +645,7 @@ else { window.prompt("Copy this link", url); }
             self.notify(f"could not open {name}: it is not a readable run file ({type(exc).__name__}: {exc})")
             return
         self.store.add(run)
+        self.clear_alert()   # an earlier file's refusal no longer applies (it stayed above the opened run)
         self.notify(f"opened run {run.id} from {name}", level="success")
         self.show_run(run)
         self._arm_replay(run)     # a saved run opens into the same replay
