@@ -405,6 +405,20 @@ def test_the_train_tabs_probe_energy_legend_is_below_its_plot_on_a_desk_and_when
         assert fig.legend[0] in fig.below and fig.legend[0] not in fig.right, present
 
 
+def test_show_full_screen_finds_a_card_for_every_value_the_picker_sends(pages):
+    """The button did nothing in the browser: its script looked cards up by title, the page sends the key."""
+    app = ExplorerApp(state=ExplorerState(zoo=[], t_free=T_FREE, t_nudge=T_NUDGE, speed="max"), autostart=False)
+    pages.append(app)
+    app.relaxation_tab()
+    app.presentation_controls()
+    model = app.full_view.get_root(Document())
+    sent = [value if isinstance(value, str) else value[0] for value in model.options]
+    assert len(sent) == 6 and model.value in sent
+    targets = app.fullscreen_targets()
+    for value in sent:
+        assert value in targets and targets[value] in app.views, value
+
+
 def test_a_training_runs_batches_reach_the_page_once_when_its_start_shares_a_tick(tmp_path, monkeypatch, pages):
     # The loss and accuracy curves looped back to step 1 in the browser (48 batches arrived as 64
     # rows): the drain that empties the sources for a new run is sent as one held message, serialised

@@ -143,7 +143,18 @@ export function render({ model }) {
 FULLSCREEN_JS = """
 const card = cards[pick.value];
 const view = card == null ? null : Bokeh.index.find_one(card);
-if (view != null && view.el.requestFullscreen) view.el.requestFullscreen();
+if (view != null && view.el.requestFullscreen) {
+  // A card's own background is transparent: full screen it showed dark text on the black backdrop.
+  // Take the page's (light or dark theme) background from the nearest ancestor that has one.
+  let bg = null;
+  for (let n = view.el; n != null && bg == null; n = n.parentElement || n.getRootNode().host) {
+    const c = getComputedStyle(n).backgroundColor;
+    if (c && c !== "transparent" && !/^rgba\(.*,\s*0\)$/.test(c)) bg = c;
+  }
+  view.el.style.backgroundColor = bg || "white";
+  view.el.style.overflow = "auto";
+  view.el.requestFullscreen();
+}
 """
 
 # Panel's Fast design without its web font: the page loads nothing from outside the server.
@@ -1075,6 +1086,11 @@ else { window.prompt("Copy this link", url); }
         top = pn.Row(cards["output"], cards["verdict"], sizing_mode="stretch_width")
         return pn.Column(top, *(cards[k] for k in VIEW_ORDER[2:]), sizing_mode="stretch_width")
 
+    def fullscreen_targets(self) -> dict[str, str]:
+        """The Full screen picker's browser-side values (the view's key; its title as well) -> view key.
+        Keyed by title alone, the button did nothing: Panel's Select sends the key, not the label."""
+        return {**{self.views[k].title: k for k in VIEW_ORDER}, **{k: k for k in VIEW_ORDER}}
+
     def presentation_controls(self) -> pn.Column:
         """Presentation mode: a toggle, the views shown, a view full screen (Fullscreen API)."""
         titles = {self.views[k].title: k for k in VIEW_ORDER}
@@ -1085,9 +1101,9 @@ else { window.prompt("Copy this link", url); }
         self.full_view = pn.widgets.Select(name="Full screen", options=titles, value="output",
                                            sizing_mode="stretch_width")
         full = pn.widgets.Button(name="Show full screen", sizing_mode="stretch_width")
-        # The Select's browser-side value is the view's title: the script maps titles to cards.
         full.js_on_click(args={"pick": self.full_view, **{k: self._view_cards[k] for k in VIEW_ORDER}},
-                         code="const cards = {" + ", ".join(f"{self.views[k].title!r}: {k}" for k in VIEW_ORDER)
+                         code="const cards = {" + ", ".join(f"{value!r}: {k}" for value, k in
+                                                            self.fullscreen_targets().items())
                          + "};" + FULLSCREEN_JS)
         self.sidebar_fit = SidebarFit(present=self.present.value, width=0, height=0, margin=0)
         self.present.link(self.sidebar_fit, value="present")
