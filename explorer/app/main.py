@@ -153,6 +153,12 @@ if (view != null && view.el.requestFullscreen) {
   }
   view.el.style.backgroundColor = bg || "white";
   view.el.style.overflow = "auto";
+  // Panel's Fast template handles every fullscreenchange as its own, reaching for a button our cards
+  // lack ("Cannot set properties of undefined"): keep the card's events from reaching it.
+  if (!view.el._explorer_fullscreen) {
+    view.el.addEventListener("fullscreenchange", (e) => e.stopPropagation());
+    view.el._explorer_fullscreen = true;
+  }
   view.el.requestFullscreen();
 }
 """
