@@ -1234,3 +1234,18 @@ def test_opening_a_good_run_file_after_a_bad_one_clears_the_bad_ones_message(app
     app.open_run.filename = "run.parquet"
     app.open_run.value = good
     assert not app.alert.visible and "opened run" in app.messages[-1][1]
+
+
+def test_the_verdicts_run_summary_says_how_the_run_was_played():
+    # It said "paced" for a run at full speed too.
+    app = make_app(speed="max")
+    try:
+        app.restart()
+        run(app)
+        assert app.views["verdict"].summary.endswith("(at full speed)"), app.views["verdict"].summary
+        app.state.speed = 200
+        app.state.beta = 0.2
+        run(app)
+        assert app.views["verdict"].summary.endswith("(played at 200 steps/s)"), app.views["verdict"].summary
+    finally:
+        app.shutdown()

@@ -102,8 +102,9 @@ class VerdictView(View):
 
     def run_ended(self, event: RunEnded) -> None:
         if not event.cancelled and event.seconds > 0:
-            self.summary = (f"{event.steps} steps in {event.seconds:.2f} s "
-                            f"({event.steps / event.seconds:,.0f} steps/s, paced)")
+            speed = getattr(self.state, "speed", None)
+            pace = "at full speed" if speed == "max" else f"played at {speed} steps/s"
+            self.summary = f"{event.steps} steps in {event.seconds:.2f} s ({pace})"
         self._render()
 
     def _render(self) -> None:
