@@ -112,10 +112,7 @@ def with_spectral_radius(d: dict, rho: float | None) -> dict:
     recomposed so that the verdict and the stability estimate cannot contradict each other."""
     if rho is None or not math.isfinite(rho):
         return d
-    told = Diagnosis.from_dict({**d, "spectral_radius": float(rho)}).to_dict()
-    if "measure" not in d:          # keep the caller's keys (a scan drops the measure's text)
-        told.pop("measure", None)
-    return told
+    return Diagnosis.from_dict({**d, "spectral_radius": float(rho)}).to_dict()
 
 
 def _period(r: np.ndarray, f: np.ndarray | None) -> tuple[int, int] | None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .diagnosis import Diagnosis, diagnose_each, with_spectral_radius
+from .diagnosis import Diagnosis, diagnose_each
 from .dynamics.each import EachResult, relax_each
 from .network import OUTPUT, HopfieldNetwork
 
@@ -152,8 +152,9 @@ def scan_batch(net: HopfieldNetwork, x: torch.Tensor, labels: torch.Tensor, sett
         radius = spectrum(net, x, free.state, schedule=settings.schedule).spectral_radius
     outcomes = []
     for b in range(x.shape[0]):
+        if radius[b] is not None and math.isfinite(radius[b]):
+            per_phase["free"][b].spectral_radius = float(radius[b])   # ρ at the free phase's end
         verdicts = {p: _summary(ds[b]) for p, ds in per_phase.items()}
-        verdicts["free"] = with_spectral_radius(verdicts["free"], radius[b])   # ρ at the free phase's end
         outcomes.append(ImageOutcome(first_index + b, int(labels[b]), int(prediction[b]), verdicts,
                                      None if radius[b] is None else float(radius[b])))
     return outcomes, {p.phase: max(p.steps, default=0) for p in phases}

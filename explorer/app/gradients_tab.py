@@ -59,15 +59,14 @@ def gdu_curves(result, parameter: str, present: bool = False) -> hv.Overlay:
         ep = [(k, row[j]) for k, row in zip(result.steps, result.ep[parameter])]
         bptt = [(k, row[j]) for k, row in zip(result.steps, result.bptt[parameter])]
         # One colour per entry, EP solid and BPTT dashed: a pair is read together (each curve had its own colour).
-        color = UNIT_COLORS[j % len(UNIT_COLORS)]
-        curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}").opts(color=color))
+        # No wheel zoom: scrolling the page over the chart zoomed it out instead (the curves shrank to its middle).
+        style = dict(color=UNIT_COLORS[j % len(UNIT_COLORS)], default_tools=[], tools=["hover"])
+        curves.append(hv.Curve(ep, "nudged step k", "update", label=f"EP, entry {unit}").opts(**style))
         curves.append(hv.Curve(bptt, "nudged step k", "update", label=f"BPTT, entry {unit}").opts(
-            color=color, line_dash="dashed"))
+            **style, line_dash="dashed"))
     # The legend below the curves in two columns (HoloViews hands legend_cols to Bokeh's nrows).
     look = dict(height=GDU_HEIGHT[True] - 20, legend_position="bottom", legend_cols=2,
                 fontsize=present_fonts()) if present else dict(height=GDU_HEIGHT[False] - 20, legend_position="right")
-    # No wheel zoom: scrolling the page over the chart zoomed it out instead (the curves shrank to its middle).
-    curves = [c.opts(default_tools=[], tools=["hover"]) for c in curves]
     return hv.Overlay(curves).opts(title=f"GDU: {parameter}", responsive=True, toolbar=None, **look)
 
 

@@ -238,11 +238,10 @@ class ExplorerApp(pn.viewable.Viewer):
                                      sizing_mode="stretch_width")
         if self.state.startup_error:
             self.notify(self.state.startup_error)
-        if settings:
-            self.apply_settings(settings)
+        link_problems = self.apply_settings(settings) if settings else []
         if autostart:
             self.restart()
-        self._show_link_problems()
+        self._show_link_problems(link_problems)
 
     def _init_flow_control(self) -> None:
         """The page's side of the transport: which update it painted, which views it shows."""
@@ -396,9 +395,10 @@ class ExplorerApp(pn.viewable.Viewer):
                     sent += 1
         return sent
 
-    def apply_settings(self, given: dict[str, str]) -> None:
+    def apply_settings(self, given: dict[str, str]) -> list[str]:
         """Settings given as text (the page's URL query); what cannot apply is reported, by name,
-        and the others still apply. A zoo model may be named by its checkpoint name alone."""
+        and the others still apply; returns those reports. A zoo model may be named by its
+        checkpoint name alone."""
         given = dict(given)
         first = len(self.messages)
         self._wanted_tab = given.pop("tab", None)
@@ -417,11 +417,10 @@ class ExplorerApp(pn.viewable.Viewer):
         # kept alone; applied together, its refusal would keep every other value of the link too.
         for name, value in typed.items():
             self.state.param.update(**{name: value})
-        self._link_problems = [t for level, t in self.messages[first:] if level in ("error", "warning")]
+        return [t for level, t in self.messages[first:] if level in ("error", "warning")]
 
-    def _show_link_problems(self) -> None:
+    def _show_link_problems(self, problems: list[str]) -> None:
         """The link's refused values stay on the page: the run it starts cleared the alert."""
-        problems = getattr(self, "_link_problems", [])
         if problems:
             self.alert.param.update(alert_type="warning", object=" · ".join(problems), visible=True)
 

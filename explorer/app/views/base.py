@@ -270,6 +270,7 @@ def color_bars(fig: figure) -> list:
 # Log-axis ticks: at most about five powers of ten (every k-th decade), 1-2-5 steps within two decades.
 # Bokeh's LogTicker shows up to nine decades whatever desired_num_ticks says: on the 200-px |ΔE| plot in
 # presentation mode (17-px labels) "1000 100 10 1 10⁻¹ … 10⁻⁵" were drawn over each other.
+MAX_DECADE_TICKS = 5
 LOG_TICKER_JS = """
 const lo = Math.min(cb_data.start, cb_data.end), hi = Math.max(cb_data.start, cb_data.end);
 if (!(lo > 0) || !Number.isFinite(hi)) return [];
@@ -282,8 +283,7 @@ if (b - a <= 2) {
   for (let e = Math.ceil(a / k) * k; e <= b; e += k) ticks.push(Math.pow(10, e));
 }
 return ticks.filter((t) => t >= lo * (1 - 1e-9) && t <= hi * (1 + 1e-9));
-"""
-MAX_DECADE_TICKS = 5
+""".replace("MAX_DECADE_TICKS", str(MAX_DECADE_TICKS))
 
 
 def plain_log_ticks(fig) -> None:
@@ -292,7 +292,7 @@ def plain_log_ticks(fig) -> None:
     for axis in (*fig.xaxis, *fig.yaxis):
         if isinstance(axis, LogAxis):
             axis.formatter = CustomJSTickFormatter(code=LOG_TICKS_JS)
-            axis.ticker = CustomJSTicker(major_code=LOG_TICKER_JS.replace("MAX_DECADE_TICKS", str(MAX_DECADE_TICKS)))
+            axis.ticker = CustomJSTicker(major_code=LOG_TICKER_JS)
 
 
 def tidy_ticks(fig: figure) -> None:
